@@ -1,0 +1,1 @@
+"""acesim: a simulated AceStream engine (see acesim.py)."""

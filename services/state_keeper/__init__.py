@@ -1,0 +1,1 @@
+"""The single writer of engine and stream records; answers selection and queries."""

@@ -1,0 +1,276 @@
+"""The `state-keeper` micro service: six request/reply endpoints (DESIGN §3).
+
+Each request is handled in its own task (bounded), because micro runs a
+subscription's handler one message at a time and a slow reply would make
+every caller behind it time out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from shared import names
+from shared.config import Config
+from shared.kv import ConflictExhausted
+from shared.policy.engines import tidy
+from shared.policy.events import ClaimRefused, apply_claim, apply_release
+from shared.policy.selection import SelectionPolicy, reserve, retry_after_s, select_engine
+from shared.schemas import (
+    ClaimReply,
+    ClaimRequest,
+    EngineDemand,
+    EngineList,
+    ErrorReply,
+    GetRequest,
+    ListRequest,
+    ReleaseReply,
+    ReleaseRequest,
+    SelectReply,
+    SelectRequest,
+    StreamList,
+    StreamListRequest,
+    decoder,
+    encode,
+    utcnow,
+)
+from services.state_keeper.stats import Stats
+from services.state_keeper.store import Store
+
+log = logging.getLogger("state-keeper")
+
+MAX_REQUEST_BYTES = 64 * 1024
+SELECT_ATTEMPTS = 20
+VERSION = "0.1.0"
+
+
+class RequestError(Exception):
+    def __init__(self, code: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retry_after = retry_after
+
+
+class Endpoints:
+    def __init__(self, store: Store, config: Config, stats: Stats) -> None:
+        self.store = store
+        self.config = config
+        self.stats = stats
+        self.policy = SelectionPolicy(
+            max_streams_per_engine=config.max_streams_per_engine,
+            share_content=config.share_content,
+            reservation_ttl_s=config.reservation_ttl_s,
+        )
+        self._in_flight: Counter[str] = Counter()  # selections writing to an engine right now
+        self._slots = asyncio.Semaphore(512)
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> Service:
+        service = await add_service(
+            self.store.bus.nc,
+            name=names.SERVICE_NAME,
+            version=VERSION,
+            description="engine and stream records, selection and claims",
+            stats_handler=lambda _endpoint: self.stats.snapshot(),
+        )
+        routes: list[tuple[str, str, Callable[[bytes], Awaitable[msgspec.Struct]]]] = [
+            ("select", names.ENGINE_SELECT, self.select),
+            ("list", names.ENGINE_LIST, self.list_engines),
+            ("get", names.ENGINE_GET, self.get_engine),
+            ("claim", names.ENGINE_CLAIM, self.claim),
+            ("release", names.ENGINE_RELEASE, self.release),
+            ("streams", names.STREAM_LIST, self.list_streams),
+        ]
+        for name, subject, handler in routes:
+            await service.add_endpoint(name=name, subject=subject, handler=self._spawning(name, handler))
+        return service
+
+    async def finish(self, timeout_s: float = 5.0) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    def _spawning(self, name: str, handler: Callable[[bytes], Awaitable[msgspec.Struct]]):
+        async def on_request(request: Request) -> None:
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._answer(name, handler, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return on_request
+
+    async def _answer(self, name: str, handler, request: Request) -> None:
+        try:
+            try:
+                reply = await handler(request.data)
+            except RequestError as exc:
+                if exc.code == 400:
+                    self.stats.bad_request(name)
+                await _respond_error(request, exc.code, str(exc), exc.retry_after)
+                return
+            except ConflictExhausted as exc:
+                await _respond_error(request, 503, f"busy: {exc}", 0.5)
+                return
+            except Exception:
+                log.exception("%s failed", name)
+                await _respond_error(request, 500, "internal error")
+                return
+            await request.respond(encode(reply))
+        except Exception as exc:  # the requester may be gone or the connection down
+            log.debug("could not reply on %s: %s", name, exc)
+        finally:
+            self._slots.release()
+
+    # ------------------------------------------------------------ handlers
+
+    async def select(self, data: bytes) -> SelectReply:
+        request = _decode(SelectRequest, data)
+        for _ in range(SELECT_ATTEMPTS):
+            now = utcnow()
+            choice = select_engine(
+                self._with_in_flight(),
+                now,
+                self.policy,
+                content_key=request.content_key,
+                playing=self.store.contents.playing,
+            )
+            if choice is None:
+                return await self._no_capacity(request, now)
+            container_id = choice.engine.container_id
+            reservation_id = uuid.uuid4().hex
+            self._in_flight[container_id] += 1
+            try:
+                outcome = await self.store.update_engine(
+                    container_id, lambda r: self._reserve(r, reservation_id, now)
+                )
+            finally:
+                self._in_flight[container_id] -= 1
+                if not self._in_flight[container_id]:
+                    del self._in_flight[container_id]
+            if outcome.written and outcome.after is not None:
+                self.stats.selection("shared" if choice.shared else "selected")
+                return SelectReply(
+                    engine=outcome.after,
+                    reservation_id=reservation_id,
+                    reservation_expires_at=outcome.after.reservations[reservation_id],
+                    shared=choice.shared,
+                )
+            # Someone else changed the engine first and it no longer qualifies: choose again.
+        raise ConflictExhausted(f"selection kept losing races after {SELECT_ATTEMPTS} attempts")
+
+    def _with_in_flight(self):
+        records = self.store.engines.values()
+        if not self._in_flight:
+            return records
+        # Count this replica's in-flight reservations as load so concurrent requests spread out.
+        now = utcnow()
+        padded = []
+        for record in records:
+            extra = self._in_flight.get(record.container_id, 0)
+            for i in range(extra):
+                record = reserve(record, f"in-flight-{i}", now, self.policy.reservation_ttl_s)
+            padded.append(record)
+        return padded
+
+    def _reserve(self, record, reservation_id: str, now):
+        from shared.policy.selection import is_candidate
+
+        if record is None or not is_candidate(record, now, self.policy):
+            return record
+        return reserve(tidy(record, now), reservation_id, now, self.policy.reservation_ttl_s)
+
+    async def _no_capacity(self, request: SelectRequest, now) -> SelectReply:
+        self.stats.selection("no_capacity")
+        await self.store.bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=request.content_key)))
+        raise RequestError(503, "no_capacity", retry_after_s(self.store.engines.values(), now))
+
+    async def list_engines(self, data: bytes) -> EngineList:
+        request = _decode(ListRequest, data)
+        now = utcnow()
+        engines = sorted((tidy(r, now) for r in self.store.engines.values()), key=lambda r: r.container_id)
+        return EngineList(
+            engines=[
+                r
+                for r in engines
+                if (request.health_status is None or r.health_status == request.health_status)
+                and (request.state is None or r.state == request.state)
+            ]
+        )
+
+    async def get_engine(self, data: bytes):
+        request = _decode(GetRequest, data)
+        found = await self.store.get_engine(request.container_id)
+        if found is None:
+            raise RequestError(404, f"engine {request.container_id} not found")
+        return tidy(found.value, utcnow())
+
+    async def claim(self, data: bytes) -> ClaimReply:
+        request = _decode(ClaimRequest, data)
+        claim_id = uuid.uuid4().hex
+        now = utcnow()
+        outcome = await self._update_claims(
+            request.container_id, lambda r: apply_claim(r, request, claim_id, now, self.config.claim_ttl_s)
+        )
+        log.info(
+            "engine %s claimed for %s by %s", outcome.after.container_name, request.purpose, request.holder
+        )
+        return ClaimReply(claim_id=claim_id)
+
+    async def release(self, data: bytes) -> ReleaseReply:
+        request = _decode(ReleaseRequest, data)
+        now = utcnow()
+        await self._update_claims(request.container_id, lambda r: apply_release(r, request.claim_id, now))
+        return ReleaseReply(ok=True)
+
+    async def _update_claims(self, container_id: str, change):
+        def guarded(record):
+            if record is None:
+                raise RequestError(404, f"engine {container_id} not found")
+            return change(record)
+
+        try:
+            return await self.store.update_engine(container_id, guarded, use_cache=False)
+        except ClaimRefused as exc:
+            raise RequestError(exc.code, str(exc)) from None
+
+    async def list_streams(self, data: bytes) -> StreamList:
+        request = _decode(StreamListRequest, data)
+        streams = sorted(
+            (
+                s
+                for s in self.store.streams.values()
+                if (request.status is None or s.status == request.status)
+                and (request.container_id is None or s.container_id == request.container_id)
+            ),
+            key=lambda s: s.stream_id,
+        )
+        return StreamList(streams=streams)
+
+
+_DECODERS: dict[type, Callable[[bytes], Any]] = {}
+
+
+def _decode(kind: type, data: bytes):
+    if len(data) > MAX_REQUEST_BYTES:
+        raise RequestError(400, f"request of {len(data)} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit")
+    decode = _DECODERS.get(kind) or _DECODERS.setdefault(kind, decoder(kind))
+    try:
+        return decode(data if data.strip() else b"{}")
+    except msgspec.ValidationError as exc:
+        raise RequestError(400, f"invalid request: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+
+
+async def _respond_error(request: Request, code: int, message: str, retry_after: float | None = None) -> None:
+    body = encode(ErrorReply(error=message, code=code, retry_after_s=retry_after))
+    # micro needs the code as a string; the JSON body carries the details (DESIGN §9).
+    await request.respond_error(str(code), message.splitlines()[0][:200], data=body)

@@ -1,0 +1,70 @@
+"""The state-keeper's body: views, the event consumer, the micro service, housekeeping."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from shared.bus import Bus
+from shared.config import Config
+from shared.lease import claim_epoch, sleep_to_next_epoch
+from shared.policy.engines import tidy
+from shared.policy.health import HealthPolicy
+from shared.schemas import EngineIdle, encode, utcnow
+from shared import names
+from services.state_keeper.consumer import EventConsumer
+from services.state_keeper.endpoints import Endpoints
+from services.state_keeper.events import EventApplier
+from services.state_keeper.stats import Stats
+from services.state_keeper.store import Store
+
+log = logging.getLogger("state-keeper")
+
+
+async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
+    store = Store(bus, config.stream_ttl_s)
+    await store.start()
+    stats = Stats()
+
+    async def publish_idle(note: EngineIdle) -> None:
+        await bus.nc.publish(names.ENGINE_IDLE, encode(note))
+
+    applier = EventApplier(
+        store,
+        HealthPolicy(fall=config.health_fail_threshold, rise=config.health_rise_threshold),
+        publish_idle,
+    )
+    consumer = EventConsumer(bus, applier, stats, config.unknown_engine_retry_s)
+    endpoints = Endpoints(store, config, stats)
+    service = await endpoints.start()
+    log.info("state-keeper ready: %d engines, %d streams known", len(store.engines.items()), len(store.streams.items()))
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(consumer.run(stop))
+            group.create_task(housekeeping(store, config, stop))
+    finally:
+        await service.stop()
+        await endpoints.finish()
+        await store.stop()
+        log.info("state-keeper: %s", stats.snapshot())
+
+
+async def housekeeping(store: Store, config: Config, stop: asyncio.Event) -> None:
+    """Once per interval across replicas, write back records whose reservations or claims lapsed.
+
+    Readers already ignore what has expired; this keeps stored `state` honest
+    for everyone who reads KV directly (gateway, dashboard).
+    """
+    interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
+    holder = f"{socket.gethostname()}-{id(store)}"
+    while await sleep_to_next_epoch(interval, stop):
+        try:
+            if not await claim_epoch(store.bus.leases, "state-keeper-tidy", interval, holder):
+                continue
+            now = utcnow()
+            for key, item in list(store.engines.items().items()):
+                if tidy(item.value, now) is not item.value:
+                    await store.update_engine(key, lambda r: tidy(r, utcnow()) if r else None)
+        except Exception as exc:  # the next interval tries again
+            log.warning("housekeeping failed: %s", exc)

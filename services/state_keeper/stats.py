@@ -1,0 +1,48 @@
+"""Counters the state-keeper keeps: exported on METRICS_PORT and in micro's $SRV.STATS data.
+
+The gateway sums the STATS data of all replicas, so it can show fleet-wide
+rejections and selections without any state of its own.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from prometheus_client import Counter as PromCounter
+
+_APPLIED = PromCounter("aceorch_events_applied", "Events applied, by subject", ["subject"])
+_REJECTED = PromCounter("aceorch_events_rejected", "Events rejected, by reason", ["reason"])
+_SELECTIONS = PromCounter("aceorch_selections", "engine.select replies, by result", ["result"])
+_REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by endpoint", ["endpoint"])
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.applied: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.selections: Counter[str] = Counter()
+        self.bad_requests: Counter[str] = Counter()
+
+    def event_applied(self, subject: str) -> None:
+        self.applied[subject] += 1
+        _APPLIED.labels(subject).inc()
+
+    def event_rejected(self, reason: str) -> None:
+        self.rejected[reason] += 1
+        _REJECTED.labels(reason).inc()
+
+    def selection(self, result: str) -> None:
+        self.selections[result] += 1
+        _SELECTIONS.labels(result).inc()
+
+    def bad_request(self, endpoint: str) -> None:
+        self.bad_requests[endpoint] += 1
+        _REQUESTS_REJECTED.labels(endpoint).inc()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {
+            "applied": dict(self.applied),
+            "rejected": dict(self.rejected),
+            "selections": dict(self.selections),
+            "bad_requests": dict(self.bad_requests),
+        }

@@ -1,0 +1,88 @@
+"""The state-keeper's access to its two buckets: views for reads, one CAS loop for writes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from shared.bus import Bus
+from shared.kv import KvView, Outcome, Versioned, cas_update, read
+from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
+
+
+class ContentIndex:
+    """content_key → container ids it plays on, kept from the streams view (for sharing)."""
+
+    def __init__(self) -> None:
+        self._by_stream: dict[str, tuple[str, str]] = {}
+        self.playing: dict[str, set[str]] = {}
+
+    def on_change(self, stream_id: str, stream: StreamRecord | None) -> None:
+        old = self._by_stream.pop(stream_id, None)
+        if old is not None:
+            hosts = self.playing.get(old[0])
+            if hosts is not None:
+                hosts.discard(old[1])
+                if not hosts:
+                    del self.playing[old[0]]
+        if stream and stream.status == "started" and stream.content_key and stream.container_id:
+            self._by_stream[stream_id] = (stream.content_key, stream.container_id)
+            self.playing.setdefault(stream.content_key, set()).add(stream.container_id)
+
+
+class Store:
+    def __init__(self, bus: Bus, stream_ttl_s: float) -> None:
+        self.bus = bus
+        self.stream_ttl_s = stream_ttl_s
+        self.engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
+        self.streams: KvView[StreamRecord] = KvView(bus.streams, decode_stream, bus)
+        self.contents = ContentIndex()
+        self.streams.listeners.append(self.contents.on_change)
+
+    async def start(self) -> None:
+        await self.engines.start()
+        await self.streams.start()
+
+    async def stop(self) -> None:
+        await self.engines.stop()
+        await self.streams.stop()
+
+    async def get_engine(self, container_id: str) -> Versioned[EngineRecord] | None:
+        found = await read(self.bus.engines, container_id, decode_engine)
+        if found is not None:
+            self.engines.remember(container_id, found.value, found.revision)
+        return found
+
+    async def get_stream(self, stream_id: str) -> StreamRecord | None:
+        found = await read(self.bus.streams, stream_id, decode_stream)
+        return found.value if found else None
+
+    def find_by_address(self, host: str, port: int) -> str | None:
+        for key, item in self.engines.items().items():
+            if item.value.host == host and item.value.port == port:
+                return key
+        return None
+
+    def was_removed(self, container_id: str) -> bool:
+        return container_id in self.engines._gone
+
+    async def update_engine(
+        self, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True
+    ) -> Outcome[EngineRecord]:
+        cached = self.engines.get(container_id) if use_cache else None
+        outcome = await cas_update(self.bus.engines, container_id, change, decode_engine, cached=cached)
+        if outcome.after is not None:
+            self.engines.remember(container_id, outcome.after, outcome.revision)
+        elif outcome.written or outcome.before is None:
+            self.engines.forget(container_id, outcome.revision)
+        return outcome
+
+    async def update_stream(
+        self, stream_id: str, change: Callable[[StreamRecord | None], object]
+    ) -> Outcome[StreamRecord]:
+        outcome = await cas_update(self.bus.streams, stream_id, change, decode_stream, ttl_for=self._ttl_for)
+        if outcome.written:
+            self.streams.remember(stream_id, outcome.after, outcome.revision)
+        return outcome
+
+    def _ttl_for(self, stream: StreamRecord) -> float | None:
+        # Ended streams expire by themselves (DESIGN §4); started ones live until they end.
+        return self.stream_ttl_s if stream.status == "ended" else None

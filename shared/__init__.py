@@ -1,0 +1,1 @@
+"""The contract in code: schemas, names, config, bus helpers and pure policy."""

@@ -1,0 +1,176 @@
+"""The NATS connection and the JetStream layout every service relies on.
+
+`connect` fails fast with a clear message when NATS is absent (the first
+attempt is bounded), logs disconnects and reconnects in one line each, and
+lets services register callbacks to re-establish KV watches after a reconnect
+(watchers go silent ~10 s after a server restart otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js import api
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+
+from shared import names
+from shared.config import Config
+
+log = logging.getLogger(__name__)
+
+MIN_SERVER_VERSION = (2, 11)
+EVENTS_MAX_AGE_S = 24 * 3600
+DUPLICATE_WINDOW_S = 120
+
+
+class BusError(RuntimeError):
+    """NATS is unreachable or unsuitable; the message says what to do."""
+
+
+@dataclass
+class Bus:
+    nc: Client
+    js: JetStreamContext
+    engines: KeyValue
+    streams: KeyValue
+    leases: KeyValue
+    _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
+        self._on_reconnect.append(callback)
+
+    async def _reconnected(self) -> None:
+        for callback in list(self._on_reconnect):
+            try:
+                await callback()
+            except Exception as exc:  # a failing re-subscribe must not stop the others
+                log.warning("after reconnect: %s failed: %s", getattr(callback, "__qualname__", callback), exc)
+
+    async def close(self) -> None:
+        if self.nc.is_closed:
+            return
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout=5)
+        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            log.warning("drain did not finish cleanly: %s", exc)
+            await self.nc.close()
+
+
+async def connect(config: Config, name: str) -> Bus:
+    """Connect, check the server, and make sure the stream and buckets exist."""
+    holder: list[Bus] = []
+
+    async def error_cb(exc: Exception) -> None:
+        log.warning("nats: %s", exc or type(exc).__name__)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats: disconnected from %s", config.nats_url)
+
+    async def reconnected_cb() -> None:
+        log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else config.nats_url)
+        if holder:
+            asyncio.get_running_loop().create_task(holder[0]._reconnected())
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                servers=config.nats_url.split(","),
+                name=name,
+                connect_timeout=min(config.nats_connect_timeout_s, 2.0),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+            ),
+            timeout=config.nats_connect_timeout_s,
+        )
+    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+        raise BusError(
+            f"cannot connect to NATS at {config.nats_url} ({type(exc).__name__}): is nats-server running? "
+            "Set NATS_URL to its address."
+        ) from None
+    _check_server(nc, config)
+    js = nc.jetstream(timeout=5)
+    await ensure_layout(js, config)
+    bus = Bus(
+        nc=nc,
+        js=js,
+        engines=await js.key_value(names.ENGINES_BUCKET),
+        streams=await js.key_value(names.STREAMS_BUCKET),
+        leases=await js.key_value(names.LEASES_BUCKET),
+    )
+    holder.append(bus)
+    log.info("nats: connected to %s (server %s)", config.nats_url, nc.connected_server_version)
+    return bus
+
+
+def _check_server(nc: Client, config: Config) -> None:
+    version = nc.connected_server_version
+    if (version.major, version.minor) < MIN_SERVER_VERSION:
+        raise BusError(
+            f"nats-server {version} at {config.nats_url} is too old: per-message TTL needs nats-server >= "
+            f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]}; upgrade it"
+        )
+    if not nc._server_info.get("jetstream"):
+        raise BusError(f"nats-server at {config.nats_url} has JetStream disabled; start it with -js")
+
+
+def events_stream_config(config: Config) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=names.EVENTS_STREAM,
+        subjects=list(names.EVENT_SUBJECTS),
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=EVENTS_MAX_AGE_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=config.nats_replicas,
+    )
+
+
+def bucket_stream_config(bucket: str, config: Config) -> api.StreamConfig:
+    """A KV bucket's backing stream, as nats-py builds it, with direct get and per-message TTL."""
+    return api.StreamConfig(
+        name=f"KV_{bucket}",
+        subjects=[f"$KV.{bucket}.>"],
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        allow_msg_ttl=True,
+        deny_delete=True,
+        discard=api.DiscardPolicy.NEW,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        max_msgs_per_subject=1,
+        max_consumers=-1,
+        max_msgs=-1,
+        storage=api.StorageType.FILE,
+        num_replicas=config.nats_replicas,
+    )
+
+
+async def ensure_layout(js: JetStreamContext, config: Config) -> None:
+    """Create or update the events stream and the buckets; safe to run from every replica."""
+    wanted = [events_stream_config(config)] + [
+        bucket_stream_config(bucket, config)
+        for bucket in (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET)
+    ]
+    for stream in wanted:
+        await _ensure_stream(js, stream)
+
+
+async def _ensure_stream(js: JetStreamContext, stream: api.StreamConfig) -> None:
+    try:
+        await js.stream_info(stream.name)
+    except NotFoundError:
+        try:
+            await js.add_stream(stream)
+            return
+        except nats.js.errors.BadRequestError:
+            pass  # another replica created it between our two calls
+    await js.update_stream(stream)

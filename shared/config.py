@@ -1,0 +1,191 @@
+"""Configuration from the environment (DESIGN §6), validated once at start-up.
+
+Every invalid value fails with a message naming the variable, the value and
+what was expected, so an operator can fix the right line of their env file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has an invalid value."""
+
+
+def _number(kind: type, minimum: float | None) -> Callable[[str, str], Any]:
+    def parse(name: str, raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {raw!r}") from None
+        if minimum is not None and value < minimum:
+            raise ConfigError(f"{name} must be >= {minimum}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _choice(*allowed: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _port_range(name: str, raw: str) -> tuple[int, int]:
+    low, sep, high = raw.partition("-")
+    try:
+        first, last = int(low), int(high)
+    except ValueError:
+        raise ConfigError(f"{name} must look like 40000-40999, got {raw!r}") from None
+    if not sep or not 1 <= first <= last <= 65535:
+        raise ConfigError(f"{name} must be FIRST-LAST with 1 <= FIRST <= LAST <= 65535, got {raw!r}")
+    return first, last
+
+
+def _url(name: str, raw: str) -> str:
+    if not raw.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError(f"{name} must be a nats:// URL (comma-separated for a cluster), got {raw!r}")
+    return raw
+
+
+POSITIVE_FLOAT = _number(float, 0.001)
+NON_NEGATIVE_INT = _number(int, 0)
+POSITIVE_INT = _number(int, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_replicas: int = 1
+    nats_connect_timeout_s: float = 5.0
+    health_check_interval_s: float = 30.0
+    health_check_timeout_s: float = 5.0
+    health_fail_threshold: int = 2
+    health_rise_threshold: int = 2
+    health_recheck_s: float = 5.0
+    probe_concurrency: int = 100
+    autoscale_interval_s: float = 30.0
+    engine_grace_period_s: float = 30.0
+    auto_delete: bool = True
+    min_replicas: int = 2
+    min_free_replicas: int = 1
+    max_replicas: int = 10
+    max_streams_per_engine: int = 3
+    reservation_ttl_s: float = 30.0
+    share_content: bool = True
+    unhealthy_replace_after_s: float = 120.0
+    claim_ttl_s: float = 60.0
+    stream_ttl_s: float = 3600.0
+    unknown_engine_retry_s: float = 30.0
+    engine_runtime: str = "local"
+    engine_image: str = "aceorch/acesim:latest"
+    engine_cache_dir: str = "/root/.ACEStream/.acestream_cache"
+    engine_command: str = ""
+    engine_port_range: tuple[int, int] = (40000, 40999)
+    engine_start_timeout_s: float = 60.0
+    engine_memory_limit: str = ""
+    engine_state_dir: str = "data/engines"
+    provision_concurrency: int = 4
+    docker_network: str = ""
+    api_key: str = ""
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    max_body_bytes: int = 65536
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    log_level: str = "INFO"
+
+
+PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "nats_url": _url,
+    "nats_replicas": _number(int, 1),
+    "nats_connect_timeout_s": POSITIVE_FLOAT,
+    "health_check_interval_s": POSITIVE_FLOAT,
+    "health_check_timeout_s": POSITIVE_FLOAT,
+    "health_fail_threshold": POSITIVE_INT,
+    "health_rise_threshold": POSITIVE_INT,
+    "health_recheck_s": POSITIVE_FLOAT,
+    "probe_concurrency": POSITIVE_INT,
+    "autoscale_interval_s": POSITIVE_FLOAT,
+    "engine_grace_period_s": _number(float, 0),
+    "auto_delete": _bool,
+    "min_replicas": NON_NEGATIVE_INT,
+    "min_free_replicas": NON_NEGATIVE_INT,
+    "max_replicas": POSITIVE_INT,
+    "max_streams_per_engine": POSITIVE_INT,
+    "reservation_ttl_s": POSITIVE_FLOAT,
+    "share_content": _bool,
+    "unhealthy_replace_after_s": POSITIVE_FLOAT,
+    "claim_ttl_s": POSITIVE_FLOAT,
+    "stream_ttl_s": _number(float, 1),
+    "unknown_engine_retry_s": POSITIVE_FLOAT,
+    "engine_runtime": _choice("docker", "local", "external"),
+    "engine_image": _text,
+    "engine_cache_dir": _text,
+    "engine_command": _text,
+    "engine_port_range": _port_range,
+    "engine_start_timeout_s": POSITIVE_FLOAT,
+    "engine_memory_limit": _text,
+    "engine_state_dir": _text,
+    "provision_concurrency": POSITIVE_INT,
+    "docker_network": _text,
+    "api_key": _text,
+    "gateway_host": _text,
+    "gateway_port": _number(int, 1),
+    "max_body_bytes": POSITIVE_INT,
+    "metrics_port": NON_NEGATIVE_INT,
+    "metrics_host": _text,
+    "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+
+def load_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Read every known variable (upper-case field name) from the environment."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in fields(Config):
+        raw = env.get(field.name.upper())
+        if raw is None or raw == "" and field.type != "str":
+            continue
+        values[field.name] = PARSERS[field.name](field.name.upper(), raw.strip())
+    config = Config(**values)
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    if config.min_replicas > config.max_replicas:
+        raise ConfigError(
+            f"MIN_REPLICAS ({config.min_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})"
+        )
+    if config.min_free_replicas > config.max_replicas:
+        raise ConfigError(
+            f"MIN_FREE_REPLICAS ({config.min_free_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})"
+        )
+    if config.health_check_timeout_s > config.health_check_interval_s:
+        raise ConfigError(
+            f"HEALTH_CHECK_TIMEOUT_S ({config.health_check_timeout_s}) must not exceed "
+            f"HEALTH_CHECK_INTERVAL_S ({config.health_check_interval_s})"
+        )

@@ -1,0 +1,78 @@
+"""Talking to an engine's HTTP API (the real AceStream engine or acesim).
+
+A probe's outcome is data, not an exception: a hung engine is a normal event
+for us, reported with an error kind (`timeout`, `refused`, `http_<code>`,
+`bad_json`, `api_error`) and never logged as a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import httpx
+import msgspec
+
+STATUS_PATH = "/server/api"
+STATUS_PARAMS = {"api_version": "3", "method": "get_status"}
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+    version: str | None = None
+
+
+class _Version(msgspec.Struct):
+    version: str | None = None
+
+
+class _Result(msgspec.Struct):
+    version: _Version | None = None
+
+
+class _StatusReply(msgspec.Struct):
+    result: _Result | None = None
+    error: object = None
+
+
+_decode_status = msgspec.json.Decoder(_StatusReply).decode
+
+
+def status_url(host: str, port: int) -> str:
+    return f"http://{host}:{port}{STATUS_PATH}"
+
+
+def interpret_status(status_code: int, body: bytes) -> tuple[str | None, str | None]:
+    """(error kind or None, version) for a get_status reply."""
+    if status_code != 200:
+        return f"http_{status_code}", None
+    try:
+        reply = _decode_status(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return "bad_json", None
+    if reply.error is not None:
+        return "api_error", None
+    version = reply.result.version.version if reply.result and reply.result.version else None
+    return None, version
+
+
+async def probe(client: httpx.AsyncClient, host: str, port: int, timeout_s: float) -> ProbeResult:
+    """One get_status round trip, bounded by `timeout_s` from connect to last byte."""
+    started = time.perf_counter()
+    try:
+        # httpx's timeout is per phase; the outer bound also covers an engine that drips bytes.
+        async with asyncio.timeout(timeout_s):
+            response = await client.get(status_url(host, port), params=STATUS_PARAMS, timeout=timeout_s)
+        error, version = interpret_status(response.status_code, response.content)
+    except (httpx.TimeoutException, TimeoutError):
+        error, version = "timeout", None
+    except httpx.ConnectError as exc:
+        error, version = ("refused" if "refused" in str(exc).lower() else "connect_error"), None
+    except httpx.HTTPError as exc:
+        error, version = f"http_error: {type(exc).__name__}", None
+    latency_ms = round((time.perf_counter() - started) * 1000, 2)
+    return ProbeResult(ok=error is None, latency_ms=latency_ms, error=error, version=version)

@@ -1,0 +1,240 @@
+"""The one compare-and-set loop, and a watch-fed view of a bucket.
+
+Every mutation of a record goes through `cas_update`: read (or take the
+caller's cached revision) → pure change → `update(last=revision)`; on a
+revision conflict, re-read and re-apply. `KvView` keeps an in-memory copy of a
+bucket from a KV watch, re-established after reconnects, so hot paths
+(selection, GET /engines) never do a round trip per record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js import api
+from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from shared.bus import Bus
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+DELETE = object()  # a change that removes the key
+CAS_ATTEMPTS = 100
+
+
+class ConflictExhausted(RuntimeError):
+    """A key kept changing under us; the caller retries the whole operation later."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[T]):
+    value: T
+    revision: int
+
+
+@dataclass(frozen=True)
+class Outcome(Generic[T]):
+    before: T | None
+    after: T | None
+    revision: int
+    written: bool
+
+
+async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
+    """Latest value and its revision; None when absent or deleted."""
+    try:
+        entry = await kv.get(key)
+    except (KeyNotFoundError, KeyDeletedError):
+        return None
+    if entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
+        return None
+    return Versioned(decode(entry.value), entry.revision or 0)
+
+
+async def _deleted_revision(kv: KeyValue, key: str) -> int:
+    """The revision of a delete marker, so a create after a delete can still be a CAS."""
+    try:
+        await kv.get(key)
+    except KeyDeletedError as exc:
+        return exc.entry.revision or 0
+    except KeyNotFoundError:
+        return 0
+    return 0
+
+
+async def cas_update(
+    kv: KeyValue,
+    key: str,
+    change: Callable[[T | None], T | None | object],
+    decode: Callable[[bytes], T],
+    *,
+    cached: Versioned[T] | None = None,
+    ttl_for: Callable[[T], float | None] | None = None,
+) -> Outcome[T]:
+    """Apply `change` to the current value with compare-and-set until it sticks.
+
+    `change` gets the current value (None if absent) and returns the new value,
+    the same object (nothing to write), None (leave absent) or DELETE.
+    `ttl_for` gives a written value a per-message TTL (an ended stream's expiry).
+    """
+    current = cached
+    fresh = cached is None
+    for _ in range(CAS_ATTEMPTS):
+        if fresh:
+            current = await read(kv, key, decode)
+        before = current.value if current else None
+        after = change(before)
+        if after is before or (after is None and before is None):
+            if fresh:
+                return Outcome(before, before, current.revision if current else 0, written=False)
+            fresh = True  # confirm against the server that nothing changed since our cache
+            continue
+        try:
+            ttl_s = ttl_for(after) if ttl_for is not None and after is not DELETE else None  # type: ignore[arg-type]
+            revision = await _write(kv, key, after, current, ttl_s)
+        except KeyWrongLastSequenceError:
+            fresh = True
+            continue
+        return Outcome(before, None if after is DELETE else after, revision, written=True)  # type: ignore[arg-type]
+    raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
+
+
+async def _write(kv: KeyValue, key: str, value: object, current: Versioned | None, ttl_s: float | None) -> int:
+    last = current.revision if current else await _deleted_revision(kv, key)
+    if value is DELETE:
+        try:
+            await kv.delete(key, last=last)
+        except APIError as exc:  # `delete(last=…)` reports a conflict as a plain BadRequestError
+            if exc.err_code in (10071, 10164):
+                raise KeyWrongLastSequenceError(description=exc.description) from None
+            raise
+        return last + 1
+    data = msgspec.json.encode(value)
+    if ttl_s is None:
+        return await kv.update(key, data, last=last)
+    try:
+        ack = await kv._js.publish(
+            f"{kv._pre}{key}",
+            data,
+            headers={api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)},
+            msg_ttl=ttl_s,
+        )
+    except APIError as exc:
+        if exc.err_code in (10071, 10164):
+            raise KeyWrongLastSequenceError(description=exc.description) from None
+        raise
+    return ack.seq
+
+
+class KvView(Generic[T]):
+    """An eventually consistent in-memory copy of one bucket, fed by a KV watch.
+
+    Writers that know a newer revision (their own CAS result) call `remember`
+    so the next read on this replica does not start from a stale revision.
+    """
+
+    def __init__(self, kv: KeyValue, decode: Callable[[bytes], T], bus: Bus | None = None) -> None:
+        self._kv = kv
+        self._decode = decode
+        self._items: dict[str, Versioned[T]] = {}
+        self._gone: dict[str, int] = {}  # revision of each key's deletion, so late entries can't revive it
+        self._watcher = None
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+        self.changed = asyncio.Event()  # set on every change; listeners clear it
+        self.listeners: list[Callable[[str, T | None], None]] = []
+        self.undecodable = 0
+        if bus is not None:
+            bus.on_reconnect(self.restart)
+
+    def items(self) -> dict[str, Versioned[T]]:
+        return self._items
+
+    def values(self) -> list[T]:
+        return [v.value for v in self._items.values()]
+
+    def get(self, key: str) -> Versioned[T] | None:
+        return self._items.get(key)
+
+    def remember(self, key: str, value: T | None, revision: int) -> None:
+        known = self._items.get(key)
+        if (known is not None and known.revision >= revision) or self._gone.get(key, 0) >= revision:
+            return
+        self._apply(key, value, revision)
+
+    def forget(self, key: str, revision: int) -> None:
+        """The key is gone (we deleted it, or a read found nothing)."""
+        if key in self._items:
+            self._apply(key, None, max(revision, self._items[key].revision))
+
+    async def start(self, timeout: float = 10.0) -> None:
+        await self.restart()
+        await asyncio.wait_for(self.ready.wait(), timeout)
+
+    async def restart(self) -> None:
+        """(Re)subscribe from the latest values; called on start and after every reconnect."""
+        await self.stop()
+        self._watcher = await self._kv.watchall()
+        self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher))
+
+    async def stop(self) -> None:
+        task, watcher = self._task, self._watcher
+        self._task = self._watcher = None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if watcher is not None:
+            try:
+                await watcher.stop()
+            except Exception as exc:  # the subscription may already be gone with the old connection
+                log.debug("stopping watcher: %s", exc)
+
+    async def _follow(self, watcher) -> None:
+        seen: set[str] = set()
+        initial = True
+        async for entry in watcher:
+            if entry is None:  # end of the initial snapshot
+                if initial:
+                    for stale in set(self._items) - seen:
+                        self._apply(stale, None, self._items[stale].revision)
+                    initial = False
+                    self.ready.set()
+                continue
+            if initial:
+                seen.add(entry.key)
+            self._on_entry(entry)
+
+    def _on_entry(self, entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
+            self._apply(entry.key, None, entry.revision or 0)
+            return
+        try:
+            value = self._decode(entry.value)
+        except msgspec.DecodeError as exc:
+            self.undecodable += 1
+            log.warning("%s/%s: cannot decode stored value: %s", self._kv._name, entry.key, exc)
+            return
+        known = self._items.get(entry.key)
+        revision = entry.revision or 0
+        if (known is not None and known.revision > revision) or self._gone.get(entry.key, 0) > revision:
+            return
+        self._apply(entry.key, value, entry.revision or 0)
+
+    def _apply(self, key: str, value: T | None, revision: int) -> None:
+        if value is None:
+            self._gone[key] = revision
+            if self._items.pop(key, None) is None:
+                return
+        else:
+            self._gone.pop(key, None)
+            self._items[key] = Versioned(value, revision)
+        self.changed.set()
+        for listener in self.listeners:
+            listener(key, value)

@@ -1,0 +1,40 @@
+"""Every subject, stream, bucket and consumer name in one place (DESIGN §2–4)."""
+
+from typing import Final
+
+# Events captured by the ACE_EVENTS stream.
+STREAM_STARTED: Final = "stream.started"
+STREAM_ENDED: Final = "stream.ended"
+ENGINE_HEALTH: Final = "engine.health"
+ENGINE_REGISTERED: Final = "engine.registered"
+ENGINE_REMOVED: Final = "engine.removed"
+ENGINE_CLEANED: Final = "engine.cleaned"
+EVENT_SUBJECTS: Final = (
+    STREAM_STARTED,
+    STREAM_ENDED,
+    ENGINE_HEALTH,
+    ENGINE_REGISTERED,
+    ENGINE_REMOVED,
+    ENGINE_CLEANED,
+)
+
+# Derived notifications (core NATS, not in the stream).
+ENGINE_IDLE: Final = "engine.idle"
+ENGINE_DEMAND: Final = "engine.demand"
+
+# Request/reply endpoints of the `state-keeper` micro service.
+ENGINE_SELECT: Final = "engine.select"
+ENGINE_LIST: Final = "engine.list"
+ENGINE_GET: Final = "engine.get"
+ENGINE_CLAIM: Final = "engine.claim"
+ENGINE_RELEASE: Final = "engine.release"
+STREAM_LIST: Final = "stream.list"
+
+SERVICE_NAME: Final = "state-keeper"
+EVENTS_STREAM: Final = "ACE_EVENTS"
+EVENTS_CONSUMER: Final = "state-keeper"
+
+ENGINES_BUCKET: Final = "ace_engines"
+STREAMS_BUCKET: Final = "ace_streams"
+# Leases, per-epoch sweep markers and replica membership; values carry a per-message TTL.
+LEASES_BUCKET: Final = "ace_leases"

