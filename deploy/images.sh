@@ -122,10 +122,8 @@ ROOTFS=""
 cleanup_rootfs() {
     [ -n "$ROOTFS" ] && [ -d "$ROOTFS" ] || return 0
     # debootstrap may leave proc/sys mounted inside the target when it fails.
-    local m
-    for m in $(awk -v r="$ROOTFS" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
-        umount -l "$m" 2>/dev/null || true
-    done
+    awk -v r="$ROOTFS" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r \
+        | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     rm -rf --one-file-system "$ROOTFS"
     ROOTFS=""
 }
