@@ -116,6 +116,10 @@ def json_response(payload: Any, status: int = 200, **kwargs: Any) -> Response:
     return Response(status, json.dumps(payload).encode(), **kwargs)
 
 
+def dead_session(status: int = 200) -> Response:
+    return json_response({"response": None, "error": DEAD_SESSION}, status)
+
+
 async def read_request(reader: asyncio.StreamReader) -> Request | None:
     """Read one request; None when the client closed the connection."""
     try:
@@ -230,7 +234,7 @@ class Engine:
         self.requests = 0  # non-/__sim/ requests received
         self.crashed = False
         self._server: asyncio.AbstractServer | None = None
-        self._connections: set[asyncio.StreamWriter] = set()
+        self._connections: dict[asyncio.StreamWriter, asyncio.Task[Any] | None] = {}
         self._relisten: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()  # keep references: the loop holds tasks weakly
         self._client_session_ids = itertools.count(random.randint(1, 10_000))
@@ -243,6 +247,9 @@ class Engine:
         self._server = await asyncio.start_server(
             self._serve_connection, self.host, self.port, backlog=LISTEN_BACKLOG
         )
+
+    def connection_tasks(self) -> list[asyncio.Task[Any]]:
+        return [task for task in self._connections.values() if task is not None]
 
     @property
     def listening(self) -> bool:
@@ -368,7 +375,7 @@ class Engine:
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        self._connections.add(writer)
+        self._connections[writer] = asyncio.current_task()
         try:
             while not self.crashed:
                 try:
@@ -384,7 +391,7 @@ class Engine:
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away; nothing to answer
         finally:
-            self._connections.discard(writer)
+            self._connections.pop(writer, None)
             writer.close()
 
     async def _handle(
@@ -479,7 +486,7 @@ class Engine:
     def _stat(self, infohash: str, key: str, request: Request) -> Response:
         session = self.find_session(infohash, key)
         if session is None:
-            return json_response({"response": None, "error": DEAD_SESSION})
+            return dead_session()
         now = time.monotonic()
         session.last_seen = now
         return json_response({"response": _stat_body(session, now), "error": None})
@@ -487,7 +494,7 @@ class Engine:
     def _command(self, infohash: str, key: str, request: Request) -> Response:
         session = self.find_session(infohash, key)
         if session is None:
-            return json_response({"response": None, "error": DEAD_SESSION})
+            return dead_session()
         if request.query.get("method") != "stop":
             return json_response({"response": None, "error": "unknown method"})
         # Stop on any key ends the content session for all its players.
@@ -498,11 +505,12 @@ class Engine:
         infohash, key = _session_path(request.path[len("/ace/r/"):])
         session = self.find_session(infohash, key)
         if session is None:
-            return await self._reply(request, writer, json_response({"response": None, "error": DEAD_SESSION}, 404))
+            return await self._reply(request, writer, dead_session(404))
         # HTTP/1.1 gets a chunked body; HTTP/1.0 clients read until close.
         chunked = request.version == "HTTP/1.1"
         headers = {"Server": SERVER_HEADER, "Date": formatdate(usegmt=True), "Content-Type": "video/mp2t"}
-        headers.update({"Transfer-Encoding": "chunked"} if chunked else {})
+        if chunked:
+            headers["Transfer-Encoding"] = "chunked"
         headers["Connection"] = "close"
         writer.write(_head(200, headers))
         if request.method == "HEAD":
@@ -516,7 +524,9 @@ class Engine:
             session.last_seen = time.monotonic()
         return False
 
-    async def _stream_until_ended(self, session: Session, writer: asyncio.StreamWriter, chunked: bool) -> None:
+    async def _stream_until_ended(
+        self, session: Session, writer: asyncio.StreamWriter, chunked: bool
+    ) -> None:
         frame = b"%x\r\n%s\r\n" % (len(STREAM_CHUNK), STREAM_CHUNK) if chunked else STREAM_CHUNK
         while not session.ended and not writer.is_closing():
             writer.write(frame)
@@ -534,7 +544,8 @@ class Engine:
             "port": self.port,
             "fault": self.fault.as_dict(),
             "sessions": [
-                {"infohash": s.infohash, "keys": list(s.keys), "started_at": s.started_at, "bytes": s.bytes}
+                {"infohash": s.infohash, "keys": list(s.keys), "started_at": s.started_at,
+                 "bytes": s.bytes}
                 for s in self.sessions.values()
             ],
             "cache_bytes": self.cache_bytes(),
@@ -634,9 +645,17 @@ class Simulator:
             self.exit_code = 1
             self.stopped.set()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close every socket and let connection handlers finish on their own.
+
+        Handlers left for asyncio.run to cancel make Python 3.11's streams
+        module log a CancelledError traceback per connection.
+        """
         for engine in self.engines.values():
             engine.stop_listening()
+        tasks = [task for engine in self.engines.values() for task in engine.connection_tasks()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
 
     def control(self, engine: Engine, request: Request) -> Response:
         """Answer /__sim/ requests; `port=X` targets another engine here."""
@@ -644,7 +663,8 @@ class Simulator:
         if "port" in request.query:
             port = _int_or_none(request.query["port"])
             if port not in self.engines:
-                return json_response({"ok": False, "error": f"no engine on port {request.query['port']}"}, 404)
+                error = f"no engine on port {request.query['port']}"
+                return json_response({"ok": False, "error": error}, 404)
             target = self.engines[port]
         if request.path == "/__sim/state":
             return json_response(target.state())
@@ -654,18 +674,31 @@ class Simulator:
 
 
 def _set_fault(target: Engine, query: dict[str, str]) -> Response:
-    mode = query.get("mode", "")
-    if mode not in FAULT_MODES:
-        return json_response({"ok": False, "error": f"mode must be one of {', '.join(FAULT_MODES)}"}, 400)
+    parsed = _parse_fault(query)
+    if isinstance(parsed, str):
+        return json_response({"ok": False, "error": parsed}, 400)
     if target.crashed:
         return json_response({"ok": False, "error": f"engine {target.port} has crashed"}, 409)
+    fault, for_s = parsed
+    apply_after_reply = target.set_fault(fault, for_s)
+    return json_response({"ok": True, "mode": fault.mode}, after=apply_after_reply)
+
+
+def _parse_fault(query: dict[str, str]) -> tuple[Fault, float | None] | str:
+    """The fault and its `for_s`, or what is wrong with the query."""
+    mode = query.get("mode", "")
+    if mode not in FAULT_MODES:
+        return f"mode must be one of {', '.join(FAULT_MODES)}"
     ms = _int_or_none(query.get("ms", str(DEFAULT_SLOW_MS)))
+    if ms is None or ms < 0:
+        return "ms must be a non-negative integer"
     code = _int_or_none(query.get("code", str(DEFAULT_ERROR_CODE)))
+    if code is None or not 100 <= code <= 599:
+        return "code must be an HTTP status (100-599)"
     for_s = _float_or_none(query["for_s"]) if "for_s" in query else None
-    if ms is None or ms < 0 or code is None or not 100 <= code <= 599 or ("for_s" in query and for_s is None):
-        return json_response({"ok": False, "error": "bad ms, code or for_s"}, 400)
-    apply_after_reply = target.set_fault(Fault(mode, ms, code), for_s)
-    return json_response({"ok": True, "mode": mode}, after=apply_after_reply)
+    if "for_s" in query and for_s is None:
+        return "for_s must be a non-negative number of seconds"
+    return Fault(mode, ms, code), for_s
 
 
 def _int_or_none(text: str) -> int | None:
@@ -742,7 +775,7 @@ async def run(args: argparse.Namespace, cache_root: str) -> int:
         await sim.stopped.wait()
     finally:
         ticker.cancel()
-        sim.close()
+        await sim.close()
     return sim.exit_code
 
 

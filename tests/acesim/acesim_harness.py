@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +78,8 @@ def wait_until_answering(sim: SimProcess, ports: list[int], timeout_s: float) ->
             if sim.proc.poll() is not None:
                 pytest.fail(f"acesim exited with {sim.proc.returncode}:\n{sim.log()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"acesim ports {pending[:5]}… not answering after {timeout_s}s:\n{sim.log()[-2000:]}")
+                waiting = pending[:5]
+                pytest.fail(f"acesim ports {waiting}… not answering after {timeout_s}s:\n{sim.log()[-2000:]}")
             try:
                 client.get(sim.url("/server/api?api_version=3&method=get_status", pending[0]))
             except httpx.TransportError:

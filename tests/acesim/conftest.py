@@ -16,7 +16,13 @@ for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().pare
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from acesim_harness import REPO_ROOT, SimProcess, StartSim, free_port_range, wait_until_answering  # noqa: E402
+from acesim_harness import (  # noqa: E402
+    REPO_ROOT,
+    SimProcess,
+    StartSim,
+    free_port_range,
+    wait_until_answering,
+)
 
 
 @pytest.fixture

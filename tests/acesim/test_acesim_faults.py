@@ -14,7 +14,8 @@ import pytest
 from acesim_harness import REPO_ROOT, SimProcess, StartSim, free_port_range, wait_until_answering
 
 STATUS_PATH = "/server/api?api_version=3&method=get_status"
-STATUS_BODY = {"result": {"playlist_loaded": True, "version": {"code": 3021100, "platform": "linux", "version": "3.2.11"}}}
+ENGINE_VERSION = {"code": 3021100, "platform": "linux", "version": "3.2.11"}
+STATUS_BODY = {"result": {"playlist_loaded": True, "version": ENGINE_VERSION}}
 
 
 def set_fault(engine: SimProcess, client: httpx.Client, query: str, port: int | None = None) -> dict:

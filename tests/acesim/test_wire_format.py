@@ -36,9 +36,8 @@ def test_get_status_has_exactly_the_engine_shape(engine: SimProcess, client: htt
     assert reply.status_code == 200
     assert reply.headers["content-type"] == "application/json"
     assert reply.headers["server"].startswith("acesim/")
-    assert reply.json() == {
-        "result": {"playlist_loaded": True, "version": {"code": 3021100, "platform": "linux", "version": "3.2.11"}}
-    }
+    version = {"code": 3021100, "platform": "linux", "version": "3.2.11"}
+    assert reply.json() == {"result": {"playlist_loaded": True, "version": version}}
 
 
 def test_get_network_connection_status(engine: SimProcess, client: httpx.Client) -> None:
@@ -123,17 +122,20 @@ def test_getstream_without_id_is_an_error(engine: SimProcess, client: httpx.Clie
     assert isinstance(body["error"], str) and body["error"]
 
 
-def test_getstream_without_format_json_redirects_to_playback(engine: SimProcess, client: httpx.Client) -> None:
+def test_getstream_without_format_json_redirects(engine: SimProcess, client: httpx.Client) -> None:
     reply = client.get(engine.url("/ace/getstream?id=abc123"), follow_redirects=False)
     assert reply.status_code == 302
     infohash = hashlib.sha1(b"abc123").hexdigest()
-    assert re.match(rf"^http://{HOST}:{engine.port}/ace/r/{infohash}/[0-9a-f]{{40}}$", reply.headers["location"])
+    playback = rf"^http://{HOST}:{engine.port}/ace/r/{infohash}/[0-9a-f]{{40}}$"
+    assert re.match(playback, reply.headers["location"])
 
 
 # -- playback, stat, command ---------------------------------------------------
 
 
-def read_stream(client: httpx.Client, url: str, *, min_bytes: int = 0, seconds: float = 0.0) -> tuple[str, bytes]:
+def read_stream(
+    client: httpx.Client, url: str, *, min_bytes: int = 0, seconds: float = 0.0
+) -> tuple[str, bytes]:
     """Read a playback stream until both limits are reached, then hang up."""
     received = bytearray()
     deadline = time.monotonic() + seconds
