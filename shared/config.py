@@ -7,6 +7,7 @@ what was expected, so an operator can fix the right line of their env file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -64,6 +65,12 @@ def _port_range(name: str, raw: str) -> tuple[int, int]:
     return first, last
 
 
+def _label_value(name: str, raw: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}", raw):
+        raise ConfigError(f"{name} must be 1-63 letters, digits, '_', '.' or '-', got {raw!r}")
+    return raw
+
+
 def _url(name: str, raw: str) -> str:
     if not raw.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise ConfigError(f"{name} must be a nats:// URL (comma-separated for a cluster), got {raw!r}")
@@ -108,11 +115,13 @@ class Config:
     engine_memory_limit: str = ""
     engine_state_dir: str = "data/engines"
     provision_concurrency: int = 4
+    engine_pool: str = "default"
     docker_network: str = ""
     api_key: str = ""
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     max_body_bytes: int = 65536
+    gateway_keepalive_s: float = 15.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -150,11 +159,13 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "engine_memory_limit": _text,
     "engine_state_dir": _text,
     "provision_concurrency": POSITIVE_INT,
+    "engine_pool": _label_value,
     "docker_network": _text,
     "api_key": _text,
     "gateway_host": _text,
     "gateway_port": _number(int, 1),
     "max_body_bytes": POSITIVE_INT,
+    "gateway_keepalive_s": POSITIVE_FLOAT,
     "metrics_port": NON_NEGATIVE_INT,
     "metrics_host": _text,
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -1,8 +1,9 @@
 """Talking to an engine's HTTP API (the real AceStream engine or acesim).
 
 A probe's outcome is data, not an exception: a hung engine is a normal event
-for us, reported with an error kind (`timeout`, `refused`, `http_<code>`,
-`bad_json`, `api_error`) and never logged as a traceback.
+for us, reported with an error kind (`timeout`, `refused`, `connect_error`,
+`disconnected`, `http_<code>`, `bad_json`, `api_error`, `http_error`) and
+never logged as a traceback.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import msgspec
 
 STATUS_PATH = "/server/api"
 STATUS_PARAMS = {"api_version": "3", "method": "get_status"}
+STATUS_QUERY = "api_version=3&method=get_status"
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,22 @@ _decode_status = msgspec.json.Decoder(_StatusReply).decode
 
 
 def status_url(host: str, port: int) -> str:
-    return f"http://{host}:{port}{STATUS_PATH}"
+    """The full get_status URL (query included: cheaper than letting httpx merge params)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 literal
+    return f"http://{host}:{port}{STATUS_PATH}?{STATUS_QUERY}"
+
+
+def new_client(max_connections: int = 100) -> httpx.AsyncClient:
+    """The one pooled client a prober shares across all its engines.
+
+    No keep-alive: an engine is probed every few seconds at best, and holding
+    one idle connection per engine makes httpcore scan a 1,000-entry pool on
+    every request (measured: 2.3 ms instead of 0.9 ms CPU per probe). Proxy
+    variables are ignored: engines are reached directly, never through a proxy.
+    """
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=0)
+    return httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
 
 
 def interpret_status(status_code: int, body: bytes) -> tuple[str | None, str | None]:
@@ -66,13 +83,15 @@ async def probe(client: httpx.AsyncClient, host: str, port: int, timeout_s: floa
     try:
         # httpx's timeout is per phase; the outer bound also covers an engine that drips bytes.
         async with asyncio.timeout(timeout_s):
-            response = await client.get(status_url(host, port), params=STATUS_PARAMS, timeout=timeout_s)
+            response = await client.get(status_url(host, port), timeout=timeout_s)
         error, version = interpret_status(response.status_code, response.content)
     except (httpx.TimeoutException, TimeoutError):
         error, version = "timeout", None
     except httpx.ConnectError as exc:
         error, version = ("refused" if "refused" in str(exc).lower() else "connect_error"), None
-    except httpx.HTTPError as exc:
-        error, version = f"http_error: {type(exc).__name__}", None
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
+        error, version = "disconnected", None  # the engine closed the connection without an answer
+    except httpx.HTTPError:
+        error, version = "http_error", None
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     return ProbeResult(ok=error is None, latency_ms=latency_ms, error=error, version=version)

@@ -200,7 +200,8 @@ async def wait_for_service(nc: nats.NATS, name: str = "state-keeper", count: int
         try:
             while True:
                 msg = await sub.next_msg(timeout=0.3)
-                seen.add(json.loads(msg.data)["id"])
+                if msg.data:  # an empty message is the server's "no responders" status
+                    seen.add(json.loads(msg.data)["id"])
         except nats.errors.TimeoutError:
             pass
         finally:

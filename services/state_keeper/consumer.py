@@ -26,7 +26,7 @@ from services.state_keeper.stats import Stats
 log = logging.getLogger("state-keeper")
 
 MAX_DELIVER = 30
-ACK_WAIT_S = 30
+ACK_WAIT_S = 10  # how soon a dead replica's unacked events go to another
 MAX_EVENT_BYTES = 64 * 1024
 IN_FLIGHT = 128
 
@@ -73,6 +73,9 @@ class EventConsumer:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         await self.finish()
+        # Messages fetched but not handled stay unacked and are redelivered to another replica;
+        # unsubscribing first keeps the connection's drain from waiting on them.
+        await sub.unsubscribe()
 
     async def finish(self, timeout_s: float = 10.0) -> None:
         """Let in-flight messages complete (and be acked); what does not finish is redelivered."""

@@ -133,10 +133,11 @@ class Endpoints:
 
     async def select(self, data: bytes) -> SelectReply:
         request = _decode(SelectRequest, data)
+        vanished: set[str] = set()  # engines deleted since our view last heard of them
         for _ in range(SELECT_ATTEMPTS):
             now = utcnow()
             choice = select_engine(
-                self._with_in_flight(),
+                (r for r in self._with_in_flight() if r.container_id not in vanished),
                 now,
                 self.policy,
                 content_key=request.content_key,
@@ -155,7 +156,10 @@ class Endpoints:
                 self._in_flight[container_id] -= 1
                 if not self._in_flight[container_id]:
                     del self._in_flight[container_id]
-            if outcome.written and outcome.after is not None:
+            if outcome.after is None:
+                vanished.add(container_id)
+                continue
+            if outcome.written:
                 self.stats.selection("shared" if choice.shared else "selected")
                 return SelectReply(
                     engine=outcome.after,

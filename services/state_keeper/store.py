@@ -71,7 +71,7 @@ class Store:
         outcome = await cas_update(self.bus.engines, container_id, change, decode_engine, cached=cached)
         if outcome.after is not None:
             self.engines.remember(container_id, outcome.after, outcome.revision)
-        elif outcome.written or outcome.before is None:
+        elif outcome.written:
             self.engines.forget(container_id, outcome.revision)
         return outcome
 

@@ -8,7 +8,7 @@ Floors: at least `min_replicas` engines and `min_free_replicas` free ones
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,14 +30,37 @@ def managed(records: Iterable[EngineRecord]) -> list[EngineRecord]:
 
 
 def is_free(record: EngineRecord, now: datetime) -> bool:
-    return record.health_status == "healthy" and effective_state(record, now) == "active" and is_idle(record, now)
+    # A cache clean takes seconds and leaves the engine free: counting it as busy would make
+    # the provisioner start an engine every time the janitor works.
+    return (
+        record.health_status == "healthy"
+        and effective_state(record, now) in ("active", "cleaning")
+        and is_idle(record, now)
+    )
+
+
+def counted(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) -> list[EngineRecord]:
+    """The managed engines that will stay: not being reaped (draining), not due for replacement.
+
+    Both floors and additions count these, so two reapers working at once never
+    take the pool below the floors, and an engine due for replacement makes
+    room for its successor instead of blocking it.
+    """
+    records = list(records)
+    due = next_to_replace(records, now, policy)
+    return [
+        r
+        for r in managed(records)
+        if effective_state(r, now) != "draining" and (due is None or r.container_id != due.container_id)
+    ]
 
 
 def engines_to_add(
     records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, starting: int = 0, demand: bool = False
 ) -> int:
     """How many engines to start now. Engines still `starting` count as free ones to come."""
-    pool = managed(records)
+    records = list(records)
+    pool = counted(records, now, policy)
     total = len(pool) + starting
     free = sum(is_free(r, now) for r in pool) + starting
     need = max(
@@ -45,7 +68,8 @@ def engines_to_add(
         policy.min_free_replicas - free,
         1 if demand and free == 0 else 0,
     )
-    return max(0, min(need, policy.max_replicas - total))
+    # The ceiling counts every engine that still exists, even one on its way out.
+    return max(0, min(need, policy.max_replicas - len(managed(records)) - starting))
 
 
 def idle_for_s(record: EngineRecord, now: datetime) -> float:
@@ -65,15 +89,21 @@ def reapable(record: EngineRecord, now: datetime, policy: PoolPolicy) -> bool:
 
 def above_floors_without(records: Iterable[EngineRecord], victim: EngineRecord, now: datetime, policy: PoolPolicy) -> bool:
     """Would the pool still meet both floors if `victim` were gone?"""
-    rest = [r for r in managed(records) if r.container_id != victim.container_id]
+    rest = [r for r in counted(records, now, policy) if r.container_id != victim.container_id]
     return len(rest) >= policy.min_replicas and sum(is_free(r, now) for r in rest) >= policy.min_free_replicas
 
 
-def next_to_reap(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) -> EngineRecord | None:
-    """The longest-idle reapable engine whose removal keeps the floors; recount after each removal."""
+def next_to_reap(
+    records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, skip: Collection[str] = ()
+) -> EngineRecord | None:
+    """The longest-idle reapable engine whose removal keeps the floors; recount after each removal.
+
+    `skip`: engines the caller cannot take this time (busy, another runtime's);
+    they are not candidates but still count towards the floors.
+    """
     records = list(records)
     candidates = sorted(
-        (r for r in records if reapable(r, now, policy)),
+        (r for r in records if r.container_id not in skip and reapable(r, now, policy)),
         key=lambda r: (-idle_for_s(r, now), r.container_id),
     )
     for candidate in candidates:
@@ -105,3 +135,38 @@ def next_to_replace(records: Iterable[EngineRecord], now: datetime, policy: Pool
         if unhealthy_for_s(r, now) > policy.unhealthy_replace_after_s and not r.streams
     ]
     return max(overdue, key=lambda r: (unhealthy_for_s(r, now), r.container_id), default=None)
+
+
+# ---------------------------------------------------------------- provisioner (added for services/provisioner)
+
+
+def is_pending(record: EngineRecord, now: datetime) -> bool:
+    """Registered but never probed yet: a free engine to come, not a missing one."""
+    return record.health_status == "unknown" and effective_state(record, now) == "active" and is_idle(record, now)
+
+
+def engines_to_start(
+    records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, unregistered: int = 0, demand: bool = False
+) -> int:
+    """`engines_to_add`, counting engines that exist but do not answer yet as free ones to come.
+
+    `unregistered`: engines the runtime runs that have no record yet (being
+    started, by this replica or another). Registered engines the prober has
+    not reached yet count the same way, so a demand in that short window does
+    not start one engine too many.
+    """
+    pool = managed(records)
+    settled = [r for r in pool if not is_pending(r, now)]
+    pending = len(pool) - len(settled)
+    return engines_to_add(settled, now, policy, starting=unregistered + pending, demand=demand)
+
+
+START_BACKOFF_BASE_S = 1.0
+START_BACKOFF_MAX_S = 60.0
+
+
+def start_backoff_s(consecutive_failures: int, base_s: float = START_BACKOFF_BASE_S, cap_s: float = START_BACKOFF_MAX_S) -> float:
+    """How long to wait before the next start after `consecutive_failures` failed ones (0: none)."""
+    if consecutive_failures <= 0:
+        return 0.0
+    return min(cap_s, base_s * 2 ** (consecutive_failures - 1))

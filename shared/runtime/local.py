@@ -1,0 +1,298 @@
+"""The `local` runtime: each engine is a child process on this host.
+
+The command comes from `ENGINE_COMMAND`, a template with `{port}`,
+`{cache_dir}` and `{name}` (default: the engine simulator,
+`<python> -m deploy.acesim --port {port} --cache-dir {cache_dir}`). Under
+`ENGINE_STATE_DIR` every engine has
+- `<name>.json`: pid, port, name, cache_dir, command, started_at — how a
+  restarted provisioner finds it again;
+- `<name>/cache/`: its own cache directory;
+- `<name>.log`: its output.
+
+Engines run in their own session, so a Ctrl-C on the provisioner does not
+reach them and a restarted provisioner adopts them. A pid counts as our
+engine only while /proc/<pid>/cmdline still names its port, so a reused pid
+is never mistaken for (or killed as) an engine. Creation takes a file lock on
+the state dir, so two provisioners sharing it never pick the same name or port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Config
+from shared.policy.naming import free_ports, lowest_free_name, render_command
+from shared.runtime.base import LABEL_SCOPE, EngineSpec, ExecResult, RuntimeEvent, RuntimeFailure, managed_labels
+
+log = logging.getLogger(__name__)
+
+DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m deploy.acesim --port {{port}} --cache-dir {{cache_dir}}"
+STOP_TIMEOUT_S = 5.0
+POLL_S = 0.5
+
+
+@dataclass(frozen=True)
+class EngineFile:
+    """One engine's state file."""
+
+    pid: int
+    port: int
+    name: str
+    cache_dir: str
+    command: str
+    started_at: float
+
+    @property
+    def container_id(self) -> str:
+        return f"local-{self.port}"
+
+
+class LocalRuntime:
+    kind = "local"
+
+    def __init__(self, config: Config) -> None:
+        self._config = config
+        self._dir = Path(config.engine_state_dir).resolve()
+        self._scope = f"local:{socket.gethostname()}:{self._dir}"
+        self._children: dict[int, subprocess.Popen] = {}  # pid → handle, to reap our own children
+        self._removing: set[int] = set()  # pids being removed through us: not deaths
+
+    # ------------------------------------------------------------ interface
+
+    async def create(self) -> EngineSpec:
+        return self._spec(await asyncio.to_thread(self._create))
+
+    async def list_managed(self) -> list[EngineSpec]:
+        files = await asyncio.to_thread(self._live_files)
+        return [self._spec(f) for f in files]
+
+    async def get(self, container_id: str) -> EngineSpec | None:
+        return next((s for s in await self.list_managed() if s.container_id == container_id), None)
+
+    async def exec_shell(self, engine: EngineSpec, script: str, timeout_s: float = 60) -> ExecResult:
+        """`sh -c script` on this host, in the engine's cache dir, with ENGINE_CACHE_DIR set to it."""
+        env = {**os.environ, "ENGINE_CACHE_DIR": engine.cache_dir}
+        cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd
+        )
+        try:
+            output, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeFailure(f"local: command for {engine.container_name} did not finish within {timeout_s}s") from None
+        exit_code = proc.returncode if proc.returncode is not None else -1
+        return ExecResult(exit_code=exit_code, output=output.decode("utf-8", errors="replace"))
+
+    async def remove(self, engine: EngineSpec) -> None:
+        """SIGTERM the engine's process group, SIGKILL after STOP_TIMEOUT_S; drop its files."""
+        await asyncio.to_thread(self._remove, engine.container_id)
+
+    async def remove_exited(self) -> list[str]:
+        """Drop the files of engines that died while nobody watched; their ids."""
+        return await asyncio.to_thread(self._remove_exited)
+
+    def owns(self, labels: Mapping[str, str]) -> bool:
+        return labels.get(LABEL_SCOPE) == self._scope
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        """Engines whose process is gone while their state file remains, by polling every POLL_S."""
+        reported: set[tuple[str, int]] = set()
+        while True:
+            for entry in await asyncio.to_thread(self._files):
+                key = (entry.name, entry.pid)
+                if key in reported or entry.pid in self._removing or self._alive(entry):
+                    continue
+                reported.add(key)
+                yield RuntimeEvent(kind="died", container_id=entry.container_id)
+            await asyncio.sleep(POLL_S)
+
+    async def close(self) -> None:
+        for popen in self._children.values():
+            popen.poll()  # reap what already exited; running engines keep running
+
+    # ------------------------------------------------------------ creation
+
+    def _create(self) -> EngineFile:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            live = self._live_files()
+            name = lowest_free_name(f.name for f in live)
+            port = self._choose_port({f.port for f in live})
+            engine_dir = self._dir / name
+            cache_dir = engine_dir / "cache"
+            shutil.rmtree(engine_dir, ignore_errors=True)  # a new engine starts with an empty cache
+            cache_dir.mkdir(parents=True)
+            command = render_command(
+                self._config.engine_command or DEFAULT_COMMAND, port=port, cache_dir=str(cache_dir), name=name
+            )
+            popen = self._spawn(command, name, port, cache_dir)
+            entry = EngineFile(popen.pid, port, name, str(cache_dir), command, time.time())
+            self._write(entry)
+            return entry
+
+    def _choose_port(self, taken: set[int]) -> int:
+        for port in free_ports(self._config.engine_port_range, taken):
+            if _bindable(port):
+                return port
+        first, last = self._config.engine_port_range
+        raise RuntimeFailure(f"local: no free port in ENGINE_PORT_RANGE {first}-{last} ({len(taken)} held by engines)")
+
+    def _spawn(self, command: str, name: str, port: int, cache_dir: Path) -> subprocess.Popen:
+        argv = shlex.split(command)
+        env = {**os.environ, "ACEORCH_ENGINE_NAME": name, "ACEORCH_ENGINE_PORT": str(port), "ENGINE_CACHE_DIR": str(cache_dir)}
+        with open(self._dir / f"{name}.log", "ab") as output:
+            try:
+                popen = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # Ctrl-C on the provisioner must not stop the engines
+                )
+            except OSError as exc:
+                raise RuntimeFailure(f"local: cannot start {name} with ENGINE_COMMAND {command!r}: {exc}") from None
+        self._children[popen.pid] = popen
+        return popen
+
+    @contextmanager
+    def _locked(self):
+        with open(self._dir / ".lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------ state files
+
+    def _files(self) -> list[EngineFile]:
+        if not self._dir.is_dir():
+            return []
+        entries = []
+        for path in sorted(self._dir.glob("*.json")):
+            try:
+                entries.append(EngineFile(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("local: ignoring unreadable state file %s: %s", path, exc)
+        return entries
+
+    def _live_files(self) -> list[EngineFile]:
+        return [f for f in self._files() if self._alive(f)]
+
+    def _write(self, entry: EngineFile) -> None:
+        path = self._dir / f"{entry.name}.json"
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(entry.__dict__))
+        temporary.replace(path)
+
+    def _find(self, container_id: str) -> EngineFile | None:
+        return next((f for f in self._files() if f.container_id == container_id), None)
+
+    # ------------------------------------------------------------ processes
+
+    def _alive(self, entry: EngineFile) -> bool:
+        child = self._children.get(entry.pid)
+        if child is not None and child.poll() is not None:
+            return False  # our child exited (and is now reaped)
+        return _is_engine_process(entry.pid, entry.port)
+
+    def _remove(self, container_id: str) -> None:
+        with self._locked():
+            entry = self._find(container_id)
+            if entry is None:
+                return
+            self._removing.add(entry.pid)
+            # The state file goes first, so no poller reports this stop as a death; the engine's
+            # dir moves aside, so a new engine taking the name meanwhile keeps its own cache.
+            (self._dir / f"{entry.name}.json").unlink(missing_ok=True)
+            trash = self._dir / f".removed-{entry.name}-{entry.pid}"
+            if (self._dir / entry.name).exists():
+                (self._dir / entry.name).replace(trash)
+        self._stop(entry)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _stop(self, entry: EngineFile) -> None:
+        if not self._alive(entry):
+            return
+        self._signal(entry, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self._alive(entry):
+                return
+            time.sleep(0.05)
+        log.warning("local: %s (pid %d) ignored SIGTERM for %.0fs; killing it", entry.name, entry.pid, STOP_TIMEOUT_S)
+        self._signal(entry, signal.SIGKILL)
+        child = self._children.get(entry.pid)
+        if child is not None:
+            child.wait(STOP_TIMEOUT_S)
+
+    @staticmethod
+    def _signal(entry: EngineFile, sig: int) -> None:
+        try:
+            if os.getpgid(entry.pid) == entry.pid:  # its own session: stop the whole group (shell wrappers)
+                os.killpg(entry.pid, sig)
+            else:
+                os.kill(entry.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def _remove_exited(self) -> list[str]:
+        gone = []
+        with self._locked():
+            for entry in self._files():
+                if entry.pid in self._removing or self._alive(entry):
+                    continue
+                (self._dir / f"{entry.name}.json").unlink(missing_ok=True)
+                shutil.rmtree(self._dir / entry.name, ignore_errors=True)
+                gone.append(entry.container_id)
+        return gone
+
+    def _spec(self, entry: EngineFile) -> EngineSpec:
+        return EngineSpec(
+            container_id=entry.container_id,
+            container_name=entry.name,
+            host="127.0.0.1",
+            port=entry.port,
+            runtime=self.kind,
+            labels=managed_labels(entry.name, entry.port, self._scope),
+            cache_dir=entry.cache_dir,
+            created_at=entry.started_at,
+        )
+
+
+def _is_engine_process(pid: int, port: int) -> bool:
+    """The pid runs and its command line still names the engine's port (pids get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+    except OSError:
+        return False
+    return re.search(rb"(?<![0-9])%d(?![0-9])" % port, cmdline) is not None
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

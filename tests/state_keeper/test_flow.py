@@ -1,0 +1,145 @@
+"""The whole flow through a real state-keeper: register, health, select, start, end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+
+from conftest import get_engine, publish, register_healthy
+from shared import names
+from shared.schemas import StreamEnded, StreamStarted
+from support import request_json, wait_until
+
+
+async def test_select_start_end_flow(start_keepers, bus, nc):
+    await start_keepers(1)
+    idle = await nc.subscribe(names.ENGINE_IDLE)
+    await register_healthy(bus, nc, "e1")
+
+    selection, headers = await request_json(nc, names.ENGINE_SELECT, {"content_key": "ch1", "key_type": "content_id"})
+    assert "Nats-Service-Error-Code" not in headers
+    assert selection["engine"]["container_id"] == "e1" and selection["shared"] is False
+    assert selection["reservation_id"] in selection["engine"]["reservations"]
+
+    await publish(bus, names.STREAM_STARTED, StreamStarted(
+        stream_id="s1", container_id="e1", content_key="ch1", key_type="content_id",
+        playback_session_id="p1", reservation_id=selection["reservation_id"],
+    ))
+    record = await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == ["s1"]), what="stream on e1")
+    assert record["last_stream_usage"] is not None
+    assert record["reservations"] == {}, "the stream consumed its reservation"
+
+    await publish(bus, names.STREAM_ENDED, StreamEnded(stream_id="s1", reason="player left"))
+    note = await idle.next_msg(timeout=10)
+    assert json.loads(note.data) == {"container_id": "e1"}
+    streams, _ = await request_json(nc, names.STREAM_LIST, {"status": "ended"})
+    [stream] = streams["streams"]
+    assert stream["stream_id"] == "s1" and stream["reason"] == "player left" and stream["ended_at"]
+    record, _ = await get_engine(nc, "e1")
+    assert record["streams"] == [] and record["idle_since"] is not None
+
+
+async def test_stream_resolves_engine_by_host_and_port(start_keepers, bus, nc):
+    await start_keepers(1)
+    await register_healthy(bus, nc, "e1", port=7001)
+    await register_healthy(bus, nc, "e2", port=7002)
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="s9", host="127.0.0.1", port=7002))
+    await wait_until(lambda: _engine_with(nc, "e2", lambda r: r["streams"] == ["s9"]), what="stream on e2")
+
+
+async def test_viewers_of_one_channel_share_an_engine(start_keepers, bus, nc):
+    await start_keepers(1)
+    for cid in ("e1", "e2"):
+        await register_healthy(bus, nc, cid)
+    first, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
+    engine = first["engine"]["container_id"]
+    await publish(bus, names.STREAM_STARTED, StreamStarted(
+        stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]))
+    await wait_until(lambda: _engine_with(nc, engine, lambda r: r["streams"] == ["v1"]), what="v1 recorded")
+    await asyncio.sleep(0.2)  # the stream view on the replica follows the KV watch
+    second, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
+    assert second["engine"]["container_id"] == engine and second["shared"] is True
+    other, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "sports"})
+    assert other["engine"]["container_id"] != engine and other["shared"] is False
+
+
+async def test_reservations_expire_on_their_own(start_keepers, bus, nc):
+    await start_keepers(1, RESERVATION_TTL_S="1", MAX_STREAMS_PER_ENGINE="1")
+    await register_healthy(bus, nc, "e1")
+    first, _ = await request_json(nc, names.ENGINE_SELECT, {})
+    full, headers = await request_json(nc, names.ENGINE_SELECT, {})
+    assert headers["Nats-Service-Error-Code"] == "503" and full["error"] == "no_capacity"
+    assert 0 < full["retry_after_s"] <= 1.0
+    await asyncio.sleep(1.2)
+    again, headers = await request_json(nc, names.ENGINE_SELECT, {})
+    assert "Nats-Service-Error-Code" not in headers and again["engine"]["container_id"] == "e1"
+    assert first["reservation_id"] not in again["engine"]["reservations"]
+
+
+async def test_no_capacity_publishes_demand(start_keepers, nc):
+    await start_keepers(1)
+    demand = await nc.subscribe(names.ENGINE_DEMAND)
+    body, headers = await request_json(nc, names.ENGINE_SELECT, {"content_key": "ch7"})
+    assert headers["Nats-Service-Error-Code"] == "503"
+    assert body["code"] == 503 and body["retry_after_s"] > 0
+    assert json.loads((await demand.next_msg(timeout=5)).data) == {"content_key": "ch7"}
+
+
+async def test_claim_blocks_selection_and_release_restores_it(start_keepers, bus, nc):
+    await start_keepers(1)
+    await register_healthy(bus, nc, "e1")
+    claim, _ = await request_json(nc, names.ENGINE_CLAIM, {"container_id": "e1", "purpose": "clean", "holder": "t"})
+    record, _ = await get_engine(nc, "e1")
+    assert record["state"] == "cleaning"
+    _, headers = await request_json(nc, names.ENGINE_SELECT, {})
+    assert headers["Nats-Service-Error-Code"] == "503"
+    _, headers = await request_json(nc, names.ENGINE_CLAIM, {"container_id": "e1", "purpose": "reap", "holder": "t"})
+    assert headers["Nats-Service-Error-Code"] == "409"
+    released, _ = await request_json(nc, names.ENGINE_RELEASE, {"container_id": "e1", "claim_id": claim["claim_id"]})
+    assert released == {"ok": True}
+    selection, headers = await request_json(nc, names.ENGINE_SELECT, {})
+    assert selection["engine"]["container_id"] == "e1"
+    _, headers = await request_json(nc, names.ENGINE_CLAIM, {"container_id": "e1", "purpose": "reap", "holder": "t"})
+    assert headers["Nats-Service-Error-Code"] == "409", "a live reservation makes the engine busy"
+
+
+async def test_engine_list_filters_and_sorts(start_keepers, bus, nc):
+    await start_keepers(1)
+    for cid in ("e3", "e1", "e2"):
+        await register_healthy(bus, nc, cid)
+    await request_json(nc, names.ENGINE_CLAIM, {"container_id": "e2", "purpose": "reap", "holder": "t"})
+    listed, _ = await request_json(nc, names.ENGINE_LIST, {})
+    assert [e["container_id"] for e in listed["engines"]] == ["e1", "e2", "e3"]
+    draining, _ = await request_json(nc, names.ENGINE_LIST, {"state": "draining"})
+    assert [e["container_id"] for e in draining["engines"]] == ["e2"]
+    healthy, _ = await request_json(nc, names.ENGINE_LIST, {"health_status": "unhealthy"})
+    assert healthy["engines"] == []
+
+
+async def test_removed_engine_ends_its_streams(start_keepers, bus, nc):
+    await start_keepers(1)
+    await register_healthy(bus, nc, "e1")
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="s1", container_id="e1"))
+    await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == ["s1"]), what="stream recorded")
+    await publish(bus, names.ENGINE_REMOVED, {"container_id": "e1", "reason": "idle"})
+    await wait_until(lambda: _gone(nc, "e1"), what="e1 removed")
+    streams, _ = await request_json(nc, names.STREAM_LIST, {"container_id": "e1"})
+    assert [(s["stream_id"], s["status"]) for s in streams["streams"]] == [("s1", "ended")]
+    assert streams["streams"][0]["reason"].startswith("engine_removed")
+
+
+async def test_sigterm_stops_cleanly(start_keepers, nc):
+    [keeper] = await start_keepers(1)
+    assert keeper.stop(signal.SIGTERM) == 0
+    assert "state-keeper stopped" in keeper.log()
+
+
+async def _engine_with(nc, container_id, predicate):
+    record, headers = await get_engine(nc, container_id)
+    return record if "Nats-Service-Error-Code" not in headers and predicate(record) else None
+
+
+async def _gone(nc, container_id):
+    _, headers = await get_engine(nc, container_id)
+    return headers.get("Nats-Service-Error-Code") == "404"

@@ -1,0 +1,92 @@
+"""Hostile input on every subject and endpoint: clear errors, counted rejections, KV untouched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import consumer_drained, keeper_stats, publish, register_healthy
+from shared import names
+from shared.schemas import StreamStarted
+from support import request_json, wait_until
+
+BIG = b'{"stream_id": "' + b"x" * (1024 * 1024 - 8 * 1024) + b'"}'  # ~1 MiB, under the server's max_payload
+
+
+async def snapshot(bus) -> dict[str, bytes]:
+    return {key: (await bus.engines.get(key)).value for key in await bus.engines.keys()}
+
+
+async def test_bad_events_are_terminated_counted_and_change_nothing(start_keepers, bus, nc):
+    await start_keepers(1, UNKNOWN_ENGINE_RETRY_S="1")
+    await register_healthy(bus, nc, "e1")
+    before = await snapshot(bus)
+    bad = {
+        "malformed_json": [b"not json", b"{", b"\xff\xfe"],
+        "invalid": [b'{"stream_id": 5}', b"{}", b"[]", b'{"container_id": "e1", "ok": "yes", "checked_at": "now"}',
+                    b'{"stream_id": "has spaces"}', b'{"container_id":"e1","ok":true,"checked_at":"2026-01-01T00:00:00"}'],
+        "too_large": [BIG],
+        "unknown_engine": [json.dumps({"container_id": "ghost", "ok": True, "checked_at": "2026-11-28T00:00:00Z"}).encode()],
+    }
+    subjects = {
+        "malformed_json": names.EVENT_SUBJECTS,
+        "invalid": [names.STREAM_STARTED, names.ENGINE_HEALTH],
+        "too_large": names.EVENT_SUBJECTS,
+        "unknown_engine": [names.ENGINE_HEALTH, names.ENGINE_CLEANED],
+    }
+    sent = {}
+    for reason, payloads in bad.items():
+        for subject in subjects[reason]:
+            for payload in payloads:
+                await publish(bus, subject, payload)
+                sent[reason] = sent.get(reason, 0) + 1
+    # A valid event after all of them is still applied: the consumer keeps going.
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="ok1", container_id="e1"))
+    await wait_until(lambda: consumer_drained(bus), timeout=30, what="consumer drained")
+
+    stats = await keeper_stats(nc)
+    assert stats["rejected"] == sent
+    after = await snapshot(bus)
+    assert set(after) == set(before) == {"e1"}
+    assert json.loads(after["e1"])["streams"] == ["ok1"]
+    assert await bus.streams.keys() == ["ok1"]
+
+
+ENDPOINT_CASES = [
+    (names.ENGINE_SELECT, b"{nope", 400, "malformed JSON"),
+    (names.ENGINE_SELECT, b'{"content_key": 7}', 400, "Expected `str | null`, got `int` - at `$.content_key`"),
+    (names.ENGINE_SELECT, b'{"key_type": "torrent"}', 400, "$.key_type"),
+    (names.ENGINE_SELECT, b'{"surprise": 1}', 400, "unknown field `surprise`"),
+    (names.ENGINE_LIST, b'{"health_status": "great"}', 400, "$.health_status"),
+    (names.ENGINE_GET, b"{}", 400, "missing required field `container_id`"),
+    (names.ENGINE_GET, b'{"container_id": "ghost"}', 404, "engine ghost not found"),
+    (names.ENGINE_GET, b'{"container_id": "a b"}', 400, "$.container_id"),
+    (names.ENGINE_CLAIM, b'{"container_id": "ghost", "purpose": "clean", "holder": "t"}', 404, "not found"),
+    (names.ENGINE_CLAIM, b'{"container_id": "e1", "purpose": "nap", "holder": "t"}', 400, "$.purpose"),
+    (names.ENGINE_RELEASE, b'{"container_id": "ghost", "claim_id": "c"}', 404, "not found"),
+    (names.ENGINE_RELEASE, b'{"container_id": "e1"}', 400, "claim_id"),
+    (names.STREAM_LIST, b'{"status": "paused"}', 400, "$.status"),
+    (names.STREAM_LIST, b"[1, 2]", 400, "Expected `object`"),
+]
+
+
+@pytest.mark.parametrize("subject, payload, code, message", ENDPOINT_CASES)
+async def test_bad_requests_get_clear_error_replies(start_keepers, bus, nc, subject, payload, code, message):
+    await start_keepers(1)
+    await register_healthy(bus, nc, "e1")
+    before = await snapshot(bus)
+    body, headers = await request_json(nc, subject, payload)
+    assert headers["Nats-Service-Error-Code"] == str(code)
+    assert body["code"] == code and message in body["error"], body
+    assert await snapshot(bus) == before
+
+
+async def test_huge_requests_are_refused_on_every_endpoint(start_keepers, nc):
+    await start_keepers(1)
+    for subject in (names.ENGINE_SELECT, names.ENGINE_LIST, names.ENGINE_GET, names.ENGINE_CLAIM,
+                    names.ENGINE_RELEASE, names.STREAM_LIST):
+        body, headers = await request_json(nc, subject, BIG)
+        assert headers["Nats-Service-Error-Code"] == "400" and "exceeds" in body["error"], subject
+    stats = await keeper_stats(nc)
+    assert sum(stats["bad_requests"].values()) == 6
