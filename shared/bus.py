@@ -97,7 +97,12 @@ async def connect(config: Config, name: str) -> Bus:
             f"cannot connect to NATS at {config.nats_url} ({type(exc).__name__}): is nats-server running? "
             "Set NATS_URL to its address."
         ) from None
-    _check_server(nc, config)
+    version = nc.connected_server_version
+    try:
+        require_server((version.major, version.minor), bool(nc._server_info.get("jetstream")), config.nats_url)
+    except BusError:
+        await nc.close()
+        raise
     js = nc.jetstream(timeout=5)
     await ensure_layout(js, config)
     bus = Bus(
@@ -112,15 +117,15 @@ async def connect(config: Config, name: str) -> Bus:
     return bus
 
 
-def _check_server(nc: Client, config: Config) -> None:
-    version = nc.connected_server_version
-    if (version.major, version.minor) < MIN_SERVER_VERSION:
+def require_server(version: tuple[int, int], jetstream: bool, url: str) -> None:
+    """Refuse servers that cannot hold our layout, with what to do about it."""
+    if version < MIN_SERVER_VERSION:
         raise BusError(
-            f"nats-server {version} at {config.nats_url} is too old: per-message TTL needs nats-server >= "
+            f"nats-server {version[0]}.{version[1]} at {url} is too old: per-message TTL needs nats-server >= "
             f"{MIN_SERVER_VERSION[0]}.{MIN_SERVER_VERSION[1]}; upgrade it"
         )
-    if not nc._server_info.get("jetstream"):
-        raise BusError(f"nats-server at {config.nats_url} has JetStream disabled; start it with -js")
+    if not jetstream:
+        raise BusError(f"nats-server at {url} has JetStream disabled; start it with -js")
 
 
 def events_stream_config(config: Config) -> api.StreamConfig:

@@ -1,0 +1,54 @@
+"""The JetStream layout: created idempotently, per-message TTL on, right subjects."""
+
+from shared import names
+from shared.bus import MIN_SERVER_VERSION, connect
+from shared.config import load_config
+
+
+async def test_layout_is_created_once_and_reconnecting_changes_nothing(nats_server):
+    config = load_config({"NATS_URL": nats_server.url})
+    first = await connect(config, "t1")
+    second = await connect(config, "t2")  # a second replica starting at the same time
+    try:
+        events = await first.js.stream_info(names.EVENTS_STREAM)
+        assert sorted(events.config.subjects) == sorted(names.EVENT_SUBJECTS)
+        assert events.config.duplicate_window >= 120
+        for bucket in (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET):
+            info = await second.js.stream_info(f"KV_{bucket}")
+            assert info.config.allow_msg_ttl and info.config.allow_direct
+            assert info.config.max_msgs_per_subject == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_request_subjects_are_not_captured_by_the_event_stream(nats_server):
+    config = load_config({"NATS_URL": nats_server.url})
+    bus = await connect(config, "t")
+    try:
+        events = await bus.js.stream_info(names.EVENTS_STREAM)
+        for subject in (names.ENGINE_SELECT, names.ENGINE_IDLE, names.ENGINE_DEMAND, names.ENGINE_CLAIM):
+            assert subject not in events.config.subjects
+    finally:
+        await bus.close()
+
+
+import pytest
+
+from shared.bus import BusError, require_server
+
+
+@pytest.mark.parametrize("version", [(2, 10), (2, 9), (1, 99)])
+def test_servers_without_per_message_ttl_are_refused_with_a_clear_message(version):
+    with pytest.raises(BusError, match=r"too old: per-message TTL needs nats-server >= 2.11; upgrade it"):
+        require_server(version, True, "nats://127.0.0.1:4222")
+
+
+def test_a_server_without_jetstream_is_refused():
+    with pytest.raises(BusError, match="JetStream disabled; start it with -js"):
+        require_server(MIN_SERVER_VERSION, False, "nats://127.0.0.1:4222")
+
+
+def test_current_servers_are_accepted():
+    require_server((2, 11), True, "nats://127.0.0.1:4222")
+    require_server((3, 0), True, "nats://127.0.0.1:4222")
