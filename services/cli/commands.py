@@ -1,0 +1,78 @@
+"""Client commands: `engines`, `select`, `stream start`, `stream end`.
+
+Each is a coroutine taking the parsed arguments and returning an exit code;
+output goes to stdout, one readable block (or JSON with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import httpx
+import msgspec
+
+from shared import names
+from shared.schemas import EngineList, ListRequest, decoder, utcnow
+from services.cli.client import connected, request
+from services.cli.proxy import end_stream, new_stream_id, select, start_stream
+from services.cli.table import engines_table
+
+decode_engines = decoder(EngineList)
+
+
+def _dump(obj: object) -> None:
+    print(json.dumps(msgspec.to_builtins(obj), indent=2))
+
+
+async def engines(args: argparse.Namespace) -> int:
+    async with connected(args.nats_url) as nc:
+        listing = await request(nc, names.ENGINE_LIST, ListRequest(), decode=decode_engines)
+    if args.json:
+        _dump(listing.engines)
+    else:
+        print(engines_table(listing.engines, utcnow()))
+    return 0
+
+
+async def select_engine(args: argparse.Namespace) -> int:
+    async with connected(args.nats_url) as nc:
+        choice = await select(nc, args.content, args.key_type if args.content else None)
+    if args.json:
+        _dump(choice)
+        return 0
+    engine = choice.engine
+    print(
+        f"engine {engine.container_name} at {engine.host}:{engine.port} "
+        f"(reservation {choice.reservation_id}, expires {choice.reservation_expires_at:%H:%M:%S}"
+        f"{', shared with a running stream' if choice.shared else ''})"
+    )
+    return 0
+
+
+async def stream_start(args: argparse.Namespace) -> int:
+    content = args.content or f"aceorch-cli-{new_stream_id()[4:12]}"
+    async with connected(args.nats_url) as nc, httpx.AsyncClient() as http:
+        playing = await start_stream(nc, http, content, args.stream_id, args.key_type)
+    if args.json:
+        _dump(playing)
+        return 0
+    engine = playing.engine
+    print(f"stream {playing.stream_id} started on {engine.container_name} ({engine.host}:{engine.port})"
+          f"{' [shared]' if playing.shared else ''}")
+    print(f"  content   {playing.content_key}")
+    print(f"  playback  {playing.playback_url}")
+    print(f"  end with  aceorch stream end {playing.stream_id}")
+    return 0
+
+
+async def stream_end(args: argparse.Namespace) -> int:
+    async with connected(args.nats_url) as nc, httpx.AsyncClient() as http:
+        record = await end_stream(nc, http, args.stream_id, reason=args.reason)
+    if record is None:
+        print(f"stream {args.stream_id} was not known to the state-keeper; stream.ended published anyway")
+    elif record.status == "ended":
+        print(f"stream {args.stream_id} had already ended ({record.reason or 'no reason'})")
+    else:
+        print(f"stream {args.stream_id} ended on {record.container_id}")
+    return 0

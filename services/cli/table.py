@@ -1,0 +1,91 @@
+"""Pure rendering for the CLI: relative times, byte sizes, the engines table.
+
+No I/O and no clock of its own: callers pass `now`, so every branch is a
+table test.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+
+from shared.policy.engines import effective_state, live_reservations
+from shared.policy.naming import name_number
+from shared.schemas import EngineRecord
+
+ENGINE_COLUMNS = ("NAME", "ID", "ADDRESS", "HEALTH", "STATE", "STREAMS", "LAST USED", "CACHE")
+ID_WIDTH = 12  # docker's short id length
+
+
+def ago(when: datetime | None, now: datetime) -> str:
+    """'Never', 'just now', '42s ago', '5m ago', '3h ago', '2d ago' (future times count as now)."""
+    if when is None:
+        return "Never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 1:
+        return "just now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def human_bytes(size: int | None) -> str:
+    """'-' when unknown, else 0 B, 512 B, 1.5 KiB, 64.0 MiB, ..."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def short_id(container_id: str) -> str:
+    return container_id[:ID_WIDTH]
+
+
+def streams_cell(record: EngineRecord, now: datetime) -> str:
+    """Stream count, with live reservations shown as '+N reserved'."""
+    reserved = len(live_reservations(record, now))
+    count = str(len(record.streams))
+    return f"{count} (+{reserved} reserved)" if reserved else count
+
+
+def engine_row(record: EngineRecord, now: datetime) -> tuple[str, ...]:
+    return (
+        record.container_name or record.container_id,
+        short_id(record.container_id),
+        f"{record.host}:{record.port}",
+        record.health_status,
+        effective_state(record, now),
+        streams_cell(record, now),
+        ago(record.last_stream_usage, now),
+        human_bytes(record.cache_size_bytes),
+    )
+
+
+def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces, no trailing blanks."""
+    widths = [len(title) for title in header]
+    for row in rows:
+        widths = [max(width, len(cell)) for width, cell in zip(widths, row)]
+    lines = []
+    for row in (header, *rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def by_name(record: EngineRecord) -> tuple[int, str]:
+    """acestream-2 before acestream-10; other names after, alphabetically."""
+    number = name_number(record.container_name)
+    return (number if number is not None else sys.maxsize, record.container_name)
+
+
+def engines_table(records: Sequence[EngineRecord], now: datetime) -> str:
+    if not records:
+        return "no engines registered"
+    rows = [engine_row(record, now) for record in sorted(records, key=by_name)]
+    return render_table(ENGINE_COLUMNS, rows)

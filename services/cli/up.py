@@ -1,0 +1,272 @@
+"""`aceorch up`: the whole system on one machine, as child processes of one supervisor.
+
+Order of life:
+  check ports and the data dir → nats-server (JetStream store under DATA/nats)
+  → every service package that exists, each `python -m services.<name>`
+  → print the dashboard URL once the gateway answers /healthz
+  → on Ctrl-C / SIGTERM stop services in reverse order (gateway first,
+    state-keeper last), then the engines of this runtime and pool (unless
+    --keep-engines), then any orphan left below us (`up` is a child
+    subreaper), then nats-server. Each stop is bounded: SIGTERM, wait, SIGKILL.
+A service that exits on its own is restarted with backoff; a configuration
+error (exit 2) or a dead nats-server stops everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable
+
+import httpx
+
+from shared.config import Config
+from services.cli.children import Child, adopted_children, alive, become_subreaper, kill_pid, reap, terminate_pid
+from services.cli.engines import stop_engines
+from services.cli.logs import Output
+from services.cli.plan import (
+    EXIT_CONFIG_ERROR,
+    SERVICES,
+    UpError,
+    UpOptions,
+    find_nats_server,
+    find_services,
+    lock_data_dir,
+    nats_argv,
+    options_from,
+    prepare,
+    restart_delay,
+    service_argv,
+    service_env,
+)
+
+NATS_START_TIMEOUT_S = 20.0
+RESTART_LIMIT = 5  # consecutive quick crashes before `up` gives up
+STABLE_AFTER_S = 30.0  # a service that ran this long has its crash count reset
+REAP_EVERY_ROUNDS = 10  # watch rounds (0.5 s each) between collecting exited orphans
+
+
+class Supervisor:
+    def __init__(self, options: UpOptions, config: Config, output: Output) -> None:
+        self.options = options
+        self.config = config
+        self.out = output
+        self.stop = asyncio.Event()
+        self.force = asyncio.Event()
+        self.nats: Child | None = None
+        self.services: list[Child] = []
+        self.exit_code = 0
+
+    async def run(self) -> int:
+        self._install_signal_handlers()
+        become_subreaper()
+        try:
+            await self._start_nats()
+            if not self.stop.is_set():
+                await self._start_services()
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._announce_dashboard())
+                    group.create_task(self._watch())
+        finally:
+            await self._shutdown()
+        return self.exit_code
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _on_signal(self, sig: int) -> None:
+        if not self.stop.is_set():
+            self.out.say(f"{signal.Signals(sig).name}: stopping (press Ctrl-C again to force)")
+            self.stop.set()
+        elif not self.force.is_set():
+            self.out.say("forcing: killing what is still running")
+            self.force.set()
+
+    # -- start
+
+    async def _start_nats(self) -> None:
+        options = self.options
+        (options.data_dir / "nats").mkdir(parents=True, exist_ok=True)
+        self.nats = Child("nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit)
+        await self.nats.start()
+        self.out.say(f"nats-server starting on 127.0.0.1:{options.nats_port} (store {options.data_dir / 'nats'})")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + NATS_START_TIMEOUT_S
+        while not await _accepts(options.nats_port):
+            if not self.nats.running:
+                raise UpError(f"nats-server exited with code {self.nats.proc.returncode}; see its lines above")
+            if loop.time() > deadline:
+                raise UpError(f"nats-server did not accept connections within {NATS_START_TIMEOUT_S:g}s")
+            if self.stop.is_set():
+                return
+            await asyncio.sleep(0.1)
+
+    async def _start_services(self) -> None:
+        present, missing = find_services()
+        for name in missing:
+            self.out.say(f"warning: services.{name.replace('-', '_')} is not installed here, running without it")
+        env = service_env(os.environ, self.options)
+        for package, name in present:
+            child = Child(name, service_argv(package), env, self.out.emit)
+            await child.start()
+            self.services.append(child)
+        self.out.say(f"started {', '.join(c.name for c in self.services)} (runtime {self.options.runtime})")
+
+    async def _announce_dashboard(self) -> None:
+        if not any(child.name == "gateway" for child in self.services):
+            self.out.say("no gateway: inspect engines with `aceorch engines`")
+            return
+        url = f"http://127.0.0.1:{self.options.gateway_port}/"
+        async with httpx.AsyncClient(timeout=2) as http:
+            while not self.stop.is_set():
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(url + "healthz")).status_code == 200:
+                        self.out.say(f"dashboard: {url}  (Ctrl-C stops everything)")
+                        return
+                await self._pause(0.5)
+
+    # -- watch
+
+    async def _watch(self) -> None:
+        """Until stopped: restart services that exit, give up on config errors or a dead NATS."""
+        rounds = 0
+        while not self.stop.is_set():
+            await self._pause(0.5)
+            if self.stop.is_set():
+                return
+            rounds += 1
+            if rounds % REAP_EVERY_ROUNDS == 0:
+                self._reap_adopted()
+            if self.nats is not None and not self.nats.running:
+                self._fail(1, f"nats-server exited with code {self.nats.proc.returncode}; stopping everything")
+                return
+            for child in self.services:
+                if not child.running and not child.stopping:
+                    await self._on_exit(child)
+
+    async def _on_exit(self, child: Child) -> None:
+        code = await child.wait()
+        if code == EXIT_CONFIG_ERROR:
+            self._fail(EXIT_CONFIG_ERROR, f"{child.name} rejected its configuration (exit 2); stopping everything")
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - child.started_at > STABLE_AFTER_S:
+            child.restarts = 0
+        if child.restarts >= RESTART_LIMIT:
+            self._fail(1, f"{child.name} keeps exiting (code {code}, {child.restarts} restarts); stopping everything")
+            return
+        delay = restart_delay(child.restarts)
+        child.restarts += 1
+        child.stopping = True  # not watched while waiting to restart
+        self.out.say(f"{child.name} exited with code {code}; restarting in {delay:g}s")
+        await self._pause(delay)
+        if not self.stop.is_set():
+            await child.start()
+
+    def _fail(self, code: int, message: str) -> None:
+        self.out.say(message)
+        self.exit_code = code
+        self.stop.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+
+    # -- stop
+
+    async def _shutdown(self) -> None:
+        """Services in reverse start order, then engines, then NATS; a failing step never skips the rest."""
+        self.stop.set()
+        timeout = self.options.stop_timeout_s
+        for child in reversed(self.services):
+            if child.proc is not None:
+                await self._step(f"stopping {child.name}", self._stop_child(child, timeout))
+        await self._step("stopping engines", self._stop_engines())
+        if not self.options.keep_engines:
+            await self._step("stopping stray processes", self._stop_strays(timeout))
+        if self.nats is not None and self.nats.proc is not None:
+            await self._step("stopping nats-server", self._stop_child(self.nats, timeout))
+
+    async def _stop_child(self, child: Child, timeout: float) -> None:
+        code = await child.stop(timeout, self.force)
+        self.out.say(f"{child.name} stopped (exit {code})")
+
+    async def _step(self, what: str, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except Exception as exc:  # keep going: what follows must still be stopped
+            self.out.say(f"{what} failed: {exc!r}")
+            self.exit_code = self.exit_code or 1
+
+    async def _stop_engines(self) -> None:
+        if self.options.keep_engines:
+            self.out.say(f"--keep-engines: {self.options.runtime} engines keep running; the next `up` adopts them")
+            return
+        for name, error in (await stop_engines(self.config)).items():
+            self.out.say(f"{name} stopped" if error is None else f"{name}: could not stop it: {error}")
+
+    def _known_pids(self) -> set[int]:
+        return {child.pid for child in [*self.services, self.nats] if child is not None and child.pid}
+
+    async def _stop_strays(self, timeout: float) -> None:
+        """Processes left below us that no runtime knows about (orphans we adopted as subreaper)."""
+        strays = {pid: cmd for pid, cmd in adopted_children(self._known_pids()).items() if alive(pid)}
+        for pid, command in strays.items():
+            if command:  # an empty command line: the process is already exiting (e.g. an engine just stopped)
+                self.out.say(f"stopping stray process {pid}: {command[:160]}")
+            terminate_pid(pid, command)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while strays and loop.time() < deadline and not self.force.is_set():
+            strays = {pid: cmd for pid, cmd in strays.items() if not reap(pid)}
+            await asyncio.sleep(0.1)
+        for pid in strays:
+            kill_pid(pid)
+        await asyncio.sleep(0.1)
+        self._reap_adopted()
+
+    def _reap_adopted(self) -> None:
+        """Collect exited orphans we adopted, so they don't linger as zombies."""
+        for pid in adopted_children(self._known_pids()):
+            reap(pid)
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=1)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def up(args) -> int:
+    output = Output(["nats", *(name for _, name in SERVICES)])
+    try:
+        options = options_from(args, os.environ)
+        config = prepare(options)
+        lock = lock_data_dir(options.data_dir)
+    except UpError as exc:
+        output.say(f"error: {exc}")
+        return exc.code
+    try:
+        return asyncio.run(_run(options, config, output))
+    finally:
+        lock.close()
+
+
+async def _run(options: UpOptions, config: Config, output: Output) -> int:
+    supervisor = Supervisor(options, config, output)
+    try:
+        code = await supervisor.run()
+    except UpError as exc:
+        output.say(f"error: {exc}")
+        return 1
+    output.say("all stopped")
+    return code

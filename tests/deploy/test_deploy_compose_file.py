@@ -1,0 +1,63 @@
+"""docker-compose.yml as a document: every setting reaches the services, every service can scale."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import yaml
+
+from shared.config import Config
+from support import ROOT
+
+SERVICES = ("state-keeper", "prober", "provisioner", "janitor", "reaper", "gateway")
+# On the host network, replicas of one service would collide on a fixed metrics port.
+NOT_PASSED = {"METRICS_PORT"}
+
+
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_every_configuration_variable_reaches_every_service():
+    document = compose()
+    wanted = {field.name.upper() for field in dataclasses.fields(Config)} - NOT_PASSED
+    for name in SERVICES:
+        environment = document["services"][name]["environment"]
+        assert wanted - set(environment) == set(), f"{name} does not get {sorted(wanted - set(environment))}"
+        assert set(environment) <= wanted, f"{name} gets unknown variables {sorted(set(environment) - wanted)}"
+
+
+def test_services_use_the_host_network_without_fixed_names_or_ports():
+    for name, service in compose()["services"].items():
+        assert service["network_mode"] == "host", name
+        assert "container_name" not in service and "ports" not in service, name
+
+
+def test_each_service_runs_its_own_module_from_the_one_image():
+    services = compose()["services"]
+    for name in SERVICES:
+        assert services[name]["image"] == "${ACEORCH_IMAGE:-aceorch/services:latest}"
+        assert services[name]["command"] == [f"services.{name.replace('-', '_')}"]
+        assert services[name]["depends_on"] == ["nats"]
+
+
+def test_only_the_services_that_manage_engines_get_the_docker_socket():
+    services = compose()["services"]
+    for name in SERVICES:
+        mounts = services[name].get("volumes", [])
+        expects = name in ("provisioner", "janitor", "reaper")
+        assert any(m.endswith(":/var/run/docker.sock") for m in mounts) is expects, name
+        environment = services[name]["environment"]
+        assert environment["ENGINE_RUNTIME"] == "${ENGINE_RUNTIME:-docker}"
+        assert environment["DOCKER_NETWORK"] == "${DOCKER_NETWORK:-host}"
+
+
+def test_the_cluster_profile_adds_two_nodes_with_the_shipped_configs():
+    services = compose()["services"]
+    assert "profiles" not in services["nats"]
+    for node in (2, 3):
+        service = services[f"nats-{node}"]
+        assert service["profiles"] == ["cluster"]
+        assert service["command"] == ["-c", f"/etc/nats/cluster-{node}.conf"]
+        assert (ROOT / "deploy" / "nats" / f"cluster-{node}.conf").exists()
+    assert services["nats"]["command"][:2] == ["-c", "/etc/nats/${NATS_CONFIG:-single.conf}"]

@@ -1,0 +1,183 @@
+"""A three-node NATS cluster (NATS_REPLICAS=3): one node is SIGKILLed and restarted mid-traffic.
+
+A proxy-like driver keeps selecting engines and publishing stream events the
+whole time; the state-keeper (connected to all three URLs) must keep
+answering and recording, and every acknowledged event must end up in KV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+import pytest
+from nats.js.api import StreamInfo
+
+from nats_cluster import Cluster
+from shared import names
+from shared.schemas import utcnow
+from support import base_env, wait_for_service, wait_until
+
+pytestmark = pytest.mark.slow
+
+ENGINES = ("cluster-engine-1", "cluster-engine-2", "cluster-engine-3")
+REPLICATED = (names.EVENTS_STREAM, f"KV_{names.ENGINES_BUCKET}", f"KV_{names.STREAMS_BUCKET}", f"KV_{names.LEASES_BUCKET}")
+OP_TIMEOUT_S = 2.0
+RETRY_FOR_S = 30.0
+
+
+class Driver:
+    """Start stream i, end stream i-1: each step retried (same Nats-Msg-Id) until acknowledged."""
+
+    def __init__(self, nc: nats.NATS) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=OP_TIMEOUT_S)
+        self.started: dict[str, str] = {}  # stream_id → container_id
+        self.ended: set[str] = set()
+        self.successes: list[float] = []  # monotonic time of every acknowledged step
+        self.retries = 0
+        self.rounds = 0
+
+    async def retry(self, what: str, step):
+        deadline = time.monotonic() + RETRY_FOR_S
+        while True:
+            try:
+                result = await step()
+                self.successes.append(time.monotonic())
+                return result
+            except (nats.errors.Error, asyncio.TimeoutError, LookupError) as exc:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what} kept failing for {RETRY_FOR_S}s: {exc!r}") from None
+                self.retries += 1
+                await asyncio.sleep(0.2)
+
+    async def select(self, content: str) -> dict:
+        msg = await self.nc.request(names.ENGINE_SELECT, json.dumps({"content_key": content}).encode(), timeout=OP_TIMEOUT_S)
+        if (msg.headers or {}).get("Nats-Service-Error-Code"):
+            raise LookupError(msg.data.decode())
+        return json.loads(msg.data)
+
+    async def publish(self, subject: str, event: dict, msg_id: str) -> None:
+        await self.js.publish(subject, json.dumps(event).encode(), headers={"Nats-Msg-Id": msg_id})
+
+    async def round(self) -> None:
+        number = self.rounds
+        stream_id, content = f"c-stream-{number}", f"channel-{number % 5}"
+        choice = await self.retry(f"select for {stream_id}", lambda: self.select(content))
+        container_id = choice["engine"]["container_id"]
+        started = {"stream_id": stream_id, "container_id": container_id, "content_key": content,
+                   "reservation_id": choice["reservation_id"]}
+        await self.retry(f"{stream_id} started", lambda: self.publish(names.STREAM_STARTED, started, f"s-{stream_id}"))
+        self.started[stream_id] = container_id
+        if number > 0:
+            await self.end(f"c-stream-{number - 1}")
+        self.rounds += 1
+
+    async def end(self, stream_id: str) -> None:
+        ended = {"stream_id": stream_id, "container_id": self.started[stream_id], "reason": "viewer left"}
+        await self.retry(f"{stream_id} ended", lambda: self.publish(names.STREAM_ENDED, ended, f"e-{stream_id}"))
+        self.ended.add(stream_id)
+
+    async def run_for(self, seconds: float, min_rounds: int = 1) -> int:
+        """Rounds completed in at least `seconds` and at least `min_rounds` rounds."""
+        before, deadline = self.rounds, time.monotonic() + seconds
+        while True:
+            await self.round()
+            if time.monotonic() >= deadline and self.rounds - before >= min_rounds:
+                return self.rounds - before
+
+    def longest_gap(self) -> float:
+        return max(b - a for a, b in zip(self.successes, self.successes[1:]))
+
+
+async def quiet(exc: Exception) -> None:
+    pass
+
+
+async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_killed(tmp_path, processes):
+    cluster = Cluster(tmp_path, processes)
+    cluster.write_configs(3)
+    cluster.start_all()
+    nc = await nats.connect(servers=cluster.urls.split(","), reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=quiet)
+    try:
+        js = nc.jetstream(timeout=3)
+        await wait_until(lambda: _meta_leader(js), timeout=60, interval=0.5, what="a JetStream meta leader")
+        processes.service("state_keeper", base_env(cluster.urls, NATS_REPLICAS=3, MAX_STREAMS_PER_ENGINE=10))
+        await wait_for_service(nc, names.SERVICE_NAME, 1, timeout=60)
+        for stream in REPLICATED:
+            info = await js.stream_info(stream)
+            assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2, (stream, info.cluster)
+        await _register_engines(nc, js)
+
+        driver = Driver(nc)
+        await driver.run_for(3)
+        leader = cluster.node((await js.stream_info(names.EVENTS_STREAM)).cluster.leader)
+        cluster.kill(leader)  # SIGKILL the events stream's leader: the hardest node to lose
+        killed_at = len(driver.successes)
+        during_outage = await driver.run_for(6, min_rounds=5)
+        cluster.start(leader)
+        await driver.run_for(4)
+        await driver.end(f"c-stream-{driver.rounds - 1}")
+
+        await wait_until(lambda: _all_current(js), timeout=60, interval=0.5, what="the restarted node caught up")
+        await wait_until(lambda: _recorded(nc, driver), timeout=60, interval=0.5, what="every acknowledged event in KV")
+        engines = await _request(nc, names.ENGINE_LIST, {})
+        assert all(engine["streams"] == [] for engine in engines["engines"]), engines
+        assert sum(1 for e in engines["engines"] if e["last_stream_usage"]) >= 2
+    finally:
+        await nc.close()
+    assert driver.longest_gap() < 20, f"no acknowledged step for {driver.longest_gap():.1f}s"
+    assert len(driver.successes) > killed_at
+    print(f"cluster: {driver.rounds} rounds, {during_outage} with {leader.name} down, "
+          f"{driver.retries} retries, longest gap {driver.longest_gap():.2f}s")
+
+
+async def _meta_leader(js) -> bool:
+    try:
+        await js.account_info()
+    except (nats.errors.Error, asyncio.TimeoutError):
+        return False
+    return True
+
+
+async def _request(nc, subject: str, payload: dict) -> dict:
+    msg = await nc.request(subject, json.dumps(payload).encode(), timeout=5)
+    assert not (msg.headers or {}).get("Nats-Service-Error-Code"), msg.data
+    return json.loads(msg.data)
+
+
+async def _register_engines(nc, js) -> None:
+    for number, container_id in enumerate(ENGINES, start=1):
+        registered = {"container_id": container_id, "host": "127.0.0.1", "port": 7000 + number, "runtime": "external"}
+        await js.publish(names.ENGINE_REGISTERED, json.dumps(registered).encode(), headers={"Nats-Msg-Id": f"r-{container_id}"})
+        health = {"container_id": container_id, "ok": True, "checked_at": utcnow().isoformat()}
+        await js.publish(names.ENGINE_HEALTH, json.dumps(health).encode(), headers={"Nats-Msg-Id": f"h-{container_id}"})
+
+    async def all_healthy() -> bool:
+        listing = await _request(nc, names.ENGINE_LIST, {"health_status": "healthy"})
+        return len(listing["engines"]) == len(ENGINES)
+
+    await wait_until(all_healthy, timeout=30, what="three healthy engines")
+
+
+async def _all_current(js) -> bool:
+    for stream in REPLICATED:
+        try:
+            info: StreamInfo = await js.stream_info(stream)
+        except (nats.errors.Error, asyncio.TimeoutError):
+            return False
+        replicas = info.cluster.replicas or []
+        if info.cluster.leader is None or len(replicas) != 2 or not all(r.current and not r.offline for r in replicas):
+            return False
+    return True
+
+
+async def _recorded(nc, driver: Driver) -> bool:
+    try:
+        listing = await _request(nc, names.STREAM_LIST, {"status": "ended"})
+    except (nats.errors.Error, asyncio.TimeoutError):
+        return False
+    ended = {record["stream_id"]: record for record in listing["streams"]}
+    return set(driver.started) <= set(ended) and all(ended[s]["container_id"] == c for s, c in driver.started.items())
