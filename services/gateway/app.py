@@ -1,0 +1,90 @@
+"""The HTTP API, the dashboard and the OpenAPI document, assembled as one Litestar app."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
+
+from shared.config import Config
+from services.gateway.bodies import STRICT_BODIES
+from services.gateway.errors import JsonRequest, api_key_guard, on_api_error, on_http_exception, on_unexpected
+from services.gateway.fleet import ApiError, Fleet
+from services.gateway.live import LiveFeed
+from services.gateway.metrics import Metrics
+from services.gateway.routes import ops_routes, read_routes, write_routes
+
+STATIC_DIR = Path(__file__).parent / "static"
+VERSION = "0.1.0"
+DASHBOARD_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) -> Litestar:
+    guards = [api_key_guard(config.api_key)] if config.api_key else []
+    # Documented only when enforced, so the schema says what the server does.
+    mutating = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
+    return Litestar(
+        route_handlers=[
+            *read_routes(fleet),
+            *write_routes(fleet, mutating),
+            *ops_routes(fleet, feed, metrics),
+            *dashboard_routes(),
+        ],
+        on_startup=[_tighten_schema],
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_exception, Exception: on_unexpected},
+        openapi_config=_openapi_config(),
+        request_class=JsonRequest,
+        request_max_body_size=config.max_body_bytes,
+        logging_config=None,
+        debug=False,
+    )
+
+
+def dashboard_routes() -> list:
+    index_html = (STATIC_DIR / "index.html").read_bytes()
+
+    @get("/", include_in_schema=False, media_type=MediaType.HTML)
+    async def dashboard() -> Response[bytes]:
+        return Response(index_html, media_type=MediaType.HTML, headers=DASHBOARD_HEADERS)
+
+    @get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> dict:
+        return request.app.openapi_schema.to_schema()
+
+    static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
+    return [dashboard, openapi, static]
+
+
+def _openapi_config() -> OpenAPIConfig:
+    bearer = SecurityScheme(type="http", scheme="bearer", description="API_KEY; required on writes when it is set")
+    return OpenAPIConfig(
+        title="aceorch gateway",
+        version=VERSION,
+        description="Engines, selection and stream events for a fleet of AceStream engines.",
+        path="/schema",  # Litestar's copy; /openapi.json is the documented address
+        render_plugins=[JsonRenderPlugin()],
+        components=Components(security_schemes={"bearer": bearer}),
+    )
+
+
+def _tighten_schema(app: Litestar) -> None:
+    """Say in the schema what the decoders enforce: no unknown fields; select's body is optional."""
+    schema = app.openapi_schema
+    for kind in STRICT_BODIES:
+        schema.components.schemas[kind.__name__].additional_properties = False
+    select = schema.paths["/engines/select"].post
+    if select is not None and select.request_body is not None:
+        select.request_body.required = False

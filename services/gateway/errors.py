@@ -1,0 +1,122 @@
+"""Every error answer is `{"error": "...", "code": N}` (ErrorReply, as on NATS); never a traceback.
+
+Malformed JSON → 400, a body that parses but does not fit the schema → 422,
+bad query or path values → 400, oversize bodies → 413. Anything unexpected
+is logged here with its traceback and answered with a plain 500.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+
+from litestar import MediaType, Request, Response
+from litestar.connection import ASGIConnection
+from litestar.exceptions import (
+    ClientException,
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.handlers.base import BaseRouteHandler
+
+from shared.schemas import ErrorReply
+from services.gateway.fleet import ApiError
+
+log = logging.getLogger(__name__)
+
+# Python names of parameters whose wire name differs (`state` is reserved by Litestar).
+WIRE_NAMES = {"engine_state": "state"}
+
+
+class JsonRequest(Request):
+    """Litestar lets two decoding failures escape as 500s; they are malformed JSON (400)."""
+
+    async def json(self):
+        try:
+            return await super().json()
+        except UnicodeDecodeError as exc:
+            raise ClientException(f"JSON is malformed: the body is not valid UTF-8 ({exc.reason})") from None
+        except RecursionError:
+            raise ClientException("JSON is malformed: nested deeper than the decoder's depth limit") from None
+
+
+def error_response(
+    status: int, message: str, retry_after_s: float | None = None, headers: dict[str, str] | None = None
+) -> Response[ErrorReply]:
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return Response(
+        ErrorReply(error=message, code=status, retry_after_s=retry_after_s),
+        status_code=status,
+        headers=headers,
+        media_type=MediaType.JSON,
+    )
+
+
+def on_api_error(request: Request, exc: ApiError) -> Response[ErrorReply]:
+    return error_response(exc.status, str(exc), exc.retry_after_s)
+
+
+def on_http_exception(request: Request, exc: HTTPException) -> Response[ErrorReply]:
+    status, message = exc.status_code, exc.detail
+    if isinstance(exc, ValidationException):
+        status, message = _describe_validation(exc)
+    elif isinstance(exc, NotFoundException) and message == "Not Found":
+        message = f"no such resource: {request.method} {request.url.path}"
+    elif isinstance(exc, MethodNotAllowedException):
+        message = f"{request.method} is not allowed on {request.url.path}"
+    elif status == 413:
+        message = f"request body too large: {request.app.request_max_body_size} bytes at most (MAX_BODY_BYTES)"
+    return error_response(status, message, headers=exc.headers)
+
+
+def on_unexpected(request: Request, exc: Exception) -> Response[ErrorReply]:
+    log.exception("%s %s failed", request.method, request.url.path)
+    return error_response(500, "internal error")
+
+
+def _describe_validation(exc: ValidationException) -> tuple[int, str]:
+    problems = exc.extra if isinstance(exc.extra, list) else []
+    parts, in_body = [], False
+    for problem in problems:
+        if not isinstance(problem, dict):
+            continue
+        source, key, message = str(problem.get("source", "")), problem.get("key"), str(problem.get("message", ""))
+        if source.endswith("body"):
+            in_body = True
+            if message == "'data'" or (key == "data" and not message):
+                parts.append("a JSON object body is required")
+                continue
+            where = "" if key in (None, "", "data") else f" at {key}"
+            parts.append(f"invalid body{where}: {message}")
+        else:
+            name = source.rsplit(".", 1)[-1].lower() or "parameter"
+            parts.append(f"invalid {name} parameter {WIRE_NAMES.get(key, key)}: {message}")
+    if not parts:
+        return 400, exc.detail
+    # Well-formed JSON that does not fit the schema is unprocessable; bad query/path values are bad requests.
+    return (422 if in_body else 400), "; ".join(parts)
+
+
+def api_key_guard(api_key: str):
+    """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one."""
+    expected = api_key.encode()
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        scheme, _sep, token = connection.headers.get("authorization", "").strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise NotAuthorizedException(
+                detail="this endpoint needs Authorization: Bearer <API_KEY>",
+                headers={"WWW-Authenticate": 'Bearer realm="aceorch"'},
+            )
+        if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):
+            raise PermissionDeniedException(detail="the API key is not valid")
+
+    return guard

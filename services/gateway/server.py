@@ -1,0 +1,85 @@
+"""The gateway's body: views, live feed and metrics up first, then uvicorn until `stop`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import uvicorn
+
+from shared.bus import Bus
+from shared.config import Config
+from services.gateway.app import build_app
+from services.gateway.fleet import Fleet
+from services.gateway.live import LiveFeed
+from services.gateway.metrics import Metrics
+
+log = logging.getLogger("gateway")
+
+GRACEFUL_SHUTDOWN_S = 3.0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the service shell owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
+    fleet = Fleet(bus)
+    await fleet.start()
+    feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine)
+    metrics = Metrics(fleet, lambda: feed.clients)
+    await metrics.start()
+    server = _Server(
+        uvicorn.Config(
+            build_app(fleet, feed, metrics, config),
+            host=config.gateway_host,
+            port=config.gateway_port,
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            lifespan="on",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        )
+    )
+    log.info(
+        "gateway on http://%s:%d (dashboard /, API /engines, live /api/live, metrics /metrics); API key %s",
+        config.gateway_host, config.gateway_port, "required on writes" if config.api_key else "not set",
+    )
+    try:
+        await _serve_until(server, stop, feed)
+    except CannotListen as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
+    finally:
+        await metrics.stop()
+        await fleet.stop()
+
+
+async def _serve_until(server: _Server, stop: asyncio.Event, feed: LiveFeed) -> None:
+    serving = asyncio.create_task(_run(server))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        feed.close()  # open /api/live streams end, so shutdown need not wait for them
+        server.should_exit = True
+        stopping.cancel()
+        await serving
+
+
+class CannotListen(RuntimeError):
+    pass
+
+
+async def _run(server: _Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit:  # uvicorn exits when it cannot bind; say which address
+        raise CannotListen(
+            f"gateway could not listen on {server.config.host}:{server.config.port} (in use? set GATEWAY_PORT)"
+        ) from None
