@@ -1,0 +1,1 @@
+"""The janitor: empties idle engines' caches (DESIGN §5, Cache cleanup)."""

@@ -1,0 +1,9 @@
+"""`python -m services.janitor`: empties idle engines' caches (on engine.idle and every AUTOSCALE_INTERVAL_S)."""
+
+import sys
+
+from shared.service import run
+from services.janitor.janitor import serve
+
+if __name__ == "__main__":
+    sys.exit(run("janitor", serve))

@@ -1,0 +1,9 @@
+"""`python -m services.reaper`: removes idle engines above the pool floors and replaces long-unhealthy ones."""
+
+import sys
+
+from shared.service import run
+from services.reaper.reaper import serve
+
+if __name__ == "__main__":
+    sys.exit(run("reaper", serve))
