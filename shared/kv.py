@@ -10,15 +10,24 @@ bucket from a KV watch, re-established after reconnects, so hot paths
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.errors import NoRespondersError
 from nats.js import api
-from nats.js.errors import APIError, KeyDeletedError, KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.errors import (
+    APIError,
+    InvalidKeyError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NoStreamResponseError,
+)
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue, _is_key_valid
 
 from shared.bus import Bus
 
@@ -27,6 +36,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 DELETE = object()  # a change that removes the key
 CAS_ATTEMPTS = 100
+# JetStream's "wrong last sequence" error codes (JSStreamWrongLastSequenceErrF, ...ConstantErr).
+WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 class ConflictExhausted(RuntimeError):
@@ -58,15 +69,18 @@ async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versione
     return Versioned(decode(entry.value), entry.revision or 0)
 
 
-async def _deleted_revision(kv: KeyValue, key: str) -> int:
-    """The revision of a delete marker, so a create after a delete can still be a CAS."""
+async def _read_for_update(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versioned[T | None]:
+    """Like `read`, but an absent key comes back as `Versioned(None, revision of its delete marker or 0)`,
+    so the write that follows needs no second read to find the revision to compare against."""
     try:
-        await kv.get(key)
+        entry = await kv.get(key)
     except KeyDeletedError as exc:
-        return exc.entry.revision or 0
-    except KeyNotFoundError:
-        return 0
-    return 0
+        return Versioned(None, exc.entry.revision or 0)
+    except KeyNotFoundError as exc:  # kv.get reports a delete marker as KeyNotFoundError carrying its entry
+        return Versioned(None, (exc.entry.revision or 0) if exc.entry is not None else 0)
+    if entry.value is None or entry.operation in (KV_DEL, KV_PURGE):
+        return Versioned(None, entry.revision or 0)
+    return Versioned(decode(entry.value), entry.revision or 0)
 
 
 async def cas_update(
@@ -77,60 +91,96 @@ async def cas_update(
     *,
     cached: Versioned[T] | None = None,
     ttl_for: Callable[[T], float | None] | None = None,
+    latest: Callable[[], Versioned[T] | None] | None = None,
 ) -> Outcome[T]:
     """Apply `change` to the current value with compare-and-set until it sticks.
 
     `change` gets the current value (None if absent) and returns the new value,
     the same object (nothing to write), None (leave absent) or DELETE.
     `ttl_for` gives a written value a per-message TTL (an ended stream's expiry).
+    `cached` may be `Versioned(None, revision)`: the caller believes the key absent
+    (deleted at `revision`, or never written when 0) and the first attempt writes
+    without reading; a wrong belief costs one conflict and a read.
+    `latest` (a watch-fed view's copy of the key) is consulted after a conflict:
+    when it already holds a newer revision than the one that lost, the retry
+    starts from it instead of paying a read round trip first.
     """
     current = cached
     fresh = cached is None
     for _ in range(CAS_ATTEMPTS):
         if fresh:
-            current = await read(kv, key, decode)
+            current = await _read_for_update(kv, key, decode)
         before = current.value if current else None
         after = change(before)
         if after is before or (after is None and before is None):
             if fresh:
-                return Outcome(before, before, current.revision if current else 0, written=False)
+                return Outcome(before, before, current.revision if before is not None else 0, written=False)
             fresh = True  # confirm against the server that nothing changed since our cache
             continue
         try:
             ttl_s = ttl_for(after) if ttl_for is not None and after is not DELETE else None  # type: ignore[arg-type]
             revision = await _write(kv, key, after, current, ttl_s)
         except KeyWrongLastSequenceError:
-            fresh = True
+            newer = latest() if latest is not None else None
+            if newer is not None and current is not None and newer.revision > current.revision:
+                current, fresh = newer, False
+            else:
+                fresh = True
             continue
         return Outcome(before, None if after is DELETE else after, revision, written=True)  # type: ignore[arg-type]
     raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
 
 
-async def _write(kv: KeyValue, key: str, value: object, current: Versioned | None, ttl_s: float | None) -> int:
-    last = current.revision if current else await _deleted_revision(kv, key)
+async def _write(kv: KeyValue, key: str, value: object, current: Versioned, ttl_s: float | None) -> int:
+    last = current.revision  # of the value, or of the delete marker when absent (0: never written)
     if value is DELETE:
         try:
             await kv.delete(key, last=last)
         except APIError as exc:  # `delete(last=…)` reports a conflict as a plain BadRequestError
-            if exc.err_code in (10071, 10164):
+            if exc.err_code in WRONG_LAST_SEQUENCE:
                 raise KeyWrongLastSequenceError(description=exc.description) from None
             raise
         return last + 1
-    data = msgspec.json.encode(value)
-    if ttl_s is None:
-        return await kv.update(key, data, last=last)
+    return await _publish(kv, key, msgspec.json.encode(value), last, ttl_s)
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _PubAck(msgspec.Struct):
+    seq: int = 0
+    error: _ApiError | None = None
+
+
+_decode_ack = msgspec.json.Decoder(_PubAck).decode
+
+
+async def _publish(kv: KeyValue, key: str, data: bytes, last: int, ttl_s: float | None) -> int:
+    """`kv.update(key, data, last=…)` (with a per-message TTL when given), on the hot path.
+
+    The same request nats-py sends, without its layers: its ack goes through
+    `json.loads` and a dataclass built by reflection, which cost more than the
+    rest of a compare-and-set here. Errors are raised as nats-py raises them.
+    """
+    if not _is_key_valid(key):
+        raise InvalidKeyError(key)
+    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+    if ttl_s is not None:
+        headers[api.Header.MSG_TTL] = str(int(ttl_s))
+    js = kv._js
     try:
-        ack = await kv._js.publish(
-            f"{kv._pre}{key}",
-            data,
-            headers={api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)},
-            msg_ttl=ttl_s,
-        )
-    except APIError as exc:
-        if exc.err_code in (10071, 10164):
-            raise KeyWrongLastSequenceError(description=exc.description) from None
-        raise
-    return ack.seq
+        msg = await js._nc.request(f"{kv._pre}{key}", data, timeout=js._timeout, headers=headers)
+    except NoRespondersError:
+        raise NoStreamResponseError from None
+    ack = _decode_ack(msg.data)
+    if ack.error is None:
+        return ack.seq
+    if ack.error.err_code in WRONG_LAST_SEQUENCE:
+        raise KeyWrongLastSequenceError(description=ack.error.description)
+    raise APIError.from_error(json.loads(msg.data)["error"])
 
 
 class KvView(Generic[T]):
@@ -162,6 +212,10 @@ class KvView(Generic[T]):
 
     def get(self, key: str) -> Versioned[T] | None:
         return self._items.get(key)
+
+    def gone_revision(self, key: str) -> int:
+        """The revision at which the key was seen deleted; 0 if it never was (or is present again)."""
+        return self._gone.get(key, 0)
 
     def remember(self, key: str, value: T | None, revision: int) -> None:
         known = self._items.get(key)
@@ -215,17 +269,19 @@ class KvView(Generic[T]):
         if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
             self._apply(entry.key, None, entry.revision or 0)
             return
+        known = self._items.get(entry.key)
+        revision = entry.revision or 0
+        # Checked before decoding: a writer's own updates come back through the watch after
+        # `remember` has stored them, and decoding them again would be wasted work.
+        if (known is not None and known.revision >= revision) or self._gone.get(entry.key, 0) > revision:
+            return
         try:
             value = self._decode(entry.value)
         except msgspec.DecodeError as exc:
             self.undecodable += 1
             log.warning("%s/%s: cannot decode stored value: %s", self._kv._name, entry.key, exc)
             return
-        known = self._items.get(entry.key)
-        revision = entry.revision or 0
-        if (known is not None and known.revision > revision) or self._gone.get(entry.key, 0) > revision:
-            return
-        self._apply(entry.key, value, entry.revision or 0)
+        self._apply(entry.key, value, revision)
 
     def _apply(self, key: str, value: T | None, revision: int) -> None:
         if value is None:

@@ -29,6 +29,7 @@ MAX_DELIVER = 30
 ACK_WAIT_S = 10  # how soon a dead replica's unacked events go to another
 MAX_EVENT_BYTES = 64 * 1024
 IN_FLIGHT = 128
+FETCH_AT_LEAST = IN_FLIGHT // 4
 
 
 def consumer_config() -> api.ConsumerConfig:
@@ -57,7 +58,8 @@ class EventConsumer:
         log.info("consuming %s as durable %s", names.EVENTS_STREAM, names.EVENTS_CONSUMER)
         while not stop.is_set():
             free = IN_FLIGHT - len(self._tasks)
-            if free <= 0:
+            if free < FETCH_AT_LEAST and self._tasks:
+                # Fetch in batches: a pull request per handful of messages costs more than the messages.
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:

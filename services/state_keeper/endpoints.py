@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+import nats.errors
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
@@ -24,7 +25,7 @@ from shared.config import Config
 from shared.kv import ConflictExhausted
 from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
-from shared.policy.selection import SelectionPolicy, reserve, retry_after_s, select_engine
+from shared.policy.selection import SelectionPolicy, is_candidate, reserve, retry_after_s, select_engine
 from shared.schemas import (
     ClaimReply,
     ClaimRequest,
@@ -71,6 +72,7 @@ class Endpoints:
             reservation_ttl_s=config.reservation_ttl_s,
         )
         self._in_flight: Counter[str] = Counter()  # selections writing to an engine right now
+        self._padding: dict[str, tuple] = {}  # engine → (view item, count, padded record, placeholder expiry)
         self._slots = asyncio.Semaphore(512)
         self._tasks: set[asyncio.Task] = set()
 
@@ -119,6 +121,11 @@ class Endpoints:
             except ConflictExhausted as exc:
                 await _respond_error(request, 503, f"busy: {exc}", 0.5)
                 return
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                # KV briefly unwritable (a cluster electing a stream leader, a reconnect): retryable.
+                log.warning("%s: KV unavailable (%s); answered 503", name, exc or type(exc).__name__)
+                await _respond_error(request, 503, f"unavailable: {type(exc).__name__}", 1.0)
+                return
             except Exception:
                 log.exception("%s failed", name)
                 await _respond_error(request, 500, "internal error")
@@ -137,7 +144,7 @@ class Endpoints:
         for _ in range(SELECT_ATTEMPTS):
             now = utcnow()
             choice = select_engine(
-                (r for r in self._with_in_flight() if r.container_id not in vanished),
+                self._candidates(now, vanished),
                 now,
                 self.policy,
                 content_key=request.content_key,
@@ -156,6 +163,7 @@ class Endpoints:
                 self._in_flight[container_id] -= 1
                 if not self._in_flight[container_id]:
                     del self._in_flight[container_id]
+                    self._padding.pop(container_id, None)
             if outcome.after is None:
                 vanished.add(container_id)
                 continue
@@ -170,23 +178,34 @@ class Endpoints:
             # Someone else changed the engine first and it no longer qualifies: choose again.
         raise ConflictExhausted(f"selection kept losing races after {SELECT_ATTEMPTS} attempts")
 
-    def _with_in_flight(self):
-        records = self.store.engines.values()
-        if not self._in_flight:
-            return records
-        # Count this replica's in-flight reservations as load so concurrent requests spread out.
-        now = utcnow()
-        padded = []
-        for record in records:
-            extra = self._in_flight.get(record.container_id, 0)
-            for i in range(extra):
-                record = reserve(record, f"in-flight-{i}", now, self.policy.reservation_ttl_s)
-            padded.append(record)
-        return padded
+    def _candidates(self, now, vanished: set[str]) -> list:
+        """The view's records minus `vanished`, with this replica's in-flight reservations counted as load,
+        so concurrent requests spread out instead of all picking the same engine."""
+        items = self.store.engines.items()
+        if not self._in_flight and not vanished:
+            return [item.value for item in items.values()]
+        padded = {}
+        for key, count in self._in_flight.items():
+            item = items.get(key)
+            if item is not None:
+                padded[key] = self._padded(key, item, count, now)
+        return [padded.get(key) or item.value for key, item in items.items() if key not in vanished]
+
+    def _padded(self, key: str, item, count: int, now):
+        """The record with `count` placeholder reservations; reused while the record, the count and
+        the placeholders' expiry still hold (with 16 requests in flight, rebuilding them all per
+        request cost as much as the selection itself)."""
+        cached = self._padding.get(key)
+        if cached is not None and cached[0] is item and cached[1] == count and now < cached[3]:
+            return cached[2]
+        record = reserve(item.value, "in-flight-0", now, self.policy.reservation_ttl_s)
+        expires = record.reservations["in-flight-0"]
+        for i in range(1, count):
+            record.reservations[f"in-flight-{i}"] = expires
+        self._padding[key] = (item, count, record, expires)
+        return record
 
     def _reserve(self, record, reservation_id: str, now):
-        from shared.policy.selection import is_candidate
-
         if record is None or not is_candidate(record, now, self.policy):
             return record
         return reserve(tidy(record, now), reservation_id, now, self.policy.reservation_ttl_s)

@@ -6,6 +6,7 @@ rejections and selections without any state of its own.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 from prometheus_client import Counter as PromCounter
@@ -14,6 +15,18 @@ _APPLIED = PromCounter("aceorch_events_applied", "Events applied, by subject", [
 _REJECTED = PromCounter("aceorch_events_rejected", "Events rejected, by reason", ["reason"])
 _SELECTIONS = PromCounter("aceorch_selections", "engine.select replies, by result", ["result"])
 _REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by endpoint", ["endpoint"])
+
+
+# Labelled children looked up once: selection and event ingest are hot paths, and
+# `labels()` costs a lock and a dict build per call. (Subjects and results are few.)
+@functools.cache
+def _selection_counter(result: str):
+    return _SELECTIONS.labels(result)
+
+
+@functools.cache
+def _applied_counter(subject: str):
+    return _APPLIED.labels(subject)
 
 
 class Stats:
@@ -25,7 +38,7 @@ class Stats:
 
     def event_applied(self, subject: str) -> None:
         self.applied[subject] += 1
-        _APPLIED.labels(subject).inc()
+        _applied_counter(subject).inc()
 
     def event_rejected(self, reason: str) -> None:
         self.rejected[reason] += 1
@@ -33,7 +46,7 @@ class Stats:
 
     def selection(self, result: str) -> None:
         self.selections[result] += 1
-        _SELECTIONS.labels(result).inc()
+        _selection_counter(result).inc()
 
     def bad_request(self, endpoint: str) -> None:
         self.bad_requests[endpoint] += 1

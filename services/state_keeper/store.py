@@ -68,7 +68,8 @@ class Store:
         self, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True
     ) -> Outcome[EngineRecord]:
         cached = self.engines.get(container_id) if use_cache else None
-        outcome = await cas_update(self.bus.engines, container_id, change, decode_engine, cached=cached)
+        latest = (lambda: self.engines.get(container_id)) if use_cache else None
+        outcome = await cas_update(self.bus.engines, container_id, change, decode_engine, cached=cached, latest=latest)
         if outcome.after is not None:
             self.engines.remember(container_id, outcome.after, outcome.revision)
         elif outcome.written:
@@ -78,7 +79,13 @@ class Store:
     async def update_stream(
         self, stream_id: str, change: Callable[[StreamRecord | None], object]
     ) -> Outcome[StreamRecord]:
-        outcome = await cas_update(self.bus.streams, stream_id, change, decode_stream, ttl_for=self._ttl_for)
+        # Start from what the view knows (new streams: absent) instead of reading first; the CAS
+        # catches a stale view, and most stream keys are new or were written by this replica.
+        cached = self.streams.get(stream_id) or Versioned(None, self.streams.gone_revision(stream_id))
+        outcome = await cas_update(
+            self.bus.streams, stream_id, change, decode_stream, cached=cached, ttl_for=self._ttl_for,
+            latest=lambda: self.streams.get(stream_id),
+        )
         if outcome.written:
             self.streams.remember(stream_id, outcome.after, outcome.revision)
         return outcome

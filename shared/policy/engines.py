@@ -20,7 +20,12 @@ def live_reservations(record: EngineRecord, now: datetime) -> dict[str, datetime
 
 def load(record: EngineRecord, now: datetime) -> int:
     """Streams plus live reservations: what selection and claims count."""
-    return len(record.streams) + len(live_reservations(record, now))
+    # A plain loop, not a dict of the live ones: selection calls this for every engine per request.
+    live = 0
+    for expires in record.reservations.values():
+        if expires > now:
+            live += 1
+    return len(record.streams) + live
 
 
 def effective_state(record: EngineRecord, now: datetime) -> EngineState:

@@ -29,11 +29,15 @@ class Selection:
 
 
 def is_candidate(record: EngineRecord, now: datetime, policy: SelectionPolicy) -> bool:
-    return (
-        record.health_status == "healthy"
-        and effective_state(record, now) == "active"
-        and load(record, now) < policy.max_streams_per_engine
-    )
+    return _free_load(record, now, policy) is not None
+
+
+def _free_load(record: EngineRecord, now: datetime, policy: SelectionPolicy) -> int | None:
+    """The engine's load if it can take another stream now, else None."""
+    if record.health_status != "healthy" or (record.claim is not None and effective_state(record, now) != "active"):
+        return None
+    busy = load(record, now)
+    return busy if busy < policy.max_streams_per_engine else None
 
 
 def _idle_order(record: EngineRecord) -> datetime:
@@ -53,16 +57,21 @@ def select_engine(
     `playing` maps a content key to the container ids it currently plays on
     (from the stream records); it makes viewers of one channel share an engine.
     """
-    candidates = [r for r in engines if is_candidate(r, now, policy)]
+    # (load, record) of every candidate: each load is computed once (this runs per request).
+    candidates = []
+    for record in engines:
+        busy = _free_load(record, now, policy)
+        if busy is not None:
+            candidates.append((busy, record))
     if not candidates:
         return None
     if policy.share_content and content_key and playing:
         hosts = playing.get(content_key, set())
-        sharing = [r for r in candidates if r.container_id in hosts]
+        sharing = [c for c in candidates if c[1].container_id in hosts]
         if sharing:
-            return Selection(min(sharing, key=lambda r: (load(r, now), r.container_id)), shared=True)
-    best = min(candidates, key=lambda r: (load(r, now), _idle_order(r), r.container_id))
-    return Selection(best, shared=False)
+            return Selection(min(sharing, key=lambda c: (c[0], c[1].container_id))[1], shared=True)
+    best = min(candidates, key=lambda c: (c[0], _idle_order(c[1]), c[1].container_id))
+    return Selection(best[1], shared=False)
 
 
 def reserve(record: EngineRecord, reservation_id: str, now: datetime, ttl_s: float) -> EngineRecord:
