@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 MIN_SERVER_VERSION = (2, 11)
 EVENTS_MAX_AGE_S = 24 * 3600
 DUPLICATE_WINDOW_S = 120
+LAYOUT_ATTEMPTS = 5
+RECONNECT_CALLBACK_ATTEMPTS = 30
 
 
 class BusError(RuntimeError):
@@ -47,11 +49,23 @@ class Bus:
         self._on_reconnect.append(callback)
 
     async def _reconnected(self) -> None:
-        for callback in list(self._on_reconnect):
+        await asyncio.gather(*(self._retrying(callback) for callback in list(self._on_reconnect)))
+
+    async def _retrying(self, callback: Callable[[], Awaitable[None]]) -> None:
+        """Run one callback until it succeeds: right after a cluster node dies, re-creating a watch
+        times out while the bucket's stream elects a leader, and a watch not re-created stays silent."""
+        for attempt in range(1, RECONNECT_CALLBACK_ATTEMPTS + 1):
             try:
                 await callback()
+                return
             except Exception as exc:  # a failing re-subscribe must not stop the others
-                log.warning("after reconnect: %s failed: %s", getattr(callback, "__qualname__", callback), exc)
+                name = getattr(callback, "__qualname__", callback)
+                if self.nc.is_closed or attempt == RECONNECT_CALLBACK_ATTEMPTS:
+                    log.warning("after reconnect: %s failed: %s; giving up", name, exc or type(exc).__name__)
+                    return
+                log.warning("after reconnect: %s failed: %s; %d attempts left", name, exc or type(exc).__name__,
+                            RECONNECT_CALLBACK_ATTEMPTS - attempt)
+                await asyncio.sleep(min(0.5 * attempt, 5.0))
 
     async def close(self) -> None:
         if self.nc.is_closed:
@@ -104,7 +118,7 @@ async def connect(config: Config, name: str) -> Bus:
         await nc.close()
         raise
     js = nc.jetstream(timeout=5)
-    await ensure_layout(js, config)
+    await _ensure_layout_retrying(nc, js, config)
     bus = Bus(
         nc=nc,
         js=js,
@@ -169,13 +183,35 @@ async def ensure_layout(js: JetStreamContext, config: Config) -> None:
         await _ensure_stream(js, stream)
 
 
+async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Config) -> None:
+    """`ensure_layout`, retried: a fresh cluster's JetStream API times out while replicas race to
+    create the same replicated streams (measured: 2 of 3 concurrent starts timed out after 5 s)."""
+    for attempt in range(1, LAYOUT_ATTEMPTS + 1):
+        try:
+            await ensure_layout(js, config)
+            return
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+            if attempt == LAYOUT_ATTEMPTS:
+                await nc.close()
+                raise BusError(
+                    f"JetStream at {config.nats_url} did not answer while creating the stream and buckets "
+                    f"({attempt} attempts, last: {type(exc).__name__}): does the cluster have a meta leader?"
+                ) from None
+            log.warning("creating the stream and buckets timed out; %d attempts left", LAYOUT_ATTEMPTS - attempt)
+            await asyncio.sleep(0.5 * attempt)
+
+
 async def _ensure_stream(js: JetStreamContext, stream: api.StreamConfig) -> None:
     try:
-        await js.stream_info(stream.name)
+        info = await js.stream_info(stream.name)
     except NotFoundError:
         try:
             await js.add_stream(stream)
             return
         except nats.js.errors.BadRequestError:
             pass  # another replica created it between our two calls
+    else:
+        current = info.config.as_dict()
+        if all(current.get(key) == value for key, value in stream.as_dict().items()):
+            return  # already as wanted: an update would be one more clustered proposal for nothing
     await js.update_stream(stream)
