@@ -88,10 +88,22 @@ async def probe(client: httpx.AsyncClient, host: str, port: int, timeout_s: floa
     except (httpx.TimeoutException, TimeoutError):
         error, version = "timeout", None
     except httpx.ConnectError as exc:
-        error, version = ("refused" if "refused" in str(exc).lower() else "connect_error"), None
+        error, version = ("refused" if _refused(exc) else "connect_error"), None
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
         error, version = "disconnected", None  # the engine closed the connection without an answer
     except httpx.HTTPError:
         error, version = "http_error", None
     latency_ms = round((time.perf_counter() - started) * 1000, 2)
     return ProbeResult(ok=error is None, latency_ms=latency_ms, error=error, version=version)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Nothing listens there: anyio wraps the ConnectionRefusedError in "All connection attempts failed"."""
+    seen: BaseException | None = exc
+    for _ in range(10):  # the chain is short; the bound guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False

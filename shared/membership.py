@@ -94,7 +94,13 @@ class Membership:
         await asyncio.wait_for(self._ready.wait(), timeout_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Renew the heartbeat and expire silent members until `stop` is set."""
+        """Renew the heartbeat and expire silent members until `stop` is set, then say goodbye."""
+        try:
+            await self._renew_and_expire(stop)
+        finally:
+            await self._publish(self._beat(leaving=True), ttl_s=LEAVING_TTL_S)  # the others take over now
+
+    async def _renew_and_expire(self, stop: asyncio.Event) -> None:
         next_renewal = self._clock() + self.renew_s
         while not stop.is_set():
             now = self._clock()
@@ -111,17 +117,16 @@ class Membership:
             except TimeoutError:
                 pass
 
-    async def leave(self) -> None:
-        """Tell the others we are gone, then stop watching."""
-        await self._publish(Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), leaving=True),
-                            ttl_s=LEAVING_TTL_S)
+    async def stop(self) -> None:
         await self._stop_watch()
 
     # ------------------------------------------------------------ heartbeats
 
+    def _beat(self, leaving: bool = False) -> Heartbeat:
+        return Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), leaving=leaving)
+
     async def _heartbeat(self) -> None:
-        beat = Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid())
-        await self._publish(beat, ttl_s=max(1, math.ceil(self.ttl_s)))
+        await self._publish(self._beat(), ttl_s=max(1, math.ceil(self.ttl_s)))
 
     async def _publish(self, beat: Heartbeat, ttl_s: int) -> None:
         # Core publish lands in the bucket's stream too; it never blocks the
