@@ -11,6 +11,7 @@ from shared.config import Config
 from shared.runtime.base import (
     LABEL_MANAGED,
     LABEL_NAME,
+    LABEL_POOL,
     LABEL_PORT,
     LABEL_SCOPE,
     EngineSpec,
@@ -24,6 +25,7 @@ from shared.runtime.base import (
 __all__ = [
     "LABEL_MANAGED",
     "LABEL_NAME",
+    "LABEL_POOL",
     "LABEL_PORT",
     "LABEL_SCOPE",
     "EngineSpec",

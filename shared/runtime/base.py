@@ -18,6 +18,8 @@ LABEL_NAME = "aceorch.name"
 # Which runtime instance owns the engine (a docker daemon id, or host + state dir):
 # a provisioner only declares "gone" the engines its own runtime should see.
 LABEL_SCOPE = "aceorch.scope"
+# ENGINE_POOL: separates deployments (or test runs) sharing one docker daemon.
+LABEL_POOL = "aceorch.pool"
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,8 @@ class Runtime(Protocol):
         """Release clients and background work; engines keep running."""
 
 
-def managed_labels(name: str, port: int, scope: str) -> dict[str, str]:
-    return {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_PORT: str(port), LABEL_SCOPE: scope}
+def managed_labels(name: str, port: int, scope: str, pool: str) -> dict[str, str]:
+    return {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_PORT: str(port), LABEL_SCOPE: scope, LABEL_POOL: pool}
 
 
 def placeholder(container_id: str, runtime: str, name: str | None = None) -> EngineSpec:

@@ -2,8 +2,11 @@
 
 Every SDK call blocks, so each runs in a worker thread (`asyncio.to_thread`).
 Managed containers carry labels (`aceorch.managed`, `aceorch.name`,
-`aceorch.port`, `aceorch.scope`), so a restarted provisioner finds them again
-and never hands out a port an existing engine holds.
+`aceorch.port`, `aceorch.pool`, `aceorch.scope`), so a restarted provisioner
+finds them again and never hands out a port an existing engine holds.
+`ENGINE_POOL` (label `aceorch.pool`) separates deployments sharing a daemon:
+each lists, watches and removes only its own pool's containers, while names
+and ports are chosen against every managed container of the daemon.
 
 Networking (`DOCKER_NETWORK`):
 - `host`: the container shares the host's network; the engine must listen on
@@ -38,6 +41,7 @@ from shared.policy.naming import free_ports, lowest_free_name, render_command
 from shared.runtime.base import (
     LABEL_MANAGED,
     LABEL_NAME,
+    LABEL_POOL,
     LABEL_PORT,
     LABEL_SCOPE,
     EngineSpec,
@@ -52,6 +56,7 @@ log = logging.getLogger(__name__)
 ENGINE_INTERNAL_PORT = 6878
 HOST_NETWORK_COMMAND = "--port {port} --host 127.0.0.1 --cache-dir {cache_dir}"
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
+OUR_LABELS = (LABEL_MANAGED, LABEL_NAME, LABEL_PORT, LABEL_POOL, LABEL_SCOPE)
 STOP_TIMEOUT_S = 5
 NAME_ATTEMPTS = 20
 EVENTS_RETRY_S = 1.0
@@ -94,7 +99,7 @@ class DockerRuntime:
 
     async def get(self, container_id: str) -> EngineSpec | None:
         container = await self._container(container_id)
-        if container is None or container.status != "running" or LABEL_MANAGED not in container.labels:
+        if container is None or container.status != "running" or not self._in_pool(container):
             return None
         return self._spec(container)
 
@@ -108,7 +113,9 @@ class DockerRuntime:
                 asyncio.to_thread(container.exec_run, ["sh", "-c", script], environment=env), timeout_s
             )
         except asyncio.TimeoutError:
-            raise RuntimeFailure(f"docker: exec in {engine.container_name} did not finish within {timeout_s}s") from None
+            raise RuntimeFailure(
+                f"docker: exec in {engine.container_name} did not finish within {timeout_s}s"
+            ) from None
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise self._failure(f"exec in {engine.container_name} failed", exc) from None
         return ExecResult(exit_code=exit_code if exit_code is not None else -1, output=_text(output))
@@ -145,7 +152,7 @@ class DockerRuntime:
         await self._connect()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        pump = _EventPump(self._client, loop, queue)
+        pump = _EventPump(self._client, loop, queue, self._pool_filter())
         pump.start()
         try:
             while True:
@@ -174,14 +181,14 @@ class DockerRuntime:
                 self._client = docker.from_env()
             if self._scope is None:
                 info = self._client.info()
-                self._scope = f"docker:{info.get('ID') or info.get('Name')}"
+                self._scope = f"docker:{info.get('ID') or info.get('Name')}:{self._config.engine_pool}"
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeFailure(f"docker: cannot reach the Docker Engine ({exc}); is dockerd running?") from None
 
     async def _choose(self) -> tuple[str, int]:
         """A name and a port no engine holds, reserved until the container exists."""
         async with self._pick:
-            containers = await self._list(running_only=False)
+            containers = await self._list(running_only=False, every_pool=True)  # names and ports are per daemon
             names = {c.name for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
             name = lowest_free_name(names | self._reserved_names)
             taken = {_label_port(c) for c in containers} | self._reserved_ports
@@ -220,7 +227,7 @@ class DockerRuntime:
         arguments: dict[str, Any] = {
             "image": config.engine_image,
             "name": name,
-            "labels": managed_labels(name, port, self._scope or ""),
+            "labels": managed_labels(name, port, self._scope or "", config.engine_pool),
             "environment": {
                 "ACEORCH_ENGINE_NAME": name,
                 "ACEORCH_ENGINE_PORT": str(listen_port),
@@ -228,7 +235,10 @@ class DockerRuntime:
             },
         }
         if template:
-            rendered = render_command(template, port=listen_port, cache_dir=config.engine_cache_dir, name=name)
+            try:
+                rendered = render_command(template, port=listen_port, cache_dir=config.engine_cache_dir, name=name)
+            except ValueError as exc:
+                raise RuntimeFailure(f"docker: {exc}") from None
             arguments["command"] = shlex.split(rendered)
         if host_network:
             arguments["network_mode"] = "host"
@@ -253,9 +263,9 @@ class DockerRuntime:
                 return
             raise
 
-    async def _list(self, running_only: bool, status: str | None = None) -> list[Container]:
+    async def _list(self, running_only: bool, status: str | None = None, every_pool: bool = False) -> list[Container]:
         await self._connect()
-        filters: dict[str, Any] = {"label": MANAGED_FILTER}
+        filters: dict[str, Any] = {"label": MANAGED_FILTER if every_pool else self._pool_filter()}
         if running_only:
             filters["status"] = "running"
         elif status:
@@ -289,10 +299,17 @@ class DockerRuntime:
             host=host,
             port=api_port,
             runtime=self.kind,
-            labels={k: v for k, v in labels.items() if k.startswith("aceorch.")},
+            labels={k: labels[k] for k in OUR_LABELS if k in labels},  # not the image's own labels
             cache_dir=self._config.engine_cache_dir,
             created_at=_created_at(container),
         )
+
+    def _in_pool(self, container: Container) -> bool:
+        labels = container.labels
+        return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_POOL) == self._config.engine_pool
+
+    def _pool_filter(self) -> list[str]:
+        return [MANAGED_FILTER, f"{LABEL_POOL}={self._config.engine_pool}"]
 
     @staticmethod
     def _failure(what: str, exc: Exception) -> RuntimeFailure:
@@ -302,8 +319,11 @@ class DockerRuntime:
 class _EventPump:
     """Reads the daemon's event stream in a thread and hands `die` events to the loop."""
 
-    def __init__(self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    def __init__(
+        self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, labels: list[str]
+    ) -> None:
         self._client = client
+        self._labels = labels
         self._loop = loop
         self._queue = queue
         self._stopping = threading.Event()
@@ -324,7 +344,7 @@ class _EventPump:
 
     def _pump(self) -> None:
         since = None
-        filters = {"type": "container", "event": "die", "label": MANAGED_FILTER}
+        filters = {"type": "container", "event": "die", "label": self._labels}
         while not self._stopping.is_set():
             try:
                 self._stream = self._client.events(decode=True, filters=filters, since=since)

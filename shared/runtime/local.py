@@ -19,6 +19,7 @@ the state dir, so two provisioners sharing it never pick the same name or port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -32,7 +33,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m deploy.acesim --port {{port}} --cache-dir {{cache_dir}}"
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.5
+EXEC_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class LocalRuntime:
         self._config = config
         self._dir = Path(config.engine_state_dir).resolve()
         self._scope = f"local:{socket.gethostname()}:{self._dir}"
-        self._children: dict[int, subprocess.Popen] = {}  # pid → handle, to reap our own children
+        self._children: set[int] = set()  # pids we spawned: we must reap them when they exit
         self._removing: set[int] = set()  # pids being removed through us: not deaths
 
     # ------------------------------------------------------------ interface
@@ -90,14 +91,18 @@ class LocalRuntime:
         env = {**os.environ, "ENGINE_CACHE_DIR": engine.cache_dir}
         cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd
+            "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            start_new_session=True,  # a timeout kills the whole script, not just its shell
         )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
         except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise RuntimeFailure(f"local: command for {engine.container_name} did not finish within {timeout_s}s") from None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.communicate()
+            raise RuntimeFailure(
+                f"local: command for {engine.container_name} did not finish within {timeout_s}s"
+            ) from None
         exit_code = proc.returncode if proc.returncode is not None else -1
         return ExecResult(exit_code=exit_code, output=output.decode("utf-8", errors="replace"))
 
@@ -116,17 +121,14 @@ class LocalRuntime:
         """Engines whose process is gone while their state file remains, by polling every POLL_S."""
         reported: set[tuple[str, int]] = set()
         while True:
-            for entry in await asyncio.to_thread(self._files):
-                key = (entry.name, entry.pid)
-                if key in reported or entry.pid in self._removing or self._alive(entry):
-                    continue
-                reported.add(key)
+            for entry in await asyncio.to_thread(self._dead_files, reported):
+                reported.add((entry.name, entry.pid))
                 yield RuntimeEvent(kind="died", container_id=entry.container_id)
             await asyncio.sleep(POLL_S)
 
     async def close(self) -> None:
-        for popen in self._children.values():
-            popen.poll()  # reap what already exited; running engines keep running
+        for pid in list(self._children):
+            self._reap(pid)  # what already exited; running engines keep running
 
     # ------------------------------------------------------------ creation
 
@@ -140,11 +142,15 @@ class LocalRuntime:
             cache_dir = engine_dir / "cache"
             shutil.rmtree(engine_dir, ignore_errors=True)  # a new engine starts with an empty cache
             cache_dir.mkdir(parents=True)
-            command = render_command(
-                self._config.engine_command or DEFAULT_COMMAND, port=port, cache_dir=str(cache_dir), name=name
-            )
-            popen = self._spawn(command, name, port, cache_dir)
-            entry = EngineFile(popen.pid, port, name, str(cache_dir), command, time.time())
+            try:
+                command = render_command(
+                    self._config.engine_command or DEFAULT_COMMAND, port=port, cache_dir=str(cache_dir), name=name
+                )
+            except ValueError as exc:
+                raise RuntimeFailure(f"local: {exc}") from None
+            pid = self._spawn(command, name, port, cache_dir)
+            _wait_for_exec(pid)
+            entry = EngineFile(pid, port, name, str(cache_dir), command, time.time())
             self._write(entry)
             return entry
 
@@ -155,26 +161,37 @@ class LocalRuntime:
         first, last = self._config.engine_port_range
         raise RuntimeFailure(f"local: no free port in ENGINE_PORT_RANGE {first}-{last} ({len(taken)} held by engines)")
 
-    def _spawn(self, command: str, name: str, port: int, cache_dir: Path) -> subprocess.Popen:
-        argv = shlex.split(command)
-        env = {**os.environ, "ACEORCH_ENGINE_NAME": name, "ACEORCH_ENGINE_PORT": str(port), "ENGINE_CACHE_DIR": str(cache_dir)}
-        with open(self._dir / f"{name}.log", "ab") as output:
-            try:
-                popen = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    start_new_session=True,  # Ctrl-C on the provisioner must not stop the engines
-                )
-            except OSError as exc:
-                raise RuntimeFailure(f"local: cannot start {name} with ENGINE_COMMAND {command!r}: {exc}") from None
-        self._children[popen.pid] = popen
-        return popen
+    def _spawn(self, command: str, name: str, port: int, cache_dir: Path) -> int:
+        """Start the engine in its own session, output to its log; returns its pid.
 
-    @contextmanager
+        posix_spawn rather than Popen: it returns once the engine's program runs (so
+        /proc/<pid>/cmdline already names the port), and no Popen object is left to
+        complain that an engine outlives the provisioner — which is the point.
+        """
+        argv = shlex.split(command)
+        env = {
+            **os.environ,
+            "ACEORCH_ENGINE_NAME": name,
+            "ACEORCH_ENGINE_PORT": str(port),
+            "ENGINE_CACHE_DIR": str(cache_dir),
+        }
+        log_path = str(self._dir / f"{name}.log")
+        actions = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644),
+            (os.POSIX_SPAWN_DUP2, 1, 2),
+        ]
+        try:
+            # setsid: a Ctrl-C on the provisioner must not reach the engines.
+            pid = os.posix_spawnp(argv[0], argv, env, file_actions=actions, setsid=True)
+        except (OSError, IndexError) as exc:
+            raise RuntimeFailure(f"local: cannot start {name} with ENGINE_COMMAND {command!r}: {exc}") from None
+        self._children.add(pid)
+        return pid
+
+    @contextlib.contextmanager
     def _locked(self):
+        self._dir.mkdir(parents=True, exist_ok=True)  # a fresh ENGINE_STATE_DIR: adopt() locks before any create
         with open(self._dir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -198,6 +215,13 @@ class LocalRuntime:
     def _live_files(self) -> list[EngineFile]:
         return [f for f in self._files() if self._alive(f)]
 
+    def _dead_files(self, known: set[tuple[str, int]]) -> list[EngineFile]:
+        """State files whose process is gone, except those in `known` or being removed through us."""
+        return [
+            f for f in self._files()
+            if (f.name, f.pid) not in known and f.pid not in self._removing and not self._alive(f)
+        ]
+
     def _write(self, entry: EngineFile) -> None:
         path = self._dir / f"{entry.name}.json"
         temporary = path.with_suffix(".json.tmp")
@@ -210,10 +234,19 @@ class LocalRuntime:
     # ------------------------------------------------------------ processes
 
     def _alive(self, entry: EngineFile) -> bool:
-        child = self._children.get(entry.pid)
-        if child is not None and child.poll() is not None:
-            return False  # our child exited (and is now reaped)
+        if entry.pid in self._children:  # an unreaped child's pid cannot have been reused
+            return not self._reap(entry.pid)
         return _is_engine_process(entry.pid, entry.port)
+
+    def _reap(self, pid: int) -> bool:
+        """True if our child `pid` has exited (collected now, so no zombie is left)."""
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid  # already collected
+        if done:
+            self._children.discard(pid)
+        return bool(done)
 
     def _remove(self, container_id: str) -> None:
         with self._locked():
@@ -241,9 +274,9 @@ class LocalRuntime:
             time.sleep(0.05)
         log.warning("local: %s (pid %d) ignored SIGTERM for %.0fs; killing it", entry.name, entry.pid, STOP_TIMEOUT_S)
         self._signal(entry, signal.SIGKILL)
-        child = self._children.get(entry.pid)
-        if child is not None:
-            child.wait(STOP_TIMEOUT_S)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self._alive(entry) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     @staticmethod
     def _signal(entry: EngineFile, sig: int) -> None:
@@ -273,19 +306,41 @@ class LocalRuntime:
             host="127.0.0.1",
             port=entry.port,
             runtime=self.kind,
-            labels=managed_labels(entry.name, entry.port, self._scope),
+            labels=managed_labels(entry.name, entry.port, self._scope, self._config.engine_pool),
             cache_dir=entry.cache_dir,
             created_at=entry.started_at,
         )
 
 
+def _cmdline(pid: int) -> bytes | None:
+    """/proc/<pid>/cmdline; None when there is no such process, empty for a zombie."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+
+
 def _is_engine_process(pid: int, port: int) -> bool:
     """The pid runs and its command line still names the engine's port (pids get reused)."""
+    cmdline = _cmdline(pid)
+    return bool(cmdline) and re.search(rb"(?<![0-9])%d(?![0-9])" % port, cmdline) is not None
+
+
+def _wait_for_exec(pid: int, timeout_s: float = EXEC_WAIT_S) -> None:
+    """posix_spawn returns while the kernel may still be setting up the new program, when its
+    cmdline reads empty; state files are written only after, so no reader mistakes it for dead."""
+    deadline = time.monotonic() + timeout_s
+    while _cmdline(pid) == b"" and not _exited(pid) and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie (state Z in /proc/<pid>/stat, after the command name in parentheses)."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()  # empty for a zombie
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
-        return False
-    return re.search(rb"(?<![0-9])%d(?![0-9])" % port, cmdline) is not None
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
 def _bindable(port: int) -> bool:

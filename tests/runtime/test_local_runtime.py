@@ -1,0 +1,79 @@
+"""What only the local runtime has to get right: sessions, pid reuse, state files."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shared.config import load_config
+from shared.runtime import RuntimeFailure, placeholder
+from shared.runtime.local import DEFAULT_COMMAND, LocalRuntime
+
+
+def runtime_for(tmp_path, **env) -> LocalRuntime:
+    base = {
+        "ENGINE_RUNTIME": "local",
+        "ENGINE_STATE_DIR": str(tmp_path / "engines"),
+        "ENGINE_PORT_RANGE": "47000-47009",
+    }
+    return LocalRuntime(load_config({**base, **env}))
+
+
+@pytest.mark.parametrize("runtime_tier", ["local"], indirect=True)
+async def test_engines_run_in_their_own_session_and_are_described_by_a_state_file(runtime_tier):
+    runtime = runtime_tier.make()
+    spec = await runtime.create()
+
+    state = json.loads((runtime._dir / f"{spec.container_name}.json").read_text())
+
+    assert os.getsid(state["pid"]) == state["pid"]  # a Ctrl-C on the provisioner does not reach it
+    assert state["port"] == spec.port and state["name"] == spec.container_name
+    assert state["cache_dir"] == spec.cache_dir == str(runtime._dir / spec.container_name / "cache")
+    assert f"--port {spec.port}" in state["command"]
+
+
+async def test_a_reused_pid_is_never_taken_for_an_engine_nor_killed(tmp_path):
+    runtime = runtime_for(tmp_path)
+    runtime._dir.mkdir(parents=True)
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        # The state file of an engine that died while we were down; its pid now belongs to someone else.
+        entry = {"pid": stranger.pid, "port": 47003, "name": "acestream-1", "cache_dir": "/nonexistent",
+                 "command": "x --port 47003", "started_at": 0.0}
+        (runtime._dir / "acestream-1.json").write_text(json.dumps(entry))
+
+        assert await runtime.list_managed() == []
+        assert await runtime.get("local-47003") is None
+        await runtime.remove(placeholder("local-47003", "local"))
+        assert stranger.poll() is None  # never signalled
+        assert not (runtime._dir / "acestream-1.json").exists()  # but the stale file is gone
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+async def test_the_default_command_is_the_simulator_on_this_interpreter():
+    assert DEFAULT_COMMAND.startswith(sys.executable)
+    assert "-m deploy.acesim --port {port} --cache-dir {cache_dir}" in DEFAULT_COMMAND
+
+
+async def test_a_command_that_cannot_start_names_itself(tmp_path):
+    runtime = runtime_for(tmp_path, ENGINE_COMMAND="/nonexistent/engine --port {port}")
+    with pytest.raises(RuntimeFailure, match=r"cannot start acestream-1 with ENGINE_COMMAND '/nonexistent/engine"):
+        await runtime.create()
+    assert await runtime.list_managed() == []
+
+
+@pytest.mark.parametrize("runtime_tier", ["local"], indirect=True)
+async def test_two_provisioners_sharing_a_state_dir_never_pick_the_same_name_or_port(runtime_tier):
+    first, second = runtime_tier.make(), runtime_tier.make()
+
+    specs = await asyncio.gather(*(runtime.create() for runtime in (first, second) for _ in range(3)))
+
+    assert len({s.container_name for s in specs}) == len({s.port for s in specs}) == 6
+    assert sorted(s.container_id for s in await first.list_managed()) == sorted(s.container_id for s in specs)
