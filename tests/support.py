@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -41,19 +42,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def free_port_range(count: int, start: int = 20000, stop: int = 60000) -> int:
-    """First port of `count` consecutive free loopback ports."""
-    port = start + (os.getpid() * 7919) % (stop - start - count)
-    while port + count < stop:
-        try:
-            for offset in range(count):
-                with socket.socket() as sock:
-                    sock.bind(("127.0.0.1", port + offset))
-        except OSError:
-            port += offset + 1
+_HANDED_OUT: list[range] = []
+
+
+def free_port_range(count: int, start: int = 20000, stop: int = 32700) -> int:
+    """First of `count` consecutive free loopback ports, never overlapping a block handed out before.
+
+    The default range stays below Linux's ephemeral ports (32768+), where outgoing
+    connections would otherwise take ports from under an engine that starts later.
+    """
+    rng = random.Random()
+    for _ in range(200):
+        first = rng.randrange(start, stop - count)
+        block = range(first, first + count)
+        if any(block.start < other.stop and other.start < block.stop for other in _HANDED_OUT):
             continue
-        return port
-    raise RuntimeError(f"no {count} consecutive free ports")
+        if all(_bindable(port) for port in block):
+            _HANDED_OUT.append(block)
+            return first
+    raise RuntimeError(f"no {count} consecutive free loopback ports in {start}-{stop}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_for_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:

@@ -245,9 +245,24 @@ class Reaper:
         except KeeperError as exc:  # the claim lapses by itself after CLAIM_TTL_S
             log.warning("release of %s failed (claim lapses in %gs): %s", victim.container_name, self.config.claim_ttl_s, exc)
 
+    async def _claim_still_ours(self, victim: EngineRecord, claim_id: str) -> bool:
+        """Last look before stopping: a stream that started meanwhile cancels our claim (state-keeper)."""
+        try:
+            current = await self.keeper.get(victim.container_id)
+        except KeeperError as exc:
+            log.warning("not removing %s: cannot re-check it (%s)", victim.container_name, exc)
+            return False
+        if current is None or current.claim is None or current.claim.claim_id != claim_id or current.streams:
+            log.info("not removing %s: a stream started on it while it was being reaped", victim.container_name)
+            return False
+        return True
+
     async def _remove(self, victim: EngineRecord, claim_id: str, reason: str) -> bool:
         """Stop and remove the claimed engine, then report it; on failure give the engine back. Never raises."""
         async with self._removals:
+            if not await self._claim_still_ours(victim, claim_id):
+                await self._release(victim, claim_id)
+                return False
             try:
                 spec = await self.runtime.get(victim.container_id)
                 if spec is not None:  # already gone from the runtime: only the record is left

@@ -114,6 +114,9 @@ def reconcile_stream(
             return EngineChange(record)
         started = stream.started_at or now
         usage = record.last_stream_usage
+        # A stream that lands on an engine being reaped (its proxy's reservation lapsed) wins:
+        # the reap claim is dropped, so the reaper's last check before stopping sees it lost.
+        keep_claim = record.claim is None or record.claim.purpose != "reap"
         return EngineChange(
             replace(
                 record,
@@ -121,6 +124,8 @@ def reconcile_stream(
                 reservations=reservations,
                 last_stream_usage=started if usage is None or started > usage else usage,
                 idle_since=None,
+                claim=record.claim if keep_claim else None,
+                state=record.state if keep_claim else "active",
             )
         )
     if not present:

@@ -186,3 +186,17 @@ class StreamsMachine(RuleBasedStateMachine):
 
 
 TestStreamsMachine = StreamsMachine.TestCase
+
+
+def test_a_stream_starting_on_an_engine_being_reaped_cancels_the_reap_claim():
+    world = World()
+    world.engine = apply_claim(engine("e1"), request("reap"), "c1", NOW, 60)
+    world.apply(started("s1"))
+    assert world.engine.streams == ["s1"] and world.engine.claim is None and world.engine.state == "active"
+
+
+def test_a_stream_starting_during_a_clean_keeps_the_clean_claim():
+    world = World()
+    world.engine = apply_claim(engine("e1"), request("clean"), "c1", NOW, 60)
+    world.apply(started("s1"))
+    assert world.engine.streams == ["s1"] and world.engine.claim.claim_id == "c1"

@@ -107,9 +107,14 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
     rng = random.Random(7)
     raced: list[str] = []
 
+    reap_claims: list[str] = []
+
     def start_on_claimed(claim):
-        # The race itself: a stream.started for the engine the very moment its claim shows up.
+        # The race itself: a stream.started for the engine the very moment its claim shows up
+        # (every other reap claim, so some reaps go through and some must back off).
         if claim.purpose == "reap":
+            reap_claims.append(claim.container_id)
+        if claim.purpose == "reap" and len(reap_claims) % 2:
             stream_id = f"race-{claim.container_id}-{uuid.uuid4().hex[:6]}"
             raced.append(stream_id)
             asyncio.get_running_loop().create_task(pool.started(stream_id, claim.container_id))
@@ -164,6 +169,10 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
         if stream["container_id"] in removed:
             assert stream["status"] == "ended", stream
     assert removed and not removed & set(present)
+    # A raced stream wins over the reap: its engine stays, and the stream is still playing there.
+    survivors = [s for s in streams if s["stream_id"] in raced and s["status"] == "started"]
+    assert survivors, "at least one raced stream should have kept its engine"
+    assert all(s["container_id"] in present for s in survivors)
     assert bad_selections == [] and selections >= 10
     purposes = {c.purpose for c in pool.recorder.claims if selecting_since <= c.at <= selecting_until}
     assert purposes == {"clean", "reap"}  # selections ran while engines were being cleaned and reaped

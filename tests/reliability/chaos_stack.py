@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import random
-import socket
 
 import httpx
 
@@ -28,6 +26,7 @@ from support import (
     Processes,
     base_env,
     free_port,
+    free_port_range,
     nats_server_binary,
     wait_for_port,
     wait_for_service,
@@ -43,30 +42,9 @@ HEALTH_BOUND_S = INTERVAL_S + 2 * TIMEOUT_S + RECHECK_S
 SERVICES = ("state_keeper", "prober", "gateway", "provisioner", "reaper", "janitor")
 
 
-_HANDED_OUT: list[range] = []
-
 
 def port_block(count: int) -> int:
-    """First of `count` consecutive free loopback ports, never overlapping a block handed out before."""
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(20000, 32700 - count)  # below the ephemeral range (32768-60999)
-        block = range(first, first + count)
-        if any(block.start < other.stop and other.start < block.stop for other in _HANDED_OUT):
-            continue
-        if all(_bindable(port) for port in block):
-            _HANDED_OUT.append(block)
-            return first
-    raise RuntimeError(f"no {count} consecutive free loopback ports found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+    return free_port_range(count)
 
 
 # ---------------------------------------------------------------- NATS
