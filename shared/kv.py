@@ -30,6 +30,7 @@ from nats.js.errors import (
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue, _is_key_valid
 
 from shared.bus import Bus
+from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
 
 log = logging.getLogger(__name__)
 
@@ -294,3 +295,20 @@ class KvView(Generic[T]):
         self.changed.set()
         for listener in self.listeners:
             listener(key, value)
+
+
+class RecordViews:
+    """Watch-fed copies of both record buckets: what the state-keeper and the gateway read from."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
+        self.streams: KvView[StreamRecord] = KvView(bus.streams, decode_stream, bus)
+
+    async def start(self) -> None:
+        await self.engines.start()
+        await self.streams.start()
+
+    async def stop(self) -> None:
+        await self.engines.stop()
+        await self.streams.stop()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import nats
+import pytest
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared import names
@@ -72,7 +73,7 @@ class Pool:
         self.processes = processes
         self.nc = nc
         self.js = nc.jetstream()
-        first = _free_ports(40)
+        first = free_port_range(40)
         self.settings = {
             "ENGINE_RUNTIME": "local",
             "ENGINE_STATE_DIR": str(workdir / "engines"),
@@ -259,11 +260,16 @@ class Pool:
         self._tasks.append(asyncio.get_running_loop().create_task(sample()))
 
 
-def _free_ports(count: int) -> int:
-    """`support.free_port_range` only walks upwards from a pid-derived start; try a few windows."""
-    for start in (20000, 30000, 40000, 50000):
-        try:
-            return free_port_range(count, start=start, stop=start + 10000)
-        except RuntimeError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free loopback ports between 20000 and 60000")
+@pytest.fixture
+async def pools(nats_server, processes, nc, tmp_path):
+    made: list[Pool] = []
+
+    async def make(prober: bool = True, **settings) -> Pool:
+        pool = Pool(nats_server.url, processes, nc, tmp_path, **settings)
+        made.append(pool)
+        await pool.start(prober=prober)
+        return pool
+
+    yield make
+    for pool in made:
+        await pool.close()

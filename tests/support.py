@@ -225,3 +225,24 @@ async def wait_for_service(nc: nats.NATS, name: str = "state-keeper", count: int
         return len(seen) >= count
 
     await wait_until(instances, timeout=timeout, what=f"{count} {name} instance(s)")
+
+
+async def keeper_stats(nc) -> dict[str, dict[str, int]]:
+    """Counters summed over every state-keeper replica (from micro's $SRV.STATS)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.STATS.state-keeper", b"", reply=inbox)
+    totals: dict[str, dict[str, int]] = {}
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=0.5)
+            data = json.loads(msg.data)["endpoints"][0]["data"]
+            for group, counts in data.items():
+                for key, value in counts.items():
+                    totals.setdefault(group, {}).setdefault(key, 0)
+                    totals[group][key] += value
+    except Exception:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return totals

@@ -17,8 +17,7 @@ import nats.errors
 from nats.js.errors import APIError
 
 from shared import names
-from shared.bus import Bus
-from shared.kv import KvView
+from shared.kv import RecordViews
 from shared.policy.engines import tidy
 from shared.schemas import (
     EngineRecord,
@@ -30,8 +29,6 @@ from shared.schemas import (
     SelectRequest,
     StreamRecord,
     StreamStatus,
-    decode_engine,
-    decode_stream,
     decoder,
     encode,
 )
@@ -53,19 +50,7 @@ class ApiError(Exception):
         self.retry_after_s = retry_after_s
 
 
-class Fleet:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
-        self.engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
-        self.streams: KvView[StreamRecord] = KvView(bus.streams, decode_stream, bus)
-
-    async def start(self) -> None:
-        await self.engines.start()
-        await self.streams.start()
-
-    async def stop(self) -> None:
-        await self.engines.stop()
-        await self.streams.stop()
+class Fleet(RecordViews):
 
     @property
     def connected(self) -> bool:

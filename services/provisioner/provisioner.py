@@ -77,16 +77,6 @@ RECENT_S = 30.0  # longer than a registration takes to show in the records
 decode_demand = decoder(EngineDemand)
 
 
-def pool_policy(config: Config) -> PoolPolicy:
-    return PoolPolicy(
-        min_replicas=config.min_replicas,
-        min_free_replicas=config.min_free_replicas,
-        max_replicas=config.max_replicas,
-        grace_period_s=config.engine_grace_period_s,
-        unhealthy_replace_after_s=config.unhealthy_replace_after_s,
-    )
-
-
 class Provisioner:
     def __init__(
         self, config: Config, bus: Bus, runtime: Runtime, engines: KvView[EngineRecord], http: httpx.AsyncClient
@@ -96,7 +86,7 @@ class Provisioner:
         self.runtime = runtime
         self.engines = engines
         self.http = http
-        self.policy = pool_policy(config)
+        self.policy = PoolPolicy.from_config(config)
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
         self.lock = KvLock(bus.leases, LOCK_KEY, self.holder, LOCK_TTL_S)
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died

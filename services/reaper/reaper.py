@@ -59,22 +59,12 @@ class Sweep:
     skipped: set[str] = field(default_factory=set)  # busy or not ours: not candidates, still counted
 
 
-def pool_policy(config: Config) -> PoolPolicy:
-    return PoolPolicy(
-        min_replicas=config.min_replicas,
-        min_free_replicas=config.min_free_replicas,
-        max_replicas=config.max_replicas,
-        grace_period_s=config.engine_grace_period_s,
-        unhealthy_replace_after_s=config.unhealthy_replace_after_s,
-    )
-
-
 class Reaper:
     def __init__(self, config: Config, bus: Bus, runtime: Runtime) -> None:
         self.config = config
         self.bus = bus
         self.runtime = runtime
-        self.policy = pool_policy(config)
+        self.policy = PoolPolicy.from_config(config)
         self.holder = f"reaper-{socket.gethostname()}-{os.getpid()}"
         self.keeper = KeeperClient(bus.nc, bus.js)
         self.view: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -72,9 +74,19 @@ class Endpoints:
             reservation_ttl_s=config.reservation_ttl_s,
         )
         self._in_flight: Counter[str] = Counter()  # selections writing to an engine right now
+        self._salt = random.getrandbits(32)
+        self._ranks: dict[str, int] = {}
         self._padding: dict[str, tuple] = {}  # engine → (view item, count, padded record, placeholder expiry)
         self._slots = asyncio.Semaphore(512)
         self._tasks: set[asyncio.Task] = set()
+
+    def _rank(self, container_id: str) -> int:
+        """This replica's own order among equally good engines (a salted hash, memoised):
+        two replicas picking the same engine would only make one of them lose the CAS and retry."""
+        rank = self._ranks.get(container_id)
+        if rank is None:
+            rank = self._ranks[container_id] = zlib.crc32(container_id.encode(), self._salt)
+        return rank
 
     async def start(self) -> Service:
         service = await add_service(
@@ -149,6 +161,7 @@ class Endpoints:
                 self.policy,
                 content_key=request.content_key,
                 playing=self.store.contents.playing,
+                tiebreak=self._rank,
             )
             if choice is None:
                 return await self._no_capacity(request, now)

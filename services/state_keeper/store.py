@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from shared.bus import Bus
-from shared.kv import KvView, Outcome, Versioned, cas_update, read
+from shared.kv import Outcome, RecordViews, Versioned, cas_update, read
 from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
 
 
@@ -28,22 +28,12 @@ class ContentIndex:
             self.playing.setdefault(stream.content_key, set()).add(stream.container_id)
 
 
-class Store:
+class Store(RecordViews):
     def __init__(self, bus: Bus, stream_ttl_s: float) -> None:
-        self.bus = bus
+        super().__init__(bus)
         self.stream_ttl_s = stream_ttl_s
-        self.engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
-        self.streams: KvView[StreamRecord] = KvView(bus.streams, decode_stream, bus)
         self.contents = ContentIndex()
         self.streams.listeners.append(self.contents.on_change)
-
-    async def start(self) -> None:
-        await self.engines.start()
-        await self.streams.start()
-
-    async def stop(self) -> None:
-        await self.engines.stop()
-        await self.streams.stop()
 
     async def get_engine(self, container_id: str) -> Versioned[EngineRecord] | None:
         found = await read(self.bus.engines, container_id, decode_engine)

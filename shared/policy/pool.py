@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from shared.policy.engines import effective_state, is_idle
+from shared.config import Config
 from shared.schemas import EngineRecord
 
 
@@ -23,6 +24,16 @@ class PoolPolicy:
     max_replicas: int = 10
     grace_period_s: float = 30.0
     unhealthy_replace_after_s: float = 120.0
+
+    @classmethod
+    def from_config(cls, config: Config) -> PoolPolicy:
+        return cls(
+            min_replicas=config.min_replicas,
+            min_free_replicas=config.min_free_replicas,
+            max_replicas=config.max_replicas,
+            grace_period_s=config.engine_grace_period_s,
+            unhealthy_replace_after_s=config.unhealthy_replace_after_s,
+        )
 
 
 def managed(records: Iterable[EngineRecord]) -> list[EngineRecord]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -51,11 +51,14 @@ def select_engine(
     policy: SelectionPolicy,
     content_key: str | None = None,
     playing: Mapping[str, set[str]] | None = None,
+    tiebreak: Callable[[str], object] = str,
 ) -> Selection | None:
     """Pick an engine, or None when there is no capacity.
 
     `playing` maps a content key to the container ids it currently plays on
     (from the stream records); it makes viewers of one channel share an engine.
+    `tiebreak` orders engines that are equal on load and idle time; replicas
+    that rank them differently spread their picks instead of racing for one.
     """
     # (load, record) of every candidate: each load is computed once (this runs per request).
     candidates = []
@@ -69,8 +72,8 @@ def select_engine(
         hosts = playing.get(content_key, set())
         sharing = [c for c in candidates if c[1].container_id in hosts]
         if sharing:
-            return Selection(min(sharing, key=lambda c: (c[0], c[1].container_id))[1], shared=True)
-    best = min(candidates, key=lambda c: (c[0], _idle_order(c[1]), c[1].container_id))
+            return Selection(min(sharing, key=lambda c: (c[0], tiebreak(c[1].container_id)))[1], shared=True)
+    best = min(candidates, key=lambda c: (c[0], _idle_order(c[1]), tiebreak(c[1].container_id)))
     return Selection(best[1], shared=False)
 
 

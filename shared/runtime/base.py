@@ -7,6 +7,7 @@ they are registered by address and never created, cleaned or removed.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
@@ -99,3 +100,14 @@ def placeholder(container_id: str, runtime: str, name: str | None = None) -> Eng
         labels={},
         cache_dir="",
     )
+
+
+def port_is_free(port: int) -> bool:
+    """Nothing listens on the loopback port (an engine that is not ours, or another program)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

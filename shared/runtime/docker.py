@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shlex
-import socket
 import threading
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
@@ -49,6 +48,7 @@ from shared.runtime.base import (
     RuntimeEvent,
     RuntimeFailure,
     managed_labels,
+    port_is_free,
 )
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class DockerRuntime:
             names = {c.name for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
             name = lowest_free_name(names | self._reserved_names)
             taken = {_label_port(c) for c in containers} | self._reserved_ports
-            port = next((p for p in free_ports(self._config.engine_port_range, taken) if _bindable(p)), None)
+            port = next((p for p in free_ports(self._config.engine_port_range, taken) if port_is_free(p)), None)
             if port is None:
                 raise RuntimeFailure(
                     f"docker: no free port in ENGINE_PORT_RANGE {self._config.engine_port_range[0]}-"
@@ -383,15 +383,6 @@ def _created_at(container: Container) -> float | None:
         return None
 
 
-def _bindable(port: int) -> bool:
-    """Nothing listens on the port on this host (an engine that is not ours, or another program)."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _text(output: bytes | None) -> str:

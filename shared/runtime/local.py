@@ -38,7 +38,7 @@ from pathlib import Path
 
 from shared.config import Config
 from shared.policy.naming import free_ports, lowest_free_name, render_command
-from shared.runtime.base import LABEL_SCOPE, EngineSpec, ExecResult, RuntimeEvent, RuntimeFailure, managed_labels
+from shared.runtime.base import LABEL_SCOPE, EngineSpec, ExecResult, RuntimeEvent, RuntimeFailure, managed_labels, port_is_free
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class LocalRuntime:
 
     def _choose_port(self, taken: set[int]) -> int:
         for port in free_ports(self._config.engine_port_range, taken):
-            if _bindable(port):
+            if port_is_free(port):
                 return port
         first, last = self._config.engine_port_range
         raise RuntimeFailure(f"local: no free port in ENGINE_PORT_RANGE {first}-{last} ({len(taken)} held by engines)")
@@ -343,11 +343,3 @@ def _exited(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import shutil
-import socket
 import sys
 import tempfile
 import threading
@@ -29,7 +27,7 @@ import nats.errors
 
 from shared.bus import Bus, connect
 from shared.config import load_config
-from tests.support import NatsServer, Process, Processes, free_port, wait_for_service
+from tests.support import NatsServer, Process, Processes, free_port, free_port_range, wait_for_service
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "build" / "bench"
@@ -267,24 +265,7 @@ class Window:
         return self.foreign / self.seconds if self.seconds else 0.0
 
 
-def free_port_block(count: int) -> int:
-    """First of `count` consecutive free loopback ports, below the ephemeral range (32768+)
-    so outgoing client sockets cannot take them between the check and the bind."""
-    for _ in range(200):
-        first = random.randint(10_000, 32_000 - count)
-        if all(_port_free(port) for port in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} consecutive free loopback ports")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+free_port_block = free_port_range
 
 
 class Stack:

@@ -75,6 +75,7 @@ async def test_a_busy_engine_is_skipped_and_the_sweep_cleans_it_once_free(pools)
     (engine,) = await pool.wait_healthy(1)
     await pool.play(engine, "busy-content", seconds=1.5)
     await pool.ended("stream-busy-content", spec.container_id)  # no janitor yet: this engine.idle is lost
+    await wait_until(lambda: _without_streams(pool, spec.container_id), timeout=10, what="the stream's end applied")
     size = (await pool.sim_state(spec.port))["cache_bytes"]
     reply, _ = await pool.select()  # a live reservation: the engine is busy for RESERVATION_TTL_S
     assert reply["engine"]["container_id"] == spec.container_id
@@ -122,3 +123,8 @@ async def test_a_failed_clean_is_reported_and_the_engine_released(pools):
     assert f"cache clean of {spec.container_name} failed" in janitor.log()
     reply, _ = await pool.select()  # released: the engine takes streams again
     assert reply["engine"]["container_id"] == spec.container_id
+
+
+async def _without_streams(pool, container_id: str) -> bool:
+    record = await pool.engine(container_id)
+    return record is not None and record["streams"] == []

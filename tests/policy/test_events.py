@@ -15,7 +15,7 @@ from shared.policy.events import (
     apply_stream_started_to_stream,
     reconcile_stream,
 )
-from shared.schemas import ClaimRequest, EngineCleaned, EngineIdle, EngineRegistered, StreamEnded, StreamStarted
+from shared.schemas import ClaimRequest, EngineCleaned, EngineRegistered, StreamEnded, StreamStarted
 
 import pytest
 

@@ -56,8 +56,17 @@ def test_equal_load_prefers_the_longest_idle_and_never_used_first():
     assert chosen(engines[:2]) == "old"
 
 
-def test_ties_break_by_container_id_so_replicas_agree():
+def test_ties_break_by_container_id_unless_a_rank_is_given():
     assert chosen([engine("b"), engine("a")]) == "a"
+    reverse = {"a": 2, "b": 1}
+    assert chosen([engine("b"), engine("a")], tiebreak=reverse.__getitem__) == "b"
+
+
+def test_the_rank_only_breaks_ties():
+    engines = [engine("a", streams=["s"]), engine("b", streams=["s", "t"])]
+    assert chosen(engines, tiebreak={"a": 9, "b": 0}.__getitem__) == "a"
+    aged = [engine("a", last_stream_usage=ago(5)), engine("b", last_stream_usage=ago(50))]
+    assert chosen(aged, tiebreak={"a": 0, "b": 9}.__getitem__) == "b"
 
 
 def test_content_already_playing_is_shared():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 
 from services.provisioner.lock import KvLock
 from shared.bus import connect

@@ -43,7 +43,7 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from support import wait_until
+from support import keeper_stats, wait_until
 
 ENGINES = ["h-1", "h-2", "h-3"]
 STREAMS = ["st-1", "st-2", "st-3"]
@@ -177,7 +177,6 @@ async def test_hostile_input_never_crashes_or_corrupts_records(stack, figures):
 
     loop = asyncio.get_running_loop()
     tally: Counter = Counter()
-    problems: list[str] = []
     gateway = stack.gateway_url()
     http = httpx.AsyncClient(base_url=gateway, timeout=10)
 
@@ -228,7 +227,7 @@ async def test_hostile_input_never_crashes_or_corrupts_records(stack, figures):
         except msgspec.DecodeError as exc:
             undecodable.append(f"stream {key}: {exc}")
     invariants = record_invariants(engines, streams, utcnow())
-    stats = await _keeper_stats(bus.nc)
+    stats = await keeper_stats(bus.nc)
 
     figures.update(
         examples_per_family=EXAMPLES,
@@ -305,22 +304,3 @@ async def _live_feed_answers(base_url: str) -> bool:
 async def _all_healthy(bus) -> bool:
     records = await engine_records(bus)
     return all(e in records and records[e].health_status == "healthy" for e in ENGINES)
-
-
-async def _keeper_stats(nc) -> dict[str, dict[str, int]]:
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(f"$SRV.STATS.{names.SERVICE_NAME}", b"", reply=inbox)
-    totals: dict[str, dict[str, int]] = {}
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=0.5)
-            data = json.loads(msg.data)["endpoints"][0]["data"]
-            for group, counts in data.items():
-                for key, value in counts.items():
-                    totals.setdefault(group, {})[key] = totals.get(group, {}).get(key, 0) + value
-    except Exception:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return totals

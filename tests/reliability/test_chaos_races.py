@@ -52,7 +52,6 @@ async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack
     watch = _Watch(bus, stack)
     await watch.start()
     rng = random.Random(5)
-    delays: dict[str, float] = {}
 
     def start_delay() -> float:
         # Most starts go at once; a quarter wait about the reservation's TTL, so they race its expiry.

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 
 import pytest
@@ -61,27 +59,6 @@ async def get_engine(nc, container_id: str) -> tuple[dict, dict]:
 async def consumer_drained(bus) -> bool:
     info = await bus.js.consumer_info(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
     return info.num_pending == 0 and info.num_ack_pending == 0
-
-
-async def keeper_stats(nc) -> dict[str, dict[str, int]]:
-    """Counters summed over every state-keeper replica (from micro's $SRV.STATS)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish(f"$SRV.STATS.{names.SERVICE_NAME}", b"", reply=inbox)
-    totals: dict[str, dict[str, int]] = {}
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=0.5)
-            data = json.loads(msg.data)["endpoints"][0]["data"]
-            for group, counts in data.items():
-                for key, value in counts.items():
-                    totals.setdefault(group, {}).setdefault(key, 0)
-                    totals[group][key] += value
-    except Exception:
-        pass
-    finally:
-        await sub.unsubscribe()
-    return totals
 
 
 def new_id(prefix: str = "s") -> str:

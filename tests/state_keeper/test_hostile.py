@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from conftest import consumer_drained, keeper_stats, publish, register_healthy
+from conftest import consumer_drained, publish, register_healthy
+from support import keeper_stats
 from shared import names
 from shared.schemas import StreamStarted
 from support import request_json, wait_until
