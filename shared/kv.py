@@ -91,14 +91,12 @@ async def cas_update(
     decode: Callable[[bytes], T],
     *,
     cached: Versioned[T] | None = None,
-    ttl_for: Callable[[T], float | None] | None = None,
     latest: Callable[[], Versioned[T] | None] | None = None,
 ) -> Outcome[T]:
     """Apply `change` to the current value with compare-and-set until it sticks.
 
     `change` gets the current value (None if absent) and returns the new value,
     the same object (nothing to write), None (leave absent) or DELETE.
-    `ttl_for` gives a written value a per-message TTL (an ended stream's expiry).
     `cached` may be `Versioned(None, revision)`: the caller believes the key absent
     (deleted at `revision`, or never written when 0) and the first attempt writes
     without reading; a wrong belief costs one conflict and a read.
@@ -119,8 +117,7 @@ async def cas_update(
             fresh = True  # confirm against the server that nothing changed since our cache
             continue
         try:
-            ttl_s = ttl_for(after) if ttl_for is not None and after is not DELETE else None  # type: ignore[arg-type]
-            revision = await _write(kv, key, after, current, ttl_s)
+            revision = await _write(kv, key, after, current)
         except KeyWrongLastSequenceError:
             newer = latest() if latest is not None else None
             if newer is not None and current is not None and newer.revision > current.revision:
@@ -132,7 +129,7 @@ async def cas_update(
     raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
 
 
-async def _write(kv: KeyValue, key: str, value: object, current: Versioned, ttl_s: float | None) -> int:
+async def _write(kv: KeyValue, key: str, value: object, current: Versioned) -> int:
     last = current.revision  # of the value, or of the delete marker when absent (0: never written)
     if value is DELETE:
         try:
@@ -142,7 +139,7 @@ async def _write(kv: KeyValue, key: str, value: object, current: Versioned, ttl_
                 raise KeyWrongLastSequenceError(description=exc.description) from None
             raise
         return last + 1
-    return await _publish(kv, key, msgspec.json.encode(value), last, ttl_s)
+    return await _publish(kv, key, msgspec.json.encode(value), last)
 
 
 class _ApiError(msgspec.Struct):
@@ -159,8 +156,8 @@ class _PubAck(msgspec.Struct):
 _decode_ack = msgspec.json.Decoder(_PubAck).decode
 
 
-async def _publish(kv: KeyValue, key: str, data: bytes, last: int, ttl_s: float | None) -> int:
-    """`kv.update(key, data, last=…)` (with a per-message TTL when given), on the hot path.
+async def _publish(kv: KeyValue, key: str, data: bytes, last: int) -> int:
+    """`kv.update(key, data, last=…)`, on the hot path.
 
     The same request nats-py sends, without its layers: its ack goes through
     `json.loads` and a dataclass built by reflection, which cost more than the
@@ -169,8 +166,6 @@ async def _publish(kv: KeyValue, key: str, data: bytes, last: int, ttl_s: float 
     if not _is_key_valid(key):
         raise InvalidKeyError(key)
     headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
-    if ttl_s is not None:
-        headers[api.Header.MSG_TTL] = str(int(ttl_s))
     js = kv._js
     try:
         msg = await js._nc.request(f"{kv._pre}{key}", data, timeout=js._timeout, headers=headers)
@@ -236,8 +231,11 @@ class KvView(Generic[T]):
     async def restart(self) -> None:
         """(Re)subscribe from the latest values; called on start and after every reconnect."""
         await self.stop()
+        # nats-py may signal "initial values done" before delivering them (when the server has
+        # already pushed everything); the snapshot is complete only once we saw its last sequence.
+        last = (await self._kv._js.stream_info(self._kv._stream)).state.last_seq
         self._watcher = await self._kv.watchall()
-        self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher))
+        self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher, last))
 
     async def stop(self) -> None:
         task, watcher = self._task, self._watcher
@@ -251,20 +249,22 @@ class KvView(Generic[T]):
             except Exception as exc:  # the subscription may already be gone with the old connection
                 log.debug("stopping watcher: %s", exc)
 
-    async def _follow(self, watcher) -> None:
+    async def _follow(self, watcher, snapshot_last: int) -> None:
         seen: set[str] = set()
-        initial = True
+        initial, marker, highest = True, False, 0
         async for entry in watcher:
-            if entry is None:  # end of the initial snapshot
+            if entry is None:
+                marker = True
+            else:
+                highest = max(highest, entry.revision or 0)
                 if initial:
-                    for stale in set(self._items) - seen:
-                        self._apply(stale, None, self._items[stale].revision)
-                    initial = False
-                    self.ready.set()
-                continue
-            if initial:
-                seen.add(entry.key)
-            self._on_entry(entry)
+                    seen.add(entry.key)
+                self._on_entry(entry)
+            if initial and marker and highest >= snapshot_last:
+                for stale in set(self._items) - seen:  # deleted while we were not watching
+                    self._apply(stale, None, self._items[stale].revision)
+                initial = False
+                self.ready.set()
 
     def _on_entry(self, entry) -> None:
         if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:

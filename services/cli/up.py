@@ -43,6 +43,7 @@ from services.cli.plan import (
 )
 
 NATS_START_TIMEOUT_S = 20.0
+GATEWAY_HEAD_START_S = 5.0  # the longest the other services wait for the gateway to answer
 RESTART_LIMIT = 5  # consecutive quick crashes before `up` gives up
 STABLE_AFTER_S = 30.0  # a service that ran this long has its crash count reset
 REAP_EVERY_ROUNDS = 10  # watch rounds (0.5 s each) between collecting exited orphans
@@ -110,24 +111,40 @@ class Supervisor:
         for name in missing:
             self.out.say(f"warning: services.{name.replace('-', '_')} is not installed here, running without it")
         env = service_env(os.environ, self.options)
-        for package, name in present:
+        # The gateway goes first and gets the CPU to itself until it answers: on a 2-core machine
+        # six interpreters importing at once would otherwise delay the API by seconds.
+        for package, name in sorted(present, key=lambda service: service[1] != "gateway"):
+            if self.stop.is_set():
+                break
             child = Child(name, service_argv(package), env, self.out.emit)
             await child.start()
-            self.services.append(child)
+            self.services.append(child)  # known at once, so a Ctrl-C meanwhile stops it too
+            if name == "gateway":
+                await self._gateway_answers(within_s=GATEWAY_HEAD_START_S)
+        order = [name for _, name in present]
+        self.services.sort(key=lambda child: order.index(child.name))  # stopped in reverse of this order
         self.out.say(f"started {', '.join(c.name for c in self.services)} (runtime {self.options.runtime})")
 
     async def _announce_dashboard(self) -> None:
         if not any(child.name == "gateway" for child in self.services):
             self.out.say("no gateway: inspect engines with `aceorch engines`")
             return
-        url = f"http://127.0.0.1:{self.options.gateway_port}/"
+        if await self._gateway_answers():
+            self.out.say(f"dashboard: http://127.0.0.1:{self.options.gateway_port}/  (Ctrl-C stops everything)")
+
+    async def _gateway_answers(self, within_s: float | None = None) -> bool:
+        """Poll /healthz until it answers 200 (True), `within_s` passes or we are stopping (False)."""
+        url = f"http://127.0.0.1:{self.options.gateway_port}/healthz"
+        deadline = None if within_s is None else asyncio.get_running_loop().time() + within_s
         async with httpx.AsyncClient(timeout=2) as http:
             while not self.stop.is_set():
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(url + "healthz")).status_code == 200:
-                        self.out.say(f"dashboard: {url}  (Ctrl-C stops everything)")
-                        return
-                await self._pause(0.5)
+                    if (await http.get(url)).status_code == 200:
+                        return True
+                if deadline is not None and asyncio.get_running_loop().time() > deadline:
+                    return False
+                await self._pause(0.1)
+        return False
 
     # -- watch
 

@@ -9,7 +9,9 @@ import socket
 from shared.bus import Bus
 from shared.config import Config
 from shared.lease import claim_epoch, sleep_to_next_epoch
+from shared.kv import DELETE
 from shared.policy.engines import tidy
+from shared.policy.events import stream_expired
 from shared.policy.health import HealthPolicy
 from shared.schemas import EngineIdle, encode, utcnow
 from shared import names
@@ -54,7 +56,8 @@ async def housekeeping(store: Store, config: Config, stop: asyncio.Event) -> Non
     """Once per interval across replicas, write back records whose reservations or claims lapsed.
 
     Readers already ignore what has expired; this keeps stored `state` honest
-    for everyone who reads KV directly (gateway, dashboard).
+    for everyone who reads KV directly (gateway, dashboard). It also deletes
+    ended streams older than STREAM_TTL_S.
     """
     interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
     holder = f"{socket.gethostname()}-{id(store)}"
@@ -66,5 +69,18 @@ async def housekeeping(store: Store, config: Config, stop: asyncio.Event) -> Non
             for key, item in list(store.engines.items().items()):
                 if tidy(item.value, now) is not item.value:
                     await store.update_engine(key, lambda r: tidy(r, utcnow()) if r else None)
+            await expire_streams(store, config.stream_ttl_s)
         except Exception as exc:  # the next interval tries again
             log.warning("housekeeping failed: %s", exc)
+
+
+async def expire_streams(store: Store, ttl_s: float) -> None:
+    """Delete ended streams older than STREAM_TTL_S (CAS, so a concurrent change wins).
+
+    Done here rather than with per-message TTL: with nats-server 2.15.1 a clustered
+    node that was killed and restored dropped TTL'd records (chaos scenario 2).
+    """
+    now = utcnow()
+    for key, item in list(store.streams.items().items()):
+        if stream_expired(item.value, now, ttl_s):
+            await store.update_stream(key, lambda s: DELETE if s is not None and stream_expired(s, now, ttl_s) else s)

@@ -73,13 +73,9 @@ class Store(RecordViews):
         # catches a stale view, and most stream keys are new or were written by this replica.
         cached = self.streams.get(stream_id) or Versioned(None, self.streams.gone_revision(stream_id))
         outcome = await cas_update(
-            self.bus.streams, stream_id, change, decode_stream, cached=cached, ttl_for=self._ttl_for,
+            self.bus.streams, stream_id, change, decode_stream, cached=cached,
             latest=lambda: self.streams.get(stream_id),
         )
         if outcome.written:
             self.streams.remember(stream_id, outcome.after, outcome.revision)
         return outcome
-
-    def _ttl_for(self, stream: StreamRecord) -> float | None:
-        # Ended streams expire by themselves (DESIGN §4); started ones live until they end.
-        return self.stream_ttl_s if stream.status == "ended" else None

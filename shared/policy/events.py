@@ -96,6 +96,11 @@ def apply_stream_ended_to_stream(existing: StreamRecord | None, event: StreamEnd
     return replace(existing, status="ended", ended_at=ended_at, reason=event.reason)
 
 
+def stream_expired(stream: StreamRecord, now: datetime, ttl_s: float) -> bool:
+    """An ended stream's tombstone has served its purpose (late duplicates are long past)."""
+    return stream.status == "ended" and (stream.ended_at is None or (now - stream.ended_at).total_seconds() >= ttl_s)
+
+
 def end_stream(existing: StreamRecord, reason: str, now: datetime) -> StreamRecord:
     if existing.status == "ended":
         return existing

@@ -14,6 +14,7 @@ from shared.policy.events import (
     apply_stream_ended_to_stream,
     apply_stream_started_to_stream,
     reconcile_stream,
+    stream_expired,
 )
 from shared.schemas import ClaimRequest, EngineCleaned, EngineRegistered, StreamEnded, StreamStarted
 
@@ -200,3 +201,10 @@ def test_a_stream_starting_during_a_clean_keeps_the_clean_claim():
     world.engine = apply_claim(engine("e1"), request("clean"), "c1", NOW, 60)
     world.apply(started("s1"))
     assert world.engine.streams == ["s1"] and world.engine.claim.claim_id == "c1"
+
+
+def test_ended_streams_expire_after_the_ttl_and_started_ones_never():
+    done = apply_stream_ended_to_stream(None, StreamEnded(stream_id="s1", ended_at=ago(3600)), NOW)
+    assert stream_expired(done, NOW, 3600) and not stream_expired(done, NOW, 3601)
+    playing = apply_stream_started_to_stream(None, started("s2"), "e1", ago(99999))
+    assert not stream_expired(playing, NOW, 1)

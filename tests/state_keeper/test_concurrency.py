@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from conftest import consumer_drained, publish, register_healthy
+from keeper_helpers import consumer_drained, publish, register_healthy
 from shared import names
+from shared.kv import KvView
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_engine, decode_stream
 from support import request_json, wait_until
 
@@ -55,7 +56,12 @@ async def test_three_replicas_match_the_sequential_model(start_keepers, bus, nc)
         record = decode_engine((await bus.engines.get(engine)).value)
         assert set(record.streams) == expected, engine
         assert len(record.streams) == len(set(record.streams)), f"{engine} double-counted a stream"
-    started = {decode_stream(e.value).stream_id async for e in _entries(bus) if decode_stream(e.value).status == "started"}
+    streams = KvView(bus.streams, decode_stream)
+    await streams.start()
+    try:
+        started = {s.stream_id for s in streams.values() if s.status == "started"}
+    finally:
+        await streams.stop()
     assert started == set().union(*model.values())
 
 
@@ -84,9 +90,3 @@ async def _count_engines(nc, expected: int) -> bool:
     body, _ = await request_json(nc, names.ENGINE_LIST, {})
     return len(body["engines"]) == expected
 
-
-async def _entries(bus):
-    for key in await bus.streams.keys():
-        entry = await bus.streams.get(key)
-        if entry.value:
-            yield entry

@@ -6,7 +6,7 @@ import asyncio
 import json
 import signal
 
-from conftest import get_engine, publish, register_healthy
+from keeper_helpers import get_engine, publish, register_healthy
 from shared import names
 from shared.schemas import StreamEnded, StreamStarted
 from support import request_json, wait_until
@@ -143,3 +143,22 @@ async def _engine_with(nc, container_id, predicate):
 async def _gone(nc, container_id):
     _, headers = await get_engine(nc, container_id)
     return headers.get("Nats-Service-Error-Code") == "404"
+
+
+async def test_ended_streams_expire_after_stream_ttl(start_keepers, bus, nc):
+    await start_keepers(1, STREAM_TTL_S="1", RESERVATION_TTL_S="2")
+    await register_healthy(bus, nc, "e1")
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="old", container_id="e1"))
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="live", container_id="e1"))
+    await publish(bus, names.STREAM_ENDED, StreamEnded(stream_id="old"))
+
+    async def stream_ids():
+        body, _ = await request_json(nc, names.STREAM_LIST, {})
+        return sorted(s["stream_id"] for s in body["streams"])
+
+    await wait_until(lambda: _equals(stream_ids(), ["live", "old"]), what="both streams recorded")
+    await wait_until(lambda: _equals(stream_ids(), ["live"]), timeout=20, what="the ended stream expired")
+
+
+async def _equals(pending, expected) -> bool:
+    return await pending == expected

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import consumer_drained, publish, register_healthy
+from keeper_helpers import consumer_drained, publish, register_healthy
 from support import keeper_stats
 from shared import names
 from shared.schemas import StreamStarted

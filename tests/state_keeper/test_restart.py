@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from conftest import consumer_drained, publish
+from keeper_helpers import consumer_drained, publish
 from shared import names
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_engine
 from support import wait_for_service, wait_until
