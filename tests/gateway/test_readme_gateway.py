@@ -2,6 +2,9 @@
 
 import asyncio
 
+import httpx
+
+from support import wait_until
 from test_readme import readme_example
 
 
@@ -13,4 +16,11 @@ async def test_the_gateway_example_drives_a_real_stack(make_stack):
     namespace: dict = {}
     exec(compile(readme_example("gateway").replace("\nmain()\n", "\n"), "README.md", "exec"), namespace)
     rows = await asyncio.to_thread(namespace["main"], stack.url)
-    assert rows[0][0] == "demo-1" and rows[0][2] is not None
+    assert [row[:2] for row in rows] == [("demo-1", "healthy")]
+
+    async def used() -> bool:  # the events the example published are applied asynchronously
+        async with httpx.AsyncClient() as http:
+            [engine] = (await http.get(f"{stack.url}/engines")).json()
+        return engine["last_stream_usage"] is not None and engine["streams"] == []
+
+    await wait_until(used, timeout=15, what="the example's stream recorded and ended")
