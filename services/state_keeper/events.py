@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from shared import names
 from shared.kv import DELETE
 from shared.policy.events import (
     apply_engine_cleaned,
@@ -31,7 +30,6 @@ from shared.schemas import (
     StreamEnded,
     StreamRecord,
     StreamStarted,
-    encode,
     utcnow,
 )
 from services.state_keeper.store import Store
@@ -148,12 +146,12 @@ class EventApplier:
                 event.stream_id, lambda s: apply_stream_started_to_stream(s, event, container_id, now)
             )
         ).after
-        await self._reconcile(stream.container_id or container_id, stream, event.reservation_id)
+        await self.reconcile(stream.container_id or container_id, stream, event.reservation_id)
         if stream.status == "started":
             # An end processed concurrently on another replica may have missed our add: re-check.
             latest = await self.store.get_stream(event.stream_id)
             if latest is not None and latest.status == "ended":
-                await self._reconcile(stream.container_id or container_id, latest, None)
+                await self.reconcile(stream.container_id or container_id, latest, None)
 
     async def stream_ended(self, event: StreamEnded) -> None:
         now = utcnow()
@@ -162,9 +160,9 @@ class EventApplier:
         ).after
         container_id = stream.container_id or event.container_id
         if container_id:
-            await self._reconcile(container_id, stream, None)
+            await self.reconcile(container_id, stream, None)
 
-    async def _reconcile(self, container_id: str, stream: StreamRecord, reservation_id: str | None) -> None:
+    async def reconcile(self, container_id: str, stream: StreamRecord, reservation_id: str | None) -> None:
         now = utcnow()
         notes: list[EngineIdle] = []
 
@@ -189,7 +187,3 @@ class EventApplier:
         if self.store.was_removed(container_id):
             raise Rejected("removed_engine", f"engine {container_id} was removed")
         raise EngineNotKnownYet(f"engine {container_id} not registered (yet)")
-
-
-async def publish_idle_via(bus, note: EngineIdle) -> None:
-    await bus.nc.publish(names.ENGINE_IDLE, encode(note))

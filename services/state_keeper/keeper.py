@@ -44,7 +44,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run(stop))
-            group.create_task(housekeeping(store, config, stop))
+            group.create_task(housekeeping(store, applier, config, stop))
     finally:
         await service.stop()
         await endpoints.finish()
@@ -52,12 +52,14 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         log.info("state-keeper: %s", stats.snapshot())
 
 
-async def housekeeping(store: Store, config: Config, stop: asyncio.Event) -> None:
+async def housekeeping(store: Store, applier: EventApplier, config: Config, stop: asyncio.Event) -> None:
     """Once per interval across replicas, write back records whose reservations or claims lapsed.
 
     Readers already ignore what has expired; this keeps stored `state` honest
-    for everyone who reads KV directly (gateway, dashboard). It also deletes
-    ended streams older than STREAM_TTL_S.
+    for everyone who reads KV directly (gateway, dashboard). It also takes ended
+    streams off engines that still list them (an event whose engine write kept
+    failing until JetStream gave up on it) and deletes ended streams older than
+    STREAM_TTL_S.
     """
     interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
     holder = f"{socket.gethostname()}-{id(store)}"
@@ -69,9 +71,21 @@ async def housekeeping(store: Store, config: Config, stop: asyncio.Event) -> Non
             for key, item in list(store.engines.items().items()):
                 if tidy(item.value, now) is not item.value:
                     await store.update_engine(key, lambda r: tidy(r, utcnow()) if r else None)
+            await drop_ended_streams(store, applier)
             await expire_streams(store, config.stream_ttl_s)
         except Exception as exc:  # the next interval tries again
             log.warning("housekeeping failed: %s", exc)
+
+
+async def drop_ended_streams(store: Store, applier: EventApplier) -> None:
+    """Reconcile engines with streams whose record says ended (ended is final, so this is safe
+    even when the views lag; a stream the view has not seen yet is left alone)."""
+    for key, item in list(store.engines.items().items()):
+        for stream_id in item.value.streams:
+            stream = store.streams.get(stream_id)
+            if stream is not None and stream.value.status == "ended":
+                log.warning("engine %s still listed ended stream %s; dropping it", item.value.container_name, stream_id)
+                await applier.reconcile(key, stream.value, None)
 
 
 async def expire_streams(store: Store, ttl_s: float) -> None:

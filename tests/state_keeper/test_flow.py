@@ -162,3 +162,19 @@ async def test_ended_streams_expire_after_stream_ttl(start_keepers, bus, nc):
 
 async def _equals(pending, expected) -> bool:
     return await pending == expected
+
+
+async def test_housekeeping_takes_ended_streams_off_engines(start_keepers, bus, nc):
+    """An end whose engine write never happened (JetStream gave up on the event) is repaired."""
+    await start_keepers(1, RESERVATION_TTL_S="2")
+    await register_healthy(bus, nc, "e1")
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="s1", container_id="e1"))
+    await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == ["s1"]), what="stream on e1")
+
+    entry = await bus.streams.get("s1")
+    ended = {**json.loads(entry.value), "status": "ended", "ended_at": "2026-01-01T00:00:00Z", "reason": "lost"}
+    await bus.streams.update("s1", json.dumps(ended).encode(), last=entry.revision)
+
+    record = await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == []), timeout=20,
+                              what="housekeeping dropped the ended stream")
+    assert record["idle_since"] is not None
