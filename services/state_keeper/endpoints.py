@@ -8,8 +8,10 @@ every caller behind it time out.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
+import secrets
 import uuid
 import zlib
 from collections import Counter
@@ -25,7 +27,7 @@ from nats.micro.service import Service
 from shared import names
 from shared.config import Config
 from shared.kv import ConflictExhausted
-from shared.policy.engines import tidy
+from shared.policy.engines import LoadMemo, tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
 from shared.policy.selection import SelectionPolicy, is_candidate, reserve, retry_after_s, select_engine
 from shared.schemas import (
@@ -77,6 +79,11 @@ class Endpoints:
         self._salt = random.getrandbits(32)
         self._ranks: dict[str, int] = {}
         self._padding: dict[str, tuple] = {}  # engine → (view item, count, padded record, placeholder expiry)
+        self._loads = LoadMemo()
+        store.engines.listeners.append(lambda container_id, _record: self._loads.forget(container_id))
+        # Reservation ids: unique per process start plus a counter (uuid4 reads os.urandom per call).
+        self._reservation_prefix = secrets.token_hex(8)
+        self._reservation_numbers = itertools.count(1)
         self._slots = asyncio.Semaphore(512)
         self._tasks: set[asyncio.Task] = set()
 
@@ -162,11 +169,12 @@ class Endpoints:
                 content_key=request.content_key,
                 playing=self.store.contents.playing,
                 tiebreak=self._rank,
+                load_of=self._loads,
             )
             if choice is None:
                 return await self._no_capacity(request, now)
             container_id = choice.engine.container_id
-            reservation_id = uuid.uuid4().hex
+            reservation_id = f"{self._reservation_prefix}{next(self._reservation_numbers):x}"
             self._in_flight[container_id] += 1
             try:
                 outcome = await self.store.update_engine(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass, field
+
 from shared.bus import Bus
 from shared.kv import Outcome, RecordViews, Versioned, cas_update, read
 from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
@@ -28,12 +31,19 @@ class ContentIndex:
             self.playing.setdefault(stream.content_key, set()).add(stream.container_id)
 
 
+@dataclass
+class _Turn:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+
+
 class Store(RecordViews):
     def __init__(self, bus: Bus, stream_ttl_s: float) -> None:
         super().__init__(bus)
         self.stream_ttl_s = stream_ttl_s
         self.contents = ContentIndex()
         self.streams.listeners.append(self.contents.on_change)
+        self._engine_turns: dict[str, _Turn] = {}
 
     async def get_engine(self, container_id: str) -> Versioned[EngineRecord] | None:
         found = await read(self.bus.engines, container_id, decode_engine)
@@ -56,6 +66,24 @@ class Store(RecordViews):
 
     async def update_engine(
         self, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True
+    ) -> Outcome[EngineRecord]:
+        """One write at a time per engine in this replica: concurrent events and selections for one
+        engine would otherwise race each other's compare-and-set (half of them lost it under load),
+        each loss costing a round trip. Waiting for our own previous write costs none."""
+        turn = self._engine_turns.get(container_id)
+        if turn is None:
+            turn = self._engine_turns[container_id] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self._update_engine(container_id, change, use_cache)
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._engine_turns[container_id]
+
+    async def _update_engine(
+        self, container_id: str, change: Callable[[EngineRecord | None], object], use_cache: bool
     ) -> Outcome[EngineRecord]:
         cached = self.engines.get(container_id) if use_cache else None
         latest = (lambda: self.engines.get(container_id)) if use_cache else None

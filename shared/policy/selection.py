@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 import msgspec
 
@@ -12,7 +12,8 @@ from shared.policy.engines import effective_state, live_reservations, load
 from shared.schemas import EngineRecord
 
 # Sorts never-used engines before any used one.
-_NEVER = datetime.min.replace(tzinfo=None)
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+LoadFunction = Callable[[EngineRecord, datetime], int]
 
 
 @dataclass(frozen=True)
@@ -29,20 +30,15 @@ class Selection:
 
 
 def is_candidate(record: EngineRecord, now: datetime, policy: SelectionPolicy) -> bool:
-    return _free_load(record, now, policy) is not None
+    return _free_load(record, now, policy, load) is not None
 
 
-def _free_load(record: EngineRecord, now: datetime, policy: SelectionPolicy) -> int | None:
+def _free_load(record: EngineRecord, now: datetime, policy: SelectionPolicy, load_of: LoadFunction) -> int | None:
     """The engine's load if it can take another stream now, else None."""
     if record.health_status != "healthy" or (record.claim is not None and effective_state(record, now) != "active"):
         return None
-    busy = load(record, now)
+    busy = load_of(record, now)
     return busy if busy < policy.max_streams_per_engine else None
-
-
-def _idle_order(record: EngineRecord) -> datetime:
-    used = record.last_stream_usage
-    return _NEVER if used is None else used.replace(tzinfo=None)
 
 
 def select_engine(
@@ -52,6 +48,7 @@ def select_engine(
     content_key: str | None = None,
     playing: Mapping[str, set[str]] | None = None,
     tiebreak: Callable[[str], object] = str,
+    load_of: LoadFunction = load,
 ) -> Selection | None:
     """Pick an engine, or None when there is no capacity.
 
@@ -59,11 +56,12 @@ def select_engine(
     (from the stream records); it makes viewers of one channel share an engine.
     `tiebreak` orders engines that are equal on load and idle time; replicas
     that rank them differently spread their picks instead of racing for one.
+    `load_of` computes an engine's load (a `LoadMemo` on the hot path).
     """
     # (load, record) of every candidate: each load is computed once (this runs per request).
     candidates = []
     for record in engines:
-        busy = _free_load(record, now, policy)
+        busy = _free_load(record, now, policy, load_of)
         if busy is not None:
             candidates.append((busy, record))
     if not candidates:
@@ -73,7 +71,7 @@ def select_engine(
         sharing = [c for c in candidates if c[1].container_id in hosts]
         if sharing:
             return Selection(min(sharing, key=lambda c: (c[0], tiebreak(c[1].container_id)))[1], shared=True)
-    best = min(candidates, key=lambda c: (c[0], _idle_order(c[1]), tiebreak(c[1].container_id)))
+    best = min(candidates, key=lambda c: (c[0], c[1].last_stream_usage or _NEVER, tiebreak(c[1].container_id)))
     return Selection(best[1], shared=False)
 
 
