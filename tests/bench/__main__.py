@@ -5,11 +5,11 @@ Figures are also written to build/bench/all.json (BENCHMARKS.md quotes the last 
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 import traceback
 
+from shared.service import run_loop
 from tests.bench import footprint, http_api, ingest, probing, selection, startup
 from tests.bench.harness import Results, machine
 
@@ -43,7 +43,7 @@ def main() -> int:
           f"{info['nats_server']}, nats-py {info['nats_py']}", flush=True)
     results = Results()
     began = time.monotonic()
-    failed = asyncio.run(run_all(results))
+    failed = run_loop(run_all(results))
     print()
     print(results.table(f"Summary ({time.monotonic() - began:.0f}s)"))
     print(f"\nfigures with notes: {results.save('all')}")

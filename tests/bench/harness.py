@@ -27,6 +27,7 @@ import nats.errors
 
 from shared.bus import Bus, connect
 from shared.config import load_config
+from shared.service import run_loop
 from tests.support import NatsServer, Process, Processes, free_port, free_port_range, wait_for_service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -440,7 +441,7 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float, w
 def run_alone(name: str, body: Callable[[Results], Awaitable[None]]) -> int:
     """Entry point for `python -m tests.bench.<name>`."""
     results = Results()
-    asyncio.run(body(results))
+    run_loop(body(results))
     print()
     print(results.table(f"{name} benchmark"))
     results.save(name)

@@ -22,6 +22,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from shared.bus import bucket_stream_config
 from shared.config import load_config
+from shared.service import run_loop
 
 SUBJECTS = {"echo": "bench.echo", "cas": "bench.cas"}
 BUCKET = "bench_cas"
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=600)
     parser.add_argument("--keys", type=int, default=100)
     args = parser.parse_args()
-    asyncio.run(serve(args.mode, args.url, args.size, args.keys))
+    run_loop(serve(args.mode, args.url, args.size, args.keys))
 
 
 if __name__ == "__main__":
