@@ -27,9 +27,9 @@ from nats.micro.service import Service
 from shared import names
 from shared.config import Config
 from shared.kv import ConflictExhausted
-from shared.policy.engines import LoadMemo, tidy
+from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
-from shared.policy.selection import SelectionPolicy, is_candidate, reserve, retry_after_s, select_engine
+from shared.policy.selection import CandidateIndex, SelectionPolicy, is_candidate, reserve, retry_after_s
 from shared.schemas import (
     ClaimReply,
     ClaimRequest,
@@ -78,9 +78,11 @@ class Endpoints:
         self._in_flight: Counter[str] = Counter()  # selections writing to an engine right now
         self._salt = random.getrandbits(32)
         self._ranks: dict[str, int] = {}
-        self._padding: dict[str, tuple] = {}  # engine → (view item, count, padded record, placeholder expiry)
-        self._loads = LoadMemo()
-        store.engines.listeners.append(lambda container_id, _record: self._loads.forget(container_id))
+        self.candidates = CandidateIndex(self.policy, self._rank)
+        now = utcnow()
+        for container_id, item in store.engines.items().items():
+            self.candidates.update(container_id, item.value, now)
+        store.engines.listeners.append(lambda container_id, record: self.candidates.update(container_id, record, utcnow()))
         # Reservation ids: unique per process start plus a counter (uuid4 reads os.urandom per call).
         self._reservation_prefix = secrets.token_hex(8)
         self._reservation_numbers = itertools.count(1)
@@ -162,20 +164,14 @@ class Endpoints:
         vanished: set[str] = set()  # engines deleted since our view last heard of them
         for _ in range(SELECT_ATTEMPTS):
             now = utcnow()
-            choice = select_engine(
-                self._candidates(now, vanished),
-                now,
-                self.policy,
-                content_key=request.content_key,
-                playing=self.store.contents.playing,
-                tiebreak=self._rank,
-                load_of=self._loads,
-            )
+            choice = self.candidates.choose(now, request.content_key, self.store.contents.playing, vanished)
             if choice is None:
                 return await self._no_capacity(request, now)
             container_id = choice.engine.container_id
             reservation_id = f"{self._reservation_prefix}{next(self._reservation_numbers):x}"
+            # Counted as load while the write is in flight, so concurrent requests spread out.
             self._in_flight[container_id] += 1
+            self.candidates.set_in_flight(container_id, self._in_flight[container_id], now)
             try:
                 outcome = await self.store.update_engine(
                     container_id, lambda r: self._reserve(r, reservation_id, now)
@@ -184,7 +180,7 @@ class Endpoints:
                 self._in_flight[container_id] -= 1
                 if not self._in_flight[container_id]:
                     del self._in_flight[container_id]
-                    self._padding.pop(container_id, None)
+                self.candidates.set_in_flight(container_id, self._in_flight.get(container_id, 0), utcnow())
             if outcome.after is None:
                 vanished.add(container_id)
                 continue
@@ -198,33 +194,6 @@ class Endpoints:
                 )
             # Someone else changed the engine first and it no longer qualifies: choose again.
         raise ConflictExhausted(f"selection kept losing races after {SELECT_ATTEMPTS} attempts")
-
-    def _candidates(self, now, vanished: set[str]) -> list:
-        """The view's records minus `vanished`, with this replica's in-flight reservations counted as load,
-        so concurrent requests spread out instead of all picking the same engine."""
-        items = self.store.engines.items()
-        if not self._in_flight and not vanished:
-            return [item.value for item in items.values()]
-        padded = {}
-        for key, count in self._in_flight.items():
-            item = items.get(key)
-            if item is not None:
-                padded[key] = self._padded(key, item, count, now)
-        return [padded.get(key) or item.value for key, item in items.items() if key not in vanished]
-
-    def _padded(self, key: str, item, count: int, now):
-        """The record with `count` placeholder reservations; reused while the record, the count and
-        the placeholders' expiry still hold (with 16 requests in flight, rebuilding them all per
-        request cost as much as the selection itself)."""
-        cached = self._padding.get(key)
-        if cached is not None and cached[0] is item and cached[1] == count and now < cached[3]:
-            return cached[2]
-        record = reserve(item.value, "in-flight-0", now, self.policy.reservation_ttl_s)
-        expires = record.reservations["in-flight-0"]
-        for i in range(1, count):
-            record.reservations[f"in-flight-{i}"] = expires
-        self._padding[key] = (item, count, record, expires)
-        return record
 
     def _reserve(self, record, reservation_id: str, now):
         if record is None or not is_candidate(record, now, self.policy):

@@ -28,30 +28,6 @@ def load(record: EngineRecord, now: datetime) -> int:
     return len(record.streams) + live
 
 
-class LoadMemo:
-    """`load`, remembered per engine until its record changes or its soonest live reservation lapses.
-
-    Selection needs the load of every engine on every request, while a record
-    changes far less often. Holding on to the record object and comparing by
-    identity makes a changed record (a new object from the KV view) recompute.
-    """
-
-    def __init__(self) -> None:
-        self._memo: dict[str, tuple[EngineRecord, int, datetime | None]] = {}
-
-    def __call__(self, record: EngineRecord, now: datetime) -> int:
-        memo = self._memo.get(record.container_id)
-        if memo is not None and memo[0] is record and (memo[2] is None or now < memo[2]):
-            return memo[1]
-        live = [expires for expires in record.reservations.values() if expires > now]
-        busy = len(record.streams) + len(live)
-        self._memo[record.container_id] = (record, busy, min(live) if live else None)
-        return busy
-
-    def forget(self, container_id: str) -> None:
-        self._memo.pop(container_id, None)
-
-
 def effective_state(record: EngineRecord, now: datetime) -> EngineState:
     claim = record.claim
     if claim is None or claim.expires_at <= now:
