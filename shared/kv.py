@@ -10,10 +10,11 @@ bucket from a KV watch, re-established after reconnects, so hot paths
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
@@ -27,7 +28,7 @@ from nats.js.errors import (
     KeyWrongLastSequenceError,
     NoStreamResponseError,
 )
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue, _is_key_valid
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue, _is_key_valid
 
 from shared.bus import Bus
 from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
@@ -179,6 +180,20 @@ async def _publish(kv: KeyValue, key: str, data: bytes, last: int) -> int:
     raise APIError.from_error(json.loads(msg.data)["error"])
 
 
+WATCH_INACTIVE_S = 300  # the server drops a watch's consumer this long after its client vanished
+MARKER_REASON = "Nats-Marker-Reason"  # on markers the server writes itself (TTL, max age)
+
+
+@dataclass
+class _Snapshot:
+    """Progress of one watch subscription through the bucket's values at the time it started."""
+
+    last: int
+    initial: bool = True
+    highest: int = 0
+    seen: set[str] = field(default_factory=set)
+
+
 class KvView(Generic[T]):
     """An eventually consistent in-memory copy of one bucket, fed by a KV watch.
 
@@ -191,8 +206,8 @@ class KvView(Generic[T]):
         self._decode = decode
         self._items: dict[str, Versioned[T]] = {}
         self._gone: dict[str, int] = {}  # revision of each key's deletion, so late entries can't revive it
-        self._watcher = None
-        self._task: asyncio.Task | None = None
+        self._sub = None
+        self._snapshot: _Snapshot | None = None
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()  # set on every change; listeners clear it
         self.listeners: list[Callable[[str, T | None], None]] = []
@@ -231,58 +246,78 @@ class KvView(Generic[T]):
     async def restart(self) -> None:
         """(Re)subscribe from the latest values; called on start and after every reconnect."""
         await self.stop()
-        # nats-py may signal "initial values done" before delivering them (when the server has
-        # already pushed everything); the snapshot is complete only once we saw its last sequence.
+        # The snapshot is complete once we saw its last sequence (a "nothing pending" signal can
+        # come before the values already on their way).
         last = (await self._kv._js.stream_info(self._kv._stream)).state.last_seq
-        self._watcher = await self._kv.watchall()
-        self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher, last))
+        snapshot = self._snapshot = _Snapshot(last)
+        # An ordered push consumer on the bucket, as `kv.watchall()` makes, but handled in its
+        # callback: the watcher's entry objects, queue and per-entry timeout cost more than the rest
+        # of a view update (one arrives for every write, so on every selection and event).
+        self._sub = await self._kv._js.subscribe(
+            f"{self._kv._pre}>",
+            stream=self._kv._stream,
+            cb=functools.partial(self._on_message, snapshot),
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=WATCH_INACTIVE_S,
+        )
+        info = await self._sub.consumer_info()
+        if info.num_pending == 0 and self._sub.delivered == 0:
+            self._snapshot_step(snapshot, 0)
 
     async def stop(self) -> None:
-        task, watcher = self._task, self._watcher
-        self._task = self._watcher = None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if watcher is not None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
             try:
-                await watcher.stop()
+                await sub.unsubscribe()
             except Exception as exc:  # the subscription may already be gone with the old connection
-                log.debug("stopping watcher: %s", exc)
+                log.debug("stopping watch: %s", exc)
 
-    async def _follow(self, watcher, snapshot_last: int) -> None:
-        seen: set[str] = set()
-        initial, marker, highest = True, False, 0
-        async for entry in watcher:
-            if entry is None:
-                marker = True
-            else:
-                highest = max(highest, entry.revision or 0)
-                if initial:
-                    seen.add(entry.key)
-                self._on_entry(entry)
-            if initial and marker and highest >= snapshot_last:
-                for stale in set(self._items) - seen:  # deleted while we were not watching
-                    self._apply(stale, None, self._items[stale].revision)
-                initial = False
-                self.ready.set()
-
-    def _on_entry(self, entry) -> None:
-        if entry.operation in (KV_DEL, KV_PURGE) or entry.value is None:
-            self._apply(entry.key, None, entry.revision or 0)
+    async def _on_message(self, snapshot: _Snapshot, msg) -> None:
+        if snapshot is not self._snapshot:  # a message for a subscription we already replaced
             return
-        known = self._items.get(entry.key)
-        revision = entry.revision or 0
+        meta = msg.metadata
+        revision = meta.sequence.stream
+        key = msg.subject[len(self._kv._pre):]
+        headers = msg.headers
+        deleted = False
+        if headers:
+            if headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+                deleted = True
+            elif (reason := headers.get(MARKER_REASON)) is not None:
+                deleted = reason in ("MaxAge", "Purge", "Remove")
+                if not deleted:  # a marker of a kind we do not know: not a value
+                    self._snapshot_step(snapshot, meta.num_pending)
+                    return
+        if snapshot.initial:
+            snapshot.seen.add(key)
+            snapshot.highest = max(snapshot.highest, revision)
+        self._on_entry(key, None if deleted else msg.data, revision)
+        self._snapshot_step(snapshot, meta.num_pending)
+
+    def _snapshot_step(self, snapshot: _Snapshot, pending: int) -> None:
+        if snapshot.initial and pending == 0 and snapshot.highest >= snapshot.last:
+            for stale in set(self._items) - snapshot.seen:  # deleted while we were not watching
+                self._apply(stale, None, self._items[stale].revision)
+            snapshot.initial = False
+            self.ready.set()
+
+    def _on_entry(self, key: str, data: bytes | None, revision: int) -> None:
+        if data is None:
+            self._apply(key, None, revision)
+            return
+        known = self._items.get(key)
         # Checked before decoding: a writer's own updates come back through the watch after
         # `remember` has stored them, and decoding them again would be wasted work.
-        if (known is not None and known.revision >= revision) or self._gone.get(entry.key, 0) > revision:
+        if (known is not None and known.revision >= revision) or self._gone.get(key, 0) > revision:
             return
         try:
-            value = self._decode(entry.value)
+            value = self._decode(data)
         except msgspec.DecodeError as exc:
             self.undecodable += 1
-            log.warning("%s/%s: cannot decode stored value: %s", self._kv._name, entry.key, exc)
+            log.warning("%s/%s: cannot decode stored value: %s", self._kv._name, key, exc)
             return
-        self._apply(entry.key, value, revision)
+        self._apply(key, value, revision)
 
     def _apply(self, key: str, value: T | None, revision: int) -> None:
         if value is None:
