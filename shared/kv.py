@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
-from nats.errors import NoRespondersError
+from nats.aio.client import Client as NATS
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import api
 from nats.js.errors import (
     APIError,
@@ -161,23 +164,72 @@ async def _publish(kv: KeyValue, key: str, data: bytes, last: int) -> int:
     """`kv.update(key, data, last=…)`, on the hot path.
 
     The same request nats-py sends, without its layers: its ack goes through
-    `json.loads` and a dataclass built by reflection, which cost more than the
-    rest of a compare-and-set here. Errors are raised as nats-py raises them.
+    `json.loads` and a dataclass built by reflection, and its request draws a
+    random token and wraps the wait in `asyncio.wait_for`; together they cost
+    more than the rest of a compare-and-set here. Errors are raised as nats-py raises them.
     """
     if not _is_key_valid(key):
         raise InvalidKeyError(key)
     headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
     js = kv._js
-    try:
-        msg = await js._nc.request(f"{kv._pre}{key}", data, timeout=js._timeout, headers=headers)
-    except NoRespondersError:
-        raise NoStreamResponseError from None
+    replies = await _Replies.of(js._nc)
+    msg = await replies.request(f"{kv._pre}{key}", data, headers, js._timeout)
+    if msg.headers and msg.headers.get(api.Header.STATUS) == "503":
+        raise NoStreamResponseError
     ack = _decode_ack(msg.data)
     if ack.error is None:
         return ack.seq
     if ack.error.err_code in WRONG_LAST_SEQUENCE:
         raise KeyWrongLastSequenceError(description=ack.error.description)
     raise APIError.from_error(json.loads(msg.data)["error"])
+
+
+class _Replies:
+    """Requests answered on one wildcard inbox per connection, a counter for tokens and one timer each."""
+
+    _of: weakref.WeakKeyDictionary[NATS, _Replies] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    async def of(cls, nc: NATS) -> _Replies:
+        replies = cls._of.get(nc)
+        if replies is None:
+            replies = cls._of[nc] = cls(nc)
+        try:
+            await replies._subscribed  # at once after the first time
+        except Exception:
+            cls._of.pop(nc, None)  # the next request subscribes again
+            raise
+        return replies
+
+    def __init__(self, nc: NATS) -> None:
+        self._nc = nc
+        self._prefix = nc.new_inbox() + "."
+        self._tokens = itertools.count()
+        self._waiting: dict[str, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        self._loop = asyncio.get_running_loop()
+        self._subscribed = self._loop.create_task(nc.subscribe(self._prefix + "*", cb=self._on_reply))
+
+    async def request(self, subject: str, data: bytes, headers: dict[str, str], timeout: float):
+        token = f"{next(self._tokens):x}"
+        future = self._loop.create_future()
+        self._waiting[token] = (future, self._loop.call_later(timeout, self._expire, token))
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+            return await future
+        finally:
+            waiting = self._waiting.pop(token, None)
+            if waiting is not None:
+                waiting[1].cancel()
+
+    async def _on_reply(self, msg) -> None:
+        waiting = self._waiting.get(msg.subject[len(self._prefix):])
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_result(msg)
+
+    def _expire(self, token: str) -> None:
+        waiting = self._waiting.get(token)
+        if waiting is not None and not waiting[0].done():
+            waiting[0].set_exception(NatsTimeoutError())
 
 
 WATCH_INACTIVE_S = 300  # the server drops a watch's consumer this long after its client vanished
