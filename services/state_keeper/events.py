@@ -16,7 +16,6 @@ from shared.policy.events import (
     apply_engine_registered,
     apply_stream_ended_to_stream,
     apply_stream_started_to_stream,
-    end_stream,
     reconcile_stream,
 )
 from shared.policy.health import HealthPolicy, observe
@@ -35,6 +34,9 @@ from shared.schemas import (
 from services.state_keeper.store import Store
 
 log = logging.getLogger("state-keeper")
+
+# Takes a stream off an engine it was wrongly added to (reconcile_stream reads only the status).
+_ENDED = StreamEnded(stream_id="-", reason="moved")
 
 
 class Rejected(Exception):
@@ -114,7 +116,9 @@ class EventApplier:
             if current is None:
                 return
             for stream_id in current.value.streams:
-                await self.store.update_stream(stream_id, lambda s: end_stream(s, reason, utcnow()) if s else None)
+                # An absent record gets an ended tombstone: a start still writing it must see the end.
+                ended = StreamEnded(stream_id=stream_id, container_id=event.container_id, reason=reason)
+                await self.store.update_stream(stream_id, lambda s: apply_stream_ended_to_stream(s, ended, utcnow()))
 
             def delete_if_unchanged(record: EngineRecord | None) -> object:
                 return DELETE if record is not None and record.streams == current.value.streams else record
@@ -137,21 +141,37 @@ class EventApplier:
         raise Rejected("missing_engine", "stream.started needs container_id or host and port")
 
     async def stream_started(self, event: StreamStarted) -> None:
+        """The engine first, then the stream record.
+
+        The stream's compare-and-set then reports any end written before it, and an
+        end written after it finds the stream on the engine and takes it off: no read
+        is needed to catch an end applied concurrently (on this or another replica).
+        """
         container_id = self._resolve(event)
         if self.store.engines.get(container_id) is None and await self.store.get_engine(container_id) is None:
             self._missing(container_id)
         now = utcnow()
+        known = self.store.streams.get(event.stream_id)
+        expected = apply_stream_started_to_stream(known.value if known else None, event, container_id, now)
+        host = expected.container_id or container_id
+        present = await self.reconcile(host, expected, event.reservation_id)
         stream = (
             await self.store.update_stream(
                 event.stream_id, lambda s: apply_stream_started_to_stream(s, event, container_id, now)
             )
         ).after
-        await self.reconcile(stream.container_id or container_id, stream, event.reservation_id)
-        if stream.status == "started":
-            # An end processed concurrently on another replica may have missed our add: re-check.
-            latest = await self.store.get_stream(event.stream_id)
-            if latest is not None and latest.status == "ended":
-                await self.reconcile(stream.container_id or container_id, latest, None)
+        settled_host = stream.container_id or container_id
+        if settled_host != host:
+            # A record our view had not seen puts the stream on another engine: take our add back.
+            await self.reconcile(host, apply_stream_ended_to_stream(expected, _ENDED, now), None)
+            present = await self.reconcile(settled_host, stream, event.reservation_id)
+        elif stream.status != expected.status:
+            # An end was written before our start (or the record changed under a stale view).
+            present = await self.reconcile(host, stream, event.reservation_id)
+        if stream.status == "started" and not present:
+            # The engine went away: the stream cannot be playing on it.
+            gone = StreamEnded(stream_id=stream.stream_id, container_id=settled_host, reason="engine_removed")
+            await self.store.update_stream(stream.stream_id, lambda s: apply_stream_ended_to_stream(s, gone, now))
 
     async def stream_ended(self, event: StreamEnded) -> None:
         now = utcnow()
@@ -162,7 +182,8 @@ class EventApplier:
         if container_id:
             await self.reconcile(container_id, stream, None)
 
-    async def reconcile(self, container_id: str, stream: StreamRecord, reservation_id: str | None) -> None:
+    async def reconcile(self, container_id: str, stream: StreamRecord, reservation_id: str | None) -> bool:
+        """Make the engine's `streams` agree with the stream record; False when the engine is gone."""
         now = utcnow()
         notes: list[EngineIdle] = []
 
@@ -175,13 +196,10 @@ class EventApplier:
             return result.record
 
         outcome = await self.store.update_engine(container_id, change)
-        if outcome.after is None and stream.status == "started":
-            # The engine went away: the stream cannot be playing on it.
-            await self.store.update_stream(stream.stream_id, lambda s: end_stream(s, "engine_removed", now) if s else None)
-            return
         if outcome.written:
             for note in notes:
                 await self.publish_idle(note)
+        return outcome.after is not None
 
     def _missing(self, container_id: str) -> None:
         if self.store.was_removed(container_id):

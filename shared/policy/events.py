@@ -101,12 +101,6 @@ def stream_expired(stream: StreamRecord, now: datetime, ttl_s: float) -> bool:
     return stream.status == "ended" and (stream.ended_at is None or (now - stream.ended_at).total_seconds() >= ttl_s)
 
 
-def end_stream(existing: StreamRecord, reason: str, now: datetime) -> StreamRecord:
-    if existing.status == "ended":
-        return existing
-    return replace(existing, status="ended", ended_at=now, reason=reason)
-
-
 def reconcile_stream(
     record: EngineRecord, stream: StreamRecord, now: datetime, reservation_id: str | None = None
 ) -> EngineChange:
