@@ -61,6 +61,7 @@ class Outcome(Generic[T]):
     after: T | None
     revision: int
     written: bool
+    conflicts: int = 0  # compare-and-sets lost to other writers on the way
 
 
 async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
@@ -110,6 +111,7 @@ async def cas_update(
     """
     current = cached
     fresh = cached is None
+    conflicts = 0
     for _ in range(CAS_ATTEMPTS):
         if fresh:
             current = await _read_for_update(kv, key, decode)
@@ -117,19 +119,20 @@ async def cas_update(
         after = change(before)
         if after is before or (after is None and before is None):
             if fresh:
-                return Outcome(before, before, current.revision if before is not None else 0, written=False)
+                return Outcome(before, before, current.revision if before is not None else 0, False, conflicts)
             fresh = True  # confirm against the server that nothing changed since our cache
             continue
         try:
             revision = await _write(kv, key, after, current)
         except KeyWrongLastSequenceError:
+            conflicts += 1
             newer = latest() if latest is not None else None
             if newer is not None and current is not None and newer.revision > current.revision:
                 current, fresh = newer, False
             else:
                 fresh = True
             continue
-        return Outcome(before, None if after is DELETE else after, revision, written=True)  # type: ignore[arg-type]
+        return Outcome(before, None if after is DELETE else after, revision, True, conflicts)  # type: ignore[arg-type]
     raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
 
 

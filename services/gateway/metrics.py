@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 STATS_WINDOW_S = 0.25  # how long to collect $SRV.STATS replies
 STATS_CACHE_S = 1.0  # scrapes closer together than this share one gather
-STATS_GROUPS = ("applied", "rejected", "selections", "bad_requests")
+STATS_GROUPS = ("applied", "rejected", "selections", "bad_requests", "conflicts")
 SELECTION_RESULTS = ("selected", "shared", "no_capacity")
 HEALTH_VALUES = ("healthy", "unhealthy", "unknown")
 STATE_VALUES = ("active", "draining", "cleaning")
@@ -197,6 +197,8 @@ def _state_keeper_families(replicas: int, totals: Totals) -> Iterator[Metric]:
         ("applied", "aceorch_events_applied", "Events applied over all state-keepers, by subject", "subject"),
         ("rejected", "aceorch_events_rejected", "Events rejected over all state-keepers, by reason", "reason"),
         ("bad_requests", "aceorch_requests_rejected", "Bad requests over all state-keepers, by endpoint", "endpoint"),
+        ("conflicts", "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer over all state-keepers "
+         "(retried), by path", "path"),
     )
     for group, name, help_text, label in specs:
         family = CounterMetricFamily(name, help_text, labels=[label])

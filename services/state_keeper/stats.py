@@ -14,6 +14,9 @@ from prometheus_client import Counter as PromCounter
 _APPLIED = PromCounter("aceorch_events_applied", "Events applied, by subject", ["subject"])
 _REJECTED = PromCounter("aceorch_events_rejected", "Events rejected, by reason", ["reason"])
 _SELECTIONS = PromCounter("aceorch_selections", "engine.select replies, by result", ["result"])
+_CONFLICTS = PromCounter(
+    "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer of the same record (retried), by path", ["path"]
+)
 _REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by endpoint", ["endpoint"])
 
 
@@ -35,6 +38,7 @@ class Stats:
         self.rejected: Counter[str] = Counter()
         self.selections: Counter[str] = Counter()
         self.bad_requests: Counter[str] = Counter()
+        self.conflicts: Counter[str] = Counter()
 
     def event_applied(self, subject: str) -> None:
         self.applied[subject] += 1
@@ -48,6 +52,10 @@ class Stats:
         self.selections[result] += 1
         _selection_counter(result).inc()
 
+    def conflict(self, path: str, count: int) -> None:
+        self.conflicts[path] += count
+        _CONFLICTS.labels(path).inc(count)
+
     def bad_request(self, endpoint: str) -> None:
         self.bad_requests[endpoint] += 1
         _REQUESTS_REJECTED.labels(endpoint).inc()
@@ -58,4 +66,5 @@ class Stats:
             "rejected": dict(self.rejected),
             "selections": dict(self.selections),
             "bad_requests": dict(self.bad_requests),
+            "conflicts": dict(self.conflicts),
         }

@@ -20,7 +20,7 @@ from shared import names
 from shared.schemas import EngineHealth, EngineRegistered, encode, utcnow
 from tests.bench.harness import LoadResult, Results, Stack, Window, bounded_gather, request_load, wait_for
 from tests.bench.responders import SUBJECTS
-from tests.support import wait_for_service
+from tests.support import keeper_stats, wait_for_service
 
 BENCH = "selection"
 ENGINES = 100
@@ -96,7 +96,12 @@ async def point(stack: Stack, nc, subject: str, label: str, c: int) -> tuple[Loa
     return load, window
 
 
-def report(results: Results, label: str, load: LoadResult, window: Window, process: str) -> None:
+async def _conflicts(nc) -> int:
+    """Reservation writes the keepers lost to each other so far (their $SRV.STATS)."""
+    return (await keeper_stats(nc)).get("conflicts", {}).get("select", 0)
+
+
+def report(results: Results, label: str, load: LoadResult, window: Window, process: str, extra: str = "") -> None:
     c = load.concurrency
     cpu_us = window.used.get(process, 0.0) / max(1, load.ok) * 1e6 * (SECONDS / window.seconds)
     refused = load.errors.get("503", 0)
@@ -109,6 +114,7 @@ def report(results: Results, label: str, load: LoadResult, window: Window, proce
         note += f", 503s {refused}"
     if others:
         note += f", errors {dict(others)}"
+    note += extra
     results.add(BENCH, f"{label} c={c} throughput", load.rate, "req/s", note=note)
     results.add(BENCH, f"{label} c={c} p50", load.percentile_ms(50), "ms", digits=2)
     results.add(BENCH, f"{label} c={c} p99", load.percentile_ms(99), "ms", digits=2)
@@ -142,8 +148,10 @@ async def bench(results: Results) -> None:
                         load, window = await point(stack, nc, SUBJECTS[mode], label, c)
                         report(results, f"{label} [{replicas}]", load, window, process)
                         runs[(f"{mode}{replicas}", c)] = load
+                    before = await _conflicts(nc)
                     load, window = await point(stack, nc, names.ENGINE_SELECT, keeper_label, c)
-                    report(results, keeper_label, load, window, "state-keeper")
+                    conflicts = (await _conflicts(nc) - before) / max(1, load.ok)
+                    report(results, keeper_label, load, window, "state-keeper", f", CAS conflicts/selection {conflicts:.2f}")
                     runs[(f"select{replicas}", c)] = load
             results.memory("state-keeper", idle, stack.gauge.peaks().get("state-keeper"), "selection")
         finally:

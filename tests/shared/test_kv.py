@@ -11,7 +11,7 @@ from nats.js.errors import KeyWrongLastSequenceError, NoStreamResponseError
 
 from shared.bus import bucket_stream_config
 from shared.config import load_config
-from shared.kv import DELETE, _publish, _Replies, cas_update, read
+from shared.kv import DELETE, Versioned, _publish, _Replies, cas_update, read
 
 
 class Counter(msgspec.Struct):
@@ -45,6 +45,14 @@ async def test_a_stale_revision_is_a_conflict_and_a_good_one_writes(nc, nats_ser
     with pytest.raises(KeyWrongLastSequenceError):
         await _publish(kv, "k", b'{"n":2}', 0)
     assert await _publish(kv, "k", b'{"n":2}', first) > first
+
+
+async def test_a_stale_cached_revision_costs_one_counted_conflict(nc, nats_server):
+    _, kv = await bucket(nc, nats_server.url)
+    stale = await _publish(kv, "k", b'{"n":1}', 0)
+    await _publish(kv, "k", b'{"n":5}', stale)  # another writer moves on
+    outcome = await cas_update(kv, "k", lambda c: Counter(c.n + 1), decode, cached=Versioned(Counter(1), stale))
+    assert outcome.written and outcome.after == Counter(6) and outcome.conflicts == 1
 
 
 async def test_a_bucket_that_is_gone_answers_no_stream(nc, nats_server):
