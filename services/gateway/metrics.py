@@ -198,7 +198,7 @@ def _state_keeper_families(replicas: int, totals: Totals) -> Iterator[Metric]:
         ("rejected", "aceorch_events_rejected", "Events rejected over all state-keepers, by reason", "reason"),
         ("bad_requests", "aceorch_requests_rejected", "Bad requests over all state-keepers, by endpoint", "endpoint"),
         ("conflicts", "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer over all state-keepers "
-         "(retried), by path", "path"),
+         "(retried), by record", "record"),
     )
     for group, name, help_text, label in specs:
         family = CounterMetricFamily(name, help_text, labels=[label])

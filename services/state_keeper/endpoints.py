@@ -181,8 +181,6 @@ class Endpoints:
                 if not self._in_flight[container_id]:
                     del self._in_flight[container_id]
                 self.candidates.set_in_flight(container_id, self._in_flight.get(container_id, 0), utcnow())
-            if outcome.conflicts:
-                self.stats.conflict("select", outcome.conflicts)
             if outcome.after is None:
                 vanished.add(container_id)
                 continue

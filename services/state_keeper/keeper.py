@@ -25,9 +25,9 @@ log = logging.getLogger("state-keeper")
 
 
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    store = Store(bus, config.stream_ttl_s)
-    await store.start()
     stats = Stats()
+    store = Store(bus, config.stream_ttl_s, on_conflict=stats.conflict)
+    await store.start()
 
     async def publish_idle(note: EngineIdle) -> None:
         await bus.nc.publish(names.ENGINE_IDLE, encode(note))

@@ -15,7 +15,7 @@ _APPLIED = PromCounter("aceorch_events_applied", "Events applied, by subject", [
 _REJECTED = PromCounter("aceorch_events_rejected", "Events rejected, by reason", ["reason"])
 _SELECTIONS = PromCounter("aceorch_selections", "engine.select replies, by result", ["result"])
 _CONFLICTS = PromCounter(
-    "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer of the same record (retried), by path", ["path"]
+    "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer of the same record (retried)", ["record"]
 )
 _REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by endpoint", ["endpoint"])
 
@@ -52,9 +52,9 @@ class Stats:
         self.selections[result] += 1
         _selection_counter(result).inc()
 
-    def conflict(self, path: str, count: int) -> None:
-        self.conflicts[path] += count
-        _CONFLICTS.labels(path).inc(count)
+    def conflict(self, record: str, count: int) -> None:
+        self.conflicts[record] += count
+        _CONFLICTS.labels(record).inc(count)
 
     def bad_request(self, endpoint: str) -> None:
         self.bad_requests[endpoint] += 1

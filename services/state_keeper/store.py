@@ -38,9 +38,12 @@ class _Turn:
 
 
 class Store(RecordViews):
-    def __init__(self, bus: Bus, stream_ttl_s: float) -> None:
+    def __init__(
+        self, bus: Bus, stream_ttl_s: float, on_conflict: Callable[[str, int], None] = lambda _record, _n: None
+    ) -> None:
         super().__init__(bus)
         self.stream_ttl_s = stream_ttl_s
+        self.on_conflict = on_conflict  # (record kind, compare-and-sets lost to other writers)
         self.contents = ContentIndex()
         self.streams.listeners.append(self.contents.on_change)
         self._engine_turns: dict[str, _Turn] = {}
@@ -88,6 +91,8 @@ class Store(RecordViews):
         cached = self.engines.get(container_id) if use_cache else None
         latest = (lambda: self.engines.get(container_id)) if use_cache else None
         outcome = await cas_update(self.bus.engines, container_id, change, decode_engine, cached=cached, latest=latest)
+        if outcome.conflicts:
+            self.on_conflict("engine", outcome.conflicts)
         if outcome.after is not None:
             self.engines.remember(container_id, outcome.after, outcome.revision)
         elif outcome.written:
@@ -104,6 +109,8 @@ class Store(RecordViews):
             self.bus.streams, stream_id, change, decode_stream, cached=cached,
             latest=lambda: self.streams.get(stream_id),
         )
+        if outcome.conflicts:
+            self.on_conflict("stream", outcome.conflicts)
         if outcome.written:
             self.streams.remember(stream_id, outcome.after, outcome.revision)
         return outcome

@@ -24,7 +24,7 @@ from shared.config import load_config
 from shared.schemas import StreamEnded, StreamRecord, StreamStarted, encode, utcnow
 from tests.bench.harness import Results, Stack, Window, bounded_gather, wait_for
 from tests.bench.selection import register_engines
-from tests.support import wait_for_service
+from tests.support import keeper_stats, wait_for_service
 
 BENCH = "ingest"
 ENGINES = 100
@@ -78,10 +78,16 @@ async def verify(bus, prefix: str) -> str | None:
     return None
 
 
+async def _conflicts(bus) -> int:
+    """Record writes the keepers lost to each other so far (their $SRV.STATS)."""
+    return sum((await keeper_stats(bus.nc)).get("conflicts", {}).values())
+
+
 async def ingest(stack: Stack, bus, results: Results, replicas: int, engine_ids: list[str]) -> float:
     prefix = f"r{replicas}"
     batch = events(prefix, engine_ids)
     before = await bus.js.stream_info(names.EVENTS_STREAM)
+    conflicts_before = await _conflicts(bus)
     with Window(stack.gauge) as window:
         started = time.monotonic()
         await bounded_gather(
@@ -93,11 +99,13 @@ async def ingest(stack: Stack, bus, results: Results, replicas: int, engine_ids:
     after = await bus.js.stream_info(names.EVENTS_STREAM)
     stored = after.state.messages - before.state.messages
     problem = await verify(bus, prefix)
+    conflicts = (await _conflicts(bus) - conflicts_before) / (2 * PAIRS)
     rate = PAIRS / elapsed
     cpu_us = window.used.get("state-keeper", 0.0) / (2 * PAIRS) * 1e6
     note = (
         f"{2 * PAIRS} events ({stored} stored) in {elapsed:.2f}s, publishing took {published:.2f}s; "
-        f"keepers {window.share('state-keeper'):.0%} of a core, ~{cpu_us:.0f} us CPU per event; "
+        f"keepers {window.share('state-keeper'):.0%} of a core, ~{cpu_us:.0f} us CPU per event, "
+        f"{conflicts:.2f} CAS conflicts per event; "
         f"other work on the machine {window.foreign_share:.0%} of a core"
     )
     label = f"{replicas} keeper{'s' if replicas > 1 else ''}"

@@ -97,8 +97,8 @@ async def point(stack: Stack, nc, subject: str, label: str, c: int) -> tuple[Loa
 
 
 async def _conflicts(nc) -> int:
-    """Reservation writes the keepers lost to each other so far (their $SRV.STATS)."""
-    return (await keeper_stats(nc)).get("conflicts", {}).get("select", 0)
+    """Engine writes the keepers lost to each other so far (their $SRV.STATS)."""
+    return (await keeper_stats(nc)).get("conflicts", {}).get("engine", 0)
 
 
 def report(results: Results, label: str, load: LoadResult, window: Window, process: str, extra: str = "") -> None:

@@ -16,16 +16,16 @@ def reply(replica: str, data: dict, endpoints: int = 6) -> bytes:
 
 def test_each_replica_is_counted_once_however_many_endpoints_carry_its_data():
     a = reply("A", {"selections": {"selected": 3, "no_capacity": 1}, "rejected": {"malformed_json": 2},
-                    "conflicts": {"select": 2}})
+                    "conflicts": {"engine": 2}})
     b = reply("B", {"selections": {"selected": 4}, "applied": {"stream.started": 5}, "bad_requests": {"select": 1},
-                    "conflicts": {"select": 3}})
+                    "conflicts": {"engine": 3}})
     replicas, totals = sum_stats([a, b, a])  # a duplicate reply of A must not count twice
     assert replicas == 2
     assert totals["selections"] == {"selected": 7, "no_capacity": 1}
     assert totals["rejected"] == {"malformed_json": 2}
     assert totals["applied"] == {"stream.started": 5}
     assert totals["bad_requests"] == {"select": 1}
-    assert totals["conflicts"] == {"select": 5}
+    assert totals["conflicts"] == {"engine": 5}
 
 
 def test_garbage_replies_are_skipped():
