@@ -77,7 +77,11 @@ async def test_select_then_start_and_end_a_stream_over_http(stack):
 
     record = await stack.engine(cid, lambda r: r["streams"] == [stream_id], what="stream on the engine")
     assert record["last_stream_usage"] is not None and record["reservations"] == {}
-    [stream] = (await stack.http.get("/streams?status=started")).json()
+
+    async def started_streams():  # its own record, written right after the engine's
+        return (await stack.http.get("/streams?status=started")).json()
+
+    [stream] = await wait_until(started_streams, timeout=10, what="the started stream's record")
     assert stream["stream_id"] == stream_id and stream["stat_url"] == session["stat_url"]
     assert len((await stack.http.get(f"/streams?container_id={cid}")).json()) == 1
 
