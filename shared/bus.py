@@ -185,19 +185,22 @@ async def ensure_layout(js: JetStreamContext, config: Config) -> None:
 
 async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Config) -> None:
     """`ensure_layout`, retried: a fresh cluster's JetStream API times out while replicas race to
-    create the same replicated streams (measured: 2 of 3 concurrent starts timed out after 5 s)."""
+    create the same replicated streams (measured: 2 of 3 concurrent starts timed out after 5 s),
+    and a stream another replica is still creating can be "in use" to `add` yet "not found" to
+    `update` (seen once in the cluster chaos scenario)."""
     for attempt in range(1, LAYOUT_ATTEMPTS + 1):
         try:
             await ensure_layout(js, config)
             return
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError, NotFoundError) as exc:
             if attempt == LAYOUT_ATTEMPTS:
                 await nc.close()
                 raise BusError(
                     f"JetStream at {config.nats_url} did not answer while creating the stream and buckets "
                     f"({attempt} attempts, last: {type(exc).__name__}): does the cluster have a meta leader?"
                 ) from None
-            log.warning("creating the stream and buckets timed out; %d attempts left", LAYOUT_ATTEMPTS - attempt)
+            log.warning("creating the stream and buckets failed (%s); %d attempts left",
+                        type(exc).__name__, LAYOUT_ATTEMPTS - attempt)
             await asyncio.sleep(0.5 * attempt)
 
 

@@ -7,7 +7,7 @@ import os
 import nats
 import pytest
 
-from support import NatsServer, Processes, free_port
+from support import NatsServer, Processes, collect_dropped_connections, free_port
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,3 +45,4 @@ async def nc(nats_server):
     client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     yield client
     await client.close()
+    collect_dropped_connections()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from chaos_stack import Stack
-from support import ROOT
+from support import ROOT, collect_dropped_connections
 
 ARTIFACTS = ROOT / "test-artifacts" / "reliability"
 
@@ -33,6 +33,7 @@ async def stack(tmp_path, processes):
     built = Stack(tmp_path, processes)
     yield built
     await built.close_clients()
+    collect_dropped_connections()
     built.stop_all()
 
 

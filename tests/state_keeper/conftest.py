@@ -7,7 +7,7 @@ import pytest
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
-from support import base_env, wait_for_service
+from support import base_env, collect_dropped_connections, wait_for_service
 
 
 @pytest.fixture
@@ -28,3 +28,4 @@ async def bus(nats_server):
     client_bus = await connect(load_config({"NATS_URL": nats_server.url}), "test-client")
     yield client_bus
     await client_bus.close()
+    collect_dropped_connections()
