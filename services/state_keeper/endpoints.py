@@ -14,7 +14,6 @@ import random
 import secrets
 import uuid
 import zlib
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,7 +74,6 @@ class Endpoints:
             share_content=config.share_content,
             reservation_ttl_s=config.reservation_ttl_s,
         )
-        self._in_flight: Counter[str] = Counter()  # selections writing to an engine right now
         self._salt = random.getrandbits(32)
         self._ranks: dict[str, int] = {}
         self.candidates = CandidateIndex(self.policy, self._rank)
@@ -170,17 +168,13 @@ class Endpoints:
             container_id = choice.engine.container_id
             reservation_id = f"{self._reservation_prefix}{next(self._reservation_numbers):x}"
             # Counted as load while the write is in flight, so concurrent requests spread out.
-            self._in_flight[container_id] += 1
-            self.candidates.set_in_flight(container_id, self._in_flight[container_id], now)
+            self.candidates.add_in_flight(container_id, 1, now)
             try:
                 outcome = await self.store.update_engine(
                     container_id, lambda r: self._reserve(r, reservation_id, now)
                 )
             finally:
-                self._in_flight[container_id] -= 1
-                if not self._in_flight[container_id]:
-                    del self._in_flight[container_id]
-                self.candidates.set_in_flight(container_id, self._in_flight.get(container_id, 0), utcnow())
+                self.candidates.add_in_flight(container_id, -1, utcnow())
             if outcome.after is None:
                 vanished.add(container_id)
                 continue

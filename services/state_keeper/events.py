@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import msgspec
+
 from shared.kv import DELETE
 from shared.policy.events import (
     apply_engine_cleaned,
@@ -34,9 +36,6 @@ from shared.schemas import (
 from services.state_keeper.store import Store
 
 log = logging.getLogger("state-keeper")
-
-# Takes a stream off an engine it was wrongly added to (reconcile_stream reads only the status).
-_ENDED = StreamEnded(stream_id="-", reason="moved")
 
 
 class Rejected(Exception):
@@ -163,7 +162,7 @@ class EventApplier:
         settled_host = stream.container_id or container_id
         if settled_host != host:
             # A record our view had not seen puts the stream on another engine: take our add back.
-            await self.reconcile(host, apply_stream_ended_to_stream(expected, _ENDED, now), None)
+            await self.reconcile(host, msgspec.structs.replace(expected, status="ended"), None)
             present = await self.reconcile(settled_host, stream, event.reservation_id)
         elif stream.status != expected.status:
             # An end was written before our start (or the record changed under a stale view).

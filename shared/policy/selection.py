@@ -119,8 +119,10 @@ class CandidateIndex:
             self._records[container_id] = record
         self._rerank(container_id, now)
 
-    def set_in_flight(self, container_id: str, count: int, now: datetime) -> None:
-        if count:
+    def add_in_flight(self, container_id: str, delta: int, now: datetime) -> None:
+        """This replica's selections still writing to the engine (+1 when one starts, -1 when it ends)."""
+        count = self._in_flight.get(container_id, 0) + delta
+        if count > 0:
             self._in_flight[container_id] = count
         else:
             self._in_flight.pop(container_id, None)

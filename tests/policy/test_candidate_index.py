@@ -59,11 +59,11 @@ class IndexMachine(RuleBasedStateMachine):
 
     @rule(cid=st.sampled_from(ENGINES), count=st.integers(0, 2))
     def in_flight_changes(self, cid, count):
+        self.index.add_in_flight(cid, count - self.in_flight.get(cid, 0), self.now)
         if count:
             self.in_flight[cid] = count
         else:
             self.in_flight.pop(cid, None)
-        self.index.set_in_flight(cid, count, self.now)
 
     @rule(step=st.sampled_from([0.5, 1, 3, 7]))
     def time_passes(self, step):
