@@ -206,7 +206,7 @@ for dep in data.get("build-system", {}).get("requires", []):
     print(dep)
 PY
     local stamp
-    stamp=$( { cat "$req"; "$PYTHON_FOR_PIP" -c 'import sys, platform; print(sys.implementation.cache_tag, platform.machine())'; } \
+    stamp=$( { cat "$req" "$REPO/requirements.lock"; "$PYTHON_FOR_PIP" -c 'import sys, platform; print(sys.implementation.cache_tag, platform.machine())'; } \
         | sha256sum | cut -c1-16)
     if [ -f "$WHEELS_DIR/.stamp" ] && [ "$(cat "$WHEELS_DIR/.stamp")" = "$stamp" ] && ! forced wheels; then
         rm -f "$req"
@@ -222,9 +222,10 @@ import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     print("\n".join(tomllib.load(f)["project"].get("dependencies", [])))
 PY
-    log "wheels: pip wheel -r requirements (with $PYTHON_FOR_PIP, log $logf)"
+    # The versions are the lock's (-c): the image runs exactly what the tests passed with.
+    log "wheels: pip wheel -r requirements -c requirements.lock (with $PYTHON_FOR_PIP, log $logf)"
     if ! "$PYTHON_FOR_PIP" -m pip wheel --disable-pip-version-check --progress-bar off \
-            -w "$WHEELS_DIR" -r "$WHEELS_DIR/requirements.txt.in" >"$logf" 2>&1; then
+            -c "$REPO/requirements.lock" -w "$WHEELS_DIR" -r "$WHEELS_DIR/requirements.txt.in" >"$logf" 2>&1; then
         tail -n 30 "$logf" >&2
         die "wheels: pip wheel failed (full log: $logf)"
     fi
