@@ -1,8 +1,9 @@
 """Strict msgspec types for every record, event, request and reply (DESIGN §3–4).
 
-Decoders are built once per type. Timestamps must carry a timezone; msgspec's
-errors already name the offending field (``Expected str, got int - at
-`$.stream_id```), so callers pass them on unchanged.
+Decoders are built once per type. Timestamps must carry a timezone. A decode
+error is answered in our words (`shared.decode_errors.describe_decode_error`:
+the field's path and what it expects), not in msgspec's, which change between
+releases.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ import msgspec
 from litestar import Request
 
 from shared.compat import StreamEndedBody, StreamStartedBody
+from shared.decode_errors import describe_decode_error
 from shared.schemas import Key, Labels, Port, SelectRequest, ShortText
 from services.gateway.fleet import ApiError
 
@@ -61,6 +62,6 @@ async def strict_body(request: Request, kind: type[T]) -> T | None:
     try:
         return _STRICT_DECODERS[kind](raw if raw.strip() else b"null")
     except msgspec.ValidationError as exc:
-        raise ApiError(422, f"invalid body: {exc}") from None
+        raise ApiError(422, describe_decode_error(exc, raw, kind)) from None
     except msgspec.DecodeError as exc:
-        raise ApiError(400, f"JSON is malformed: {exc}") from None
+        raise ApiError(400, describe_decode_error(exc, raw, kind)) from None

@@ -10,6 +10,9 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from typing import Any
+
+import msgspec
 
 from litestar import MediaType, Request, Response
 from litestar.connection import ASGIConnection
@@ -20,10 +23,12 @@ from litestar.exceptions import (
     NotAuthorizedException,
     NotFoundException,
     PermissionDeniedException,
+    SerializationException,
     ValidationException,
 )
 from litestar.handlers.base import BaseRouteHandler
 
+from shared.decode_errors import describe_decode_error, describe_invalid
 from shared.schemas import ErrorReply
 from services.gateway.fleet import ApiError
 
@@ -34,15 +39,33 @@ WIRE_NAMES = {"engine_state": "state"}
 
 
 class JsonRequest(Request):
-    """Litestar lets two decoding failures escape as 500s; they are malformed JSON (400)."""
+    """Bodies that do not decode are 400s in our words (Litestar passes msgspec's text on, or lets some escape as 500s)."""
 
     async def json(self):
         try:
             return await super().json()
-        except UnicodeDecodeError as exc:
-            raise ClientException(f"JSON is malformed: the body is not valid UTF-8 ({exc.reason})") from None
+        except (UnicodeDecodeError, SerializationException) as exc:
+            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+            body, kind = await self.body(), body_type(self)
+            raise ClientException(describe_decode_error(_typed_error(cause, body, kind), body, kind)) from None
         except RecursionError:
-            raise ClientException("JSON is malformed: nested deeper than the decoder's depth limit") from None
+            raise ClientException("body is not valid JSON: nested deeper than the decoder's depth limit") from None
+
+
+def _typed_error(cause: Exception, body: bytes, kind: Any) -> Exception:
+    """Litestar decodes without the route's type, so a value error's place is vague (`$[...]`); our type names the field."""
+    if kind is not None and isinstance(cause, msgspec.ValidationError):
+        try:
+            msgspec.json.decode(body, type=kind)
+        except msgspec.DecodeError as exc:
+            return exc
+    return cause
+
+
+def body_type(request: Request) -> Any:
+    """The type the route decodes its body into (for saying what is expected), or None."""
+    field = request.route_handler.parsed_data_field
+    return field.annotation if field is not None else None
 
 
 def error_response(
@@ -66,7 +89,7 @@ def on_api_error(request: Request, exc: ApiError) -> Response[ErrorReply]:
 def on_http_exception(request: Request, exc: HTTPException) -> Response[ErrorReply]:
     status, message = exc.status_code, exc.detail
     if isinstance(exc, ValidationException):
-        status, message = _describe_validation(exc)
+        status, message = _describe_validation(exc, body_type(request))
     elif isinstance(exc, NotFoundException) and message == "Not Found":
         message = f"no such resource: {request.method} {request.url.path}"
     elif isinstance(exc, MethodNotAllowedException):
@@ -81,7 +104,7 @@ def on_unexpected(request: Request, exc: Exception) -> Response[ErrorReply]:
     return error_response(500, "internal error")
 
 
-def _describe_validation(exc: ValidationException) -> tuple[int, str]:
+def _describe_validation(exc: ValidationException, body_kind: Any) -> tuple[int, str]:
     problems = exc.extra if isinstance(exc.extra, list) else []
     parts, in_body = [], False
     for problem in problems:
@@ -93,8 +116,7 @@ def _describe_validation(exc: ValidationException) -> tuple[int, str]:
             if message == "'data'" or (key == "data" and not message):
                 parts.append("a JSON object body is required")
                 continue
-            where = "" if key in (None, "", "data") else f" at {key}"
-            parts.append(f"invalid body{where}: {message}")
+            parts.append(describe_invalid(body_kind, message, None if key in (None, "", "data") else f"$.{key}"))
         else:
             name = source.rsplit(".", 1)[-1].lower() or "parameter"
             parts.append(f"invalid {name} parameter {WIRE_NAMES.get(key, key)}: {message}")

@@ -19,7 +19,8 @@ from nats.js.errors import APIError
 from shared import names
 from shared.bus import Bus
 from shared.kv import ConflictExhausted
-from shared.schemas import EVENT_DECODERS
+from shared.decode_errors import describe_decode_error
+from shared.schemas import EVENT_DECODERS, EVENT_TYPES
 from services.state_keeper.events import EngineNotKnownYet, EventApplier, Rejected
 from services.state_keeper.stats import Stats
 
@@ -114,9 +115,9 @@ class EventConsumer:
         try:
             return decode(msg.data)
         except msgspec.ValidationError as exc:
-            raise Rejected("invalid", str(exc)) from None
+            raise Rejected("invalid", describe_decode_error(exc, msg.data, EVENT_TYPES[msg.subject], "event")) from None
         except msgspec.DecodeError as exc:
-            raise Rejected("malformed_json", str(exc)) from None
+            raise Rejected("malformed_json", describe_decode_error(exc, msg.data, what="event")) from None
 
     async def _terminate(self, msg: Msg, reason: str, message: str) -> None:
         self.stats.event_rejected(reason)

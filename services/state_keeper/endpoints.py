@@ -25,6 +25,7 @@ from nats.micro.service import Service
 
 from shared import names
 from shared.config import Config
+from shared.decode_errors import describe_decode_error
 from shared.kv import ConflictExhausted
 from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
@@ -271,10 +272,8 @@ def _decode(kind: type, data: bytes):
     decode = _DECODERS.get(kind) or _DECODERS.setdefault(kind, decoder(kind))
     try:
         return decode(data if data.strip() else b"{}")
-    except msgspec.ValidationError as exc:
-        raise RequestError(400, f"invalid request: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise RequestError(400, f"malformed JSON: {exc}") from None
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise RequestError(400, describe_decode_error(exc, data, kind, "request")) from None
 
 
 async def _respond_error(request: Request, code: int, message: str, retry_after: float | None = None) -> None:

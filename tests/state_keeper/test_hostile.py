@@ -20,7 +20,7 @@ async def snapshot(bus) -> dict[str, bytes]:
 
 
 async def test_bad_events_are_terminated_counted_and_change_nothing(start_keepers, bus, nc):
-    await start_keepers(1, UNKNOWN_ENGINE_RETRY_S="1")
+    [keeper] = await start_keepers(1, UNKNOWN_ENGINE_RETRY_S="1")
     await register_healthy(bus, nc, "e1")
     before = await snapshot(bus)
     bad = {
@@ -52,23 +52,31 @@ async def test_bad_events_are_terminated_counted_and_change_nothing(start_keeper
     assert set(after) == set(before) == {"e1"}
     assert json.loads(after["e1"])["streams"] == ["ok1"]
     assert await bus.streams.keys() == ["ok1"]
+    # Each rejection is logged saying what was wrong, in our words: the place and what is expected.
+    log = keeper.log()
+    assert "(malformed_json): event is not valid JSON" in log
+    assert "(malformed_json): event is not valid UTF-8" in log
+    assert "(invalid): invalid event: field `$.stream_id`: expected a string" in log
+    assert "(invalid): invalid event: field `$.ok`: expected true or false" in log
+    assert "(invalid): invalid event: field `$.checked_at`: expected an RFC 3339 date-time with a timezone" in log
+    assert "(invalid): invalid event: field `$.container_id` is required" in log
 
 
 ENDPOINT_CASES = [
-    (names.ENGINE_SELECT, b"{nope", 400, "malformed JSON"),
-    (names.ENGINE_SELECT, b'{"content_key": 7}', 400, "Expected `str | null`, got `int` - at `$.content_key`"),
-    (names.ENGINE_SELECT, b'{"key_type": "torrent"}', 400, "$.key_type"),
-    (names.ENGINE_SELECT, b'{"surprise": 1}', 400, "unknown field `surprise`"),
-    (names.ENGINE_LIST, b'{"health_status": "great"}', 400, "$.health_status"),
-    (names.ENGINE_GET, b"{}", 400, "missing required field `container_id`"),
+    (names.ENGINE_SELECT, b"{nope", 400, "request is not valid JSON"),
+    (names.ENGINE_SELECT, b'{"content_key": 7}', 400, "invalid request: field `$.content_key`: expected a string"),
+    (names.ENGINE_SELECT, b'{"key_type": "torrent"}', 400, "field `$.key_type`: expected one of 'content_id', 'infohash', 'magnet', 'url'"),
+    (names.ENGINE_SELECT, b'{"surprise": 1}', 400, "invalid request: field `$.surprise` is not accepted"),
+    (names.ENGINE_LIST, b'{"health_status": "great"}', 400, "field `$.health_status`: expected one of 'healthy', 'unhealthy', 'unknown'"),
+    (names.ENGINE_GET, b"{}", 400, "invalid request: field `$.container_id` is required"),
     (names.ENGINE_GET, b'{"container_id": "ghost"}', 404, "engine ghost not found"),
-    (names.ENGINE_GET, b'{"container_id": "a b"}', 400, "$.container_id"),
+    (names.ENGINE_GET, b'{"container_id": "a b"}', 400, "field `$.container_id`: expected a string"),
     (names.ENGINE_CLAIM, b'{"container_id": "ghost", "purpose": "clean", "holder": "t"}', 404, "not found"),
-    (names.ENGINE_CLAIM, b'{"container_id": "e1", "purpose": "nap", "holder": "t"}', 400, "$.purpose"),
+    (names.ENGINE_CLAIM, b'{"container_id": "e1", "purpose": "nap", "holder": "t"}', 400, "field `$.purpose`: expected one of 'clean', 'reap'"),
     (names.ENGINE_RELEASE, b'{"container_id": "ghost", "claim_id": "c"}', 404, "not found"),
-    (names.ENGINE_RELEASE, b'{"container_id": "e1"}', 400, "claim_id"),
-    (names.STREAM_LIST, b'{"status": "paused"}', 400, "$.status"),
-    (names.STREAM_LIST, b"[1, 2]", 400, "Expected `object`"),
+    (names.ENGINE_RELEASE, b'{"container_id": "e1"}', 400, "field `$.claim_id` is required"),
+    (names.STREAM_LIST, b'{"status": "paused"}', 400, "field `$.status`: expected one of 'ended', 'started'"),
+    (names.STREAM_LIST, b"[1, 2]", 400, "invalid request: expected an object"),
 ]
 
 
