@@ -10,6 +10,7 @@ requests) says it through `describe_decode_error`.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -21,6 +22,8 @@ _AT = re.compile(r" - at `(?P<path>\$[^`]*)`$")
 # A missing or unknown field is named in the message, its object is the path.
 _FIELD = re.compile(r"(?P<kind>missing required|unknown) field `(?P<name>[^`]+)`")
 _STEP = re.compile(r"\.([^.\[]+)|\[([^\]]*)\]")
+# Inspecting a type takes milliseconds: once per type, not once per bad request in a flood.
+_type_info = functools.lru_cache(maxsize=128)(mi.type_info)
 
 
 def describe_decode_error(exc: BaseException, data: bytes | None = None, kind: Any = None, what: str = "body") -> str:
@@ -68,7 +71,10 @@ def _expected_at(kind: Any, path: str) -> str | None:
     """What our type `kind` accepts at `path`, described in words; None when the path cannot be followed."""
     if kind is None:
         return None
-    node: mi.Type | None = mi.type_info(kind)
+    try:
+        node: mi.Type | None = _type_info(kind)
+    except TypeError:  # an unhashable annotation cannot be cached
+        node = mi.type_info(kind)
     for name, index in _STEP.findall(path[1:]):
         node = _step(node, name if name else None)
         if node is None:

@@ -82,3 +82,12 @@ def test_without_our_type_the_place_is_still_named():
     assert describe_invalid(Body, "some text", where="$.name").startswith("invalid body: field `$.name`: expected a string")
     # A place our type does not have: no guess at what is expected.
     assert describe_invalid(Body, "some text", where="$.nowhere.deeper") == "invalid body: field `$.nowhere.deeper`: some text"
+
+
+def test_an_unhashable_type_is_still_described():
+    unhashable = Annotated[int, msgspec.Meta(ge=1), ["a list: unhashable"]]
+    with pytest.raises(TypeError):
+        hash(unhashable)
+    with pytest.raises(msgspec.ValidationError) as caught:
+        msgspec.json.decode(b"0", type=unhashable)
+    assert describe_decode_error(caught.value, b"0", unhashable).startswith("invalid body: expected an integer of at least 1")
