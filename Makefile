@@ -12,7 +12,7 @@ UV_VERSION := 0.13.9
 # without it, pins already in the lock are kept where they still fit.
 LOCK_FLAGS ?=
 
-.PHONY: install lock run test chaos bench images clean
+.PHONY: install lock run test chaos bench mutate images clean
 
 install: $(STAMP)
 
@@ -48,8 +48,13 @@ chaos: install
 bench: install
 	$(BIN)/python -m tests.bench
 
+# Mutation testing of shared/policy (slow: not part of `make test`); survivors are listed at the end.
+mutate: install
+	$(BIN)/mutmut run --max-children 2
+	$(BIN)/mutmut results
+
 images:
 	bash deploy/images.sh
 
 clean:
-	rm -rf $(VENV) data build .pytest_cache
+	rm -rf $(VENV) data build .pytest_cache mutants
