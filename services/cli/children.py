@@ -40,9 +40,12 @@ class Child:
     argv: Sequence[str]
     env: Mapping[str, str]
     emit: Callable[[str, str], None]  # (child name, line)
+    on_exit: Callable[[], None] = lambda: None  # called (in the loop) the moment the process exits
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+    waiter: asyncio.Task[None] | None = None
     started_at: float = 0.0
+    exited_at: float | None = None  # loop time of the exit itself, not of when someone looked
     restarts: int = 0
     stopping: bool = field(default=False)
 
@@ -65,9 +68,17 @@ class Child:
             preexec_fn=_die_with_parent,
             limit=LINE_LIMIT,
         )
-        self.started_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self.started_at = loop.time()
+        self.exited_at = None
         self.stopping = False
-        self.pump = asyncio.get_running_loop().create_task(self._copy_output(self.proc))
+        self.pump = loop.create_task(self._copy_output(self.proc))
+        self.waiter = loop.create_task(self._note_exit(self.proc))
+
+    async def _note_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self.exited_at = asyncio.get_running_loop().time()
+        self.on_exit()
 
     async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
