@@ -296,11 +296,13 @@ def up(args) -> int:
         lock = lock_data_dir(options.data_dir)
     except UpError as exc:
         output.say(f"error: {exc}")
+        output.flush()
         return exc.code
     try:
         return asyncio.run(_run(options, config, output))
     finally:
         lock.close()
+        output.flush()  # bounded: a reader that never reads again does not keep us from exiting
 
 
 async def _run(options: UpOptions, config: Config, output: Output) -> int:

@@ -104,6 +104,7 @@ def test_output_writes_one_prefixed_line_per_call_without_color_on_a_pipe():
     out = Output(["state-keeper", "nats"], stream)
     out.emit("nats", "ready")
     out.say("up")
+    assert out.flush()
     assert stream.getvalue() == "nats         | ready\naceorch      | up\n"
 
 

@@ -64,6 +64,7 @@ async def test_services_crashing_together_trip_the_restart_limit(tmp_path):
         await start_nats(sup, tmp_path)
         await crashers(sup, 5)
         await asyncio.wait_for(sup._watch(), timeout=150)  # 1+2+4+8+16 s of backoff, with room for a slow machine
+        sup.out.flush()
         assert sup.exit_code == 1
         assert "keeps exiting" in text.getvalue(), text.getvalue()
         assert f"{RESTART_LIMIT} quick restarts in a row" in text.getvalue(), text.getvalue()
@@ -88,6 +89,7 @@ async def test_a_dead_nats_server_is_noticed_while_a_restart_waits(tmp_path):
         killed_at = loop.time()
         await asyncio.wait_for(watch, timeout=60)
         noticed_after = loop.time() - killed_at
+        sup.out.flush()
         assert "nats-server exited" in text.getvalue(), text.getvalue()
         assert sup.exit_code == 1
         assert noticed_after < 8, f"a dead nats-server was noticed only after {noticed_after:.1f}s (a restart waits 16 s)"
