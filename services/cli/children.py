@@ -177,11 +177,19 @@ def alive(pid: int) -> bool:
 
 
 def terminate_pid(pid: int, name: str) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-        log.debug("SIGTERM to %s (pid %d)", name, pid)
+    signal_tree(pid, signal.SIGTERM)
+    log.debug("SIGTERM to %s (pid %d)", name, pid)
 
 
 def kill_pid(pid: int) -> None:
+    signal_tree(pid, signal.SIGKILL)
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """The process group `pid` leads (an engine started by a wrapper script: the wrapper and what
+    it started), or just `pid` when it leads none — never a group that merely contains it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
