@@ -23,6 +23,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
 KILL_WAIT_S = 5.0
+PUMP_DRAIN_S = 2.0  # how long an exit waits for the child's last lines
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: nothing to resolve in the child
@@ -78,6 +79,9 @@ class Child:
     async def _note_exit(self, proc: asyncio.subprocess.Process) -> None:
         await proc.wait()
         self.exited_at = asyncio.get_running_loop().time()
+        if self.pump is not None:  # its last lines (a traceback) before anyone reports the exit
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout=PUMP_DRAIN_S)
         self.on_exit()
 
     async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
@@ -96,7 +100,7 @@ class Child:
         code = await self.proc.wait()
         if self.pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.pump), timeout=2)
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout=PUMP_DRAIN_S)
         return code
 
     async def stop(self, timeout_s: float, force: asyncio.Event | None = None) -> int | None:

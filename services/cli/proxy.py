@@ -129,7 +129,7 @@ async def start_stream(
 class EndResult:
     """What ending a stream did: the event is always stored (else CliError); the rest is best effort."""
 
-    record: StreamRecord | None  # the stream as KV had it before the end; None: unknown or unreadable
+    record: StreamRecord | None  # the stream as KV had it before the end; None: unknown, unreadable or not read
     shared: bool | None  # another stream plays the same content on that engine; None: could not tell
     session_stopped: bool
 
@@ -153,16 +153,17 @@ async def end_stream(
     JetStream never acknowledged the event within the bound.
     """
     js = nc.jetstream(timeout=KV_TIMEOUT_S)
-    record = await _read_kv(js, names.STREAMS_BUCKET, stream_id, decode_stream)
+    local = list(local_streams)
+    record = None if playing else await _read_kv(js, names.STREAMS_BUCKET, stream_id, decode_stream)
     known = playing or (record if record is not None and record.status == "started" else None)
     container_id = playing.container_id if playing else (record.container_id if record else None)
     shared = None
     stopped = False
     if known is not None and known.command_url and known.container_id and known.content_key:
-        shared = decide_shared(stream_id, known.container_id, known.content_key, local_streams)
+        shared = decide_shared(stream_id, known.container_id, known.content_key, local)
         if shared is None:
             others = await _other_streams(js, known.container_id, stream_id)
-            shared = decide_shared(stream_id, known.container_id, known.content_key, local_streams, others)
+            shared = decide_shared(stream_id, known.container_id, known.content_key, local, others)
         if shared is False:
             # Stop ends the content session for every player of it on that engine (as the real engine does).
             stopped = await stop_session(http, known.command_url)
