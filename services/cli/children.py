@@ -23,6 +23,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 LINE_LIMIT = 1 << 20  # a child's log line longer than this is split, not fatal
 KILL_WAIT_S = 5.0
+PUMP_DRAIN_S = 2.0  # how long an exit waits for the child's last lines
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: nothing to resolve in the child
@@ -40,9 +41,12 @@ class Child:
     argv: Sequence[str]
     env: Mapping[str, str]
     emit: Callable[[str, str], None]  # (child name, line)
+    on_exit: Callable[[], None] = lambda: None  # called (in the loop) the moment the process exits
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+    waiter: asyncio.Task[None] | None = None
     started_at: float = 0.0
+    exited_at: float | None = None  # loop time of the exit itself, not of when someone looked
     restarts: int = 0
     stopping: bool = field(default=False)
 
@@ -65,9 +69,20 @@ class Child:
             preexec_fn=_die_with_parent,
             limit=LINE_LIMIT,
         )
-        self.started_at = asyncio.get_running_loop().time()
+        loop = asyncio.get_running_loop()
+        self.started_at = loop.time()
+        self.exited_at = None
         self.stopping = False
-        self.pump = asyncio.get_running_loop().create_task(self._copy_output(self.proc))
+        self.pump = loop.create_task(self._copy_output(self.proc))
+        self.waiter = loop.create_task(self._note_exit(self.proc))
+
+    async def _note_exit(self, proc: asyncio.subprocess.Process) -> None:
+        await proc.wait()
+        self.exited_at = asyncio.get_running_loop().time()
+        if self.pump is not None:  # its last lines (a traceback) before anyone reports the exit
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout=PUMP_DRAIN_S)
+        self.on_exit()
 
     async def _copy_output(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
@@ -85,7 +100,7 @@ class Child:
         code = await self.proc.wait()
         if self.pump is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.pump), timeout=2)
+                await asyncio.wait_for(asyncio.shield(self.pump), timeout=PUMP_DRAIN_S)
         return code
 
     async def stop(self, timeout_s: float, force: asyncio.Event | None = None) -> int | None:
@@ -166,11 +181,19 @@ def alive(pid: int) -> bool:
 
 
 def terminate_pid(pid: int, name: str) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-        log.debug("SIGTERM to %s (pid %d)", name, pid)
+    signal_tree(pid, signal.SIGTERM)
+    log.debug("SIGTERM to %s (pid %d)", name, pid)
 
 
 def kill_pid(pid: int) -> None:
+    signal_tree(pid, signal.SIGKILL)
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """The process group `pid` leads (an engine started by a wrapper script: the wrapper and what
+    it started), or just `pid` when it leads none — never a group that merely contains it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGKILL)
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)

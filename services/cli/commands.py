@@ -15,7 +15,7 @@ import msgspec
 from shared import names
 from shared.schemas import EngineList, ListRequest, decoder, utcnow
 from services.cli.client import connected, request
-from services.cli.proxy import end_stream, new_stream_id, select, start_stream
+from services.cli.proxy import EndResult, end_stream, keeper_answers, new_stream_id, select, start_stream
 from services.cli.table import engines_table
 
 decode_engines = decoder(EngineList)
@@ -68,11 +68,26 @@ async def stream_start(args: argparse.Namespace) -> int:
 
 async def stream_end(args: argparse.Namespace) -> int:
     async with connected(args.nats_url) as nc, httpx.AsyncClient() as http:
-        record = await end_stream(nc, http, args.stream_id, reason=args.reason)
-    if record is None:
-        print(f"stream {args.stream_id} was not known to the state-keeper; stream.ended published anyway")
-    elif record.status == "ended":
-        print(f"stream {args.stream_id} had already ended ({record.reason or 'no reason'})")
-    else:
-        print(f"stream {args.stream_id} ended on {record.container_id}")
+        result = await end_stream(nc, http, args.stream_id, reason=args.reason)
+        keeper_up = await keeper_answers(nc)
+    for line in end_report(args.stream_id, result, keeper_up):
+        print(line)
     return 0
+
+
+def end_report(stream_id: str, result: EndResult, keeper_up: bool) -> list[str]:
+    """What `stream end` says once JetStream acknowledged the end (pure, for the tests)."""
+    record = result.record
+    if record is None:
+        lines = [f"stream {stream_id} is not in the stream records (yet); stream.ended stored anyway"]
+    elif record.status == "ended":
+        lines = [f"stream {stream_id} had already ended ({record.reason or 'no reason'})"]
+    else:
+        lines = [f"stream {stream_id} ended on {record.container_id}"]
+    if result.shared is None and record is not None and record.status == "started":
+        lines.append("  engine session left running: could not tell whether another viewer shares it "
+                     "(the engine's idle timeout ends it)")
+    if not keeper_up:
+        lines.append("  no state-keeper answers now: the end is stored in JetStream and "
+                     "the state-keeper will apply it when it is back")
+    return lines

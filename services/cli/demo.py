@@ -4,7 +4,10 @@ Each viewer, like a player behind a proxy: start a stream on a random channel
 (select → getstream → stream.started), watch it for a while (polling the
 engine's stat URL as players do), end it (stop → stream.ended), pause, repeat.
 Bounded: a fixed number of viewers for a fixed duration; on Ctrl-C or the end
-of the duration every stream still playing is ended before exit.
+of the duration every stream still playing is ended before exit. Ending needs
+no state-keeper (the end is stored in JetStream, retried until acknowledged,
+bounded), so a state-keeper outage loses no end; a second Ctrl-C gives up
+waiting and names the streams whose end was not acknowledged.
 """
 
 from __future__ import annotations
@@ -43,14 +46,28 @@ class Demo:
         self.nc, self.http, self.args, self.stop = nc, http, args, stop
         self.channels = [f"demo-channel-{n}" for n in range(1, args.channels + 1)]
         self.playing: dict[int, Playing] = {}
+        self.ending: dict[str, Playing] = {}  # ends being published
+        self.unended: list[str] = []  # streams whose end JetStream never acknowledged
         self.started = self.ended = 0
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for viewer in range(1, self.args.viewers + 1):
-                group.create_task(self.viewer(viewer))
-        await self.end_all()
+    async def run(self) -> int:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for viewer in range(1, self.args.viewers + 1):
+                    group.create_task(self.viewer(viewer))
+            await self.end_all()
+        except asyncio.CancelledError:  # a second Ctrl-C: stop waiting for acknowledgements
+            self.unended += [*self.ending, *(p.stream_id for p in self.playing.values())]
+            self.summary()
+            return 130
+        self.summary()
+        return 1 if self.unended else 0
+
+    def summary(self) -> None:
         print(f"demo: done, {self.started} streams started, {self.ended} ended")
+        if self.unended:
+            print(f"demo: {len(self.unended)} ends not acknowledged by JetStream, those streams may stay "
+                  f"'started': {' '.join(self.unended)} (end them with `aceorch stream end ID`)")
 
     async def viewer(self, number: int) -> None:
         await self.pause(random.uniform(0, self.args.pause[1]))  # viewers arrive staggered
@@ -92,16 +109,23 @@ class Demo:
         playing = self.playing.pop(number, None)
         if playing is None:
             return
+        self.ending[playing.stream_id] = playing
         try:
-            await end_stream(self.nc, self.http, playing.stream_id, reason, playing)
+            # The other viewers of this demo tell, without asking anyone, whether the session is shared.
+            await end_stream(self.nc, self.http, playing.stream_id, reason, playing, self.others())
             self.ended += 1
             print(f"viewer {number}: left {playing.content_key} [{playing.stream_id}]")
         except CliError as exc:
+            self.unended.append(playing.stream_id)
             print(f"viewer {number}: could not end {playing.stream_id}: {exc}")
+        finally:
+            self.ending.pop(playing.stream_id, None)
+
+    def others(self) -> list[Playing]:
+        return [*self.playing.values(), *self.ending.values()]
 
     async def end_all(self) -> None:
-        for number in list(self.playing):
-            await self.end(number, "demo stopped")
+        await asyncio.gather(*(self.end(number, "demo stopped") for number in list(self.playing)))
 
     async def pause(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -111,10 +135,19 @@ class Demo:
 async def demo(args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            print("demo: stopping: ending every stream still playing (Ctrl-C again to give up waiting)", flush=True)
+            stop.set()
+        else:
+            main.cancel()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     loop.call_later(args.duration, stop.set)
     print(f"demo: {args.viewers} viewers over {args.channels} channels for {args.duration:g}s (Ctrl-C ends it)")
     async with connected(args.nats_url, name="aceorch-demo") as nc, httpx.AsyncClient() as http:
-        await Demo(nc, http, args, stop).run()
-    return 0
+        return await Demo(nc, http, args, stop).run()

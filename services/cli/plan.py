@@ -54,9 +54,29 @@ class UpOptions:
 # ------------------------------------------------------------------ pure parts
 
 
-def service_env(environ: Mapping[str, str], options: UpOptions) -> dict[str, str]:
-    """The environment every service gets: the caller's, pointed at our NATS and data dir."""
+def metrics_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """METRICS_PORT=P gives each service its own port, P, P+1 … in SERVICES order: one port
+    shared by six processes on one host would let one bind it and the other five die."""
+    raw = environ.get("METRICS_PORT", "")
+    try:
+        base = int(raw) if raw.strip() else 0
+    except ValueError:
+        raise UpError(f"METRICS_PORT must be a port number, got {raw!r}", EXIT_CONFIG_ERROR) from None
+    if base == 0:
+        return {}
+    if not 1 <= base <= 65535 - (len(SERVICES) - 1):
+        raise UpError(f"METRICS_PORT must be between 1 and {65535 - (len(SERVICES) - 1)} "
+                      f"(`up` uses it and the {len(SERVICES) - 1} ports above it), got {base}", EXIT_CONFIG_ERROR)
+    return {name: base + index for index, (_, name) in enumerate(SERVICES)}
+
+
+def service_env(environ: Mapping[str, str], options: UpOptions, name: str | None = None) -> dict[str, str]:
+    """The environment service `name` gets: the caller's, pointed at our NATS and data dir,
+    with its own metrics port (none when `name` is None or METRICS_PORT is unset)."""
     env = dict(environ)
+    env.pop("METRICS_PORT", None)
+    if name is not None and (port := metrics_ports(environ).get(name)):
+        env["METRICS_PORT"] = str(port)
     env.update(
         NATS_URL=f"nats://127.0.0.1:{options.nats_port}",
         GATEWAY_PORT=str(options.gateway_port),
@@ -83,8 +103,33 @@ def service_argv(package: str) -> list[str]:
     return [sys.executable, "-m", f"services.{package}"]
 
 
+RESTART_LIMIT = 5  # consecutive quick crashes before `up` gives up
+STABLE_AFTER_S = 60.0  # a service that ran this long before exiting starts its backoff afresh
+
+
 def restart_delay(restarts: int) -> float:
     return float(min(2 ** restarts, 30))
+
+
+@dataclass(frozen=True)
+class Restart:
+    """What to do about a service that exited: wait `delay_s` and start it again, or give up (None)."""
+
+    restarts: int  # quick crashes in a row, this one included
+    delay_s: float | None
+
+
+def plan_restart(restarts: int, uptime_s: float) -> Restart:
+    """Backoff 1, 2, 4 … 30 s over quick crashes in a row; a run of STABLE_AFTER_S or more resets it.
+
+    `uptime_s` must be measured from start to the exit itself (not to when the
+    exit was noticed), or a crash loop would look stable and never trip the limit.
+    """
+    if uptime_s >= STABLE_AFTER_S:
+        restarts = 0
+    if restarts >= RESTART_LIMIT:
+        return Restart(restarts, None)
+    return Restart(restarts + 1, restart_delay(restarts))
 
 
 # ------------------------------------------------------------------ checks
@@ -174,6 +219,9 @@ def prepare(options: UpOptions) -> Config:
         config = load_config(service_env(os.environ, options))
     except ConfigError as exc:
         raise UpError(f"invalid configuration: {exc}", EXIT_CONFIG_ERROR) from None
+    metrics = metrics_ports(os.environ)
     check_port_free(options.nats_port, "NATS", "NATS_PORT or --nats-port")
     check_port_free(options.gateway_port, "the gateway", "GATEWAY_PORT or --gateway-port")
+    for name, port in metrics.items():
+        check_port_free(port, f"metrics of the {name}", "METRICS_PORT")
     return config

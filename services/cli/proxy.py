@@ -2,38 +2,56 @@
 
 start: `engine.select` → the engine's `/ace/getstream?format=json` (a real
 playback session) → `stream.started` with the reservation id, so the
-reservation becomes a stream. end: the engine's stop command → `stream.ended`.
+reservation becomes a stream. end: the engine's stop command (unless the
+session may be shared) → `stream.ended`, which needs no state-keeper: the
+event is stored in JetStream and applied whenever a state-keeper runs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
+import msgspec
+import nats
 from nats.aio.client import Client
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 
 from shared import names
+from shared.kv import read
 from shared.schemas import (
     EngineRecord,
     KeyType,
     SelectReply,
     SelectRequest,
     StreamEnded,
-    StreamList,
-    StreamListRequest,
     StreamRecord,
     StreamStarted,
+    decode_engine,
+    decode_stream,
     decoder,
     encode,
     utcnow,
 )
 from services.cli.client import CliError, request
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 ENGINE_TIMEOUT_S = 5.0
+KV_TIMEOUT_S = 2.0  # one KV read; a slow one only means "sharing unknown"
+PUBLISH_TIMEOUT_S = 5.0  # one JetStream publish awaiting its ack
+PUBLISH_WITHIN_S = 30.0  # every attempt of one event, retries included
+PUBLISH_RETRY_FIRST_S = 0.25
+PUBLISH_RETRY_MAX_S = 4.0
 decode_select = decoder(SelectReply)
-decode_streams = decoder(StreamList)
 
 
 @dataclass(frozen=True)
@@ -85,7 +103,17 @@ async def start_stream(
         reservation_id=choice.reservation_id,
         started_at=utcnow(),
     )
-    await publish_event(nc, names.STREAM_STARTED, event, f"started-{stream_id}")
+    try:
+        await publish_event(nc, names.STREAM_STARTED, event, f"started-{stream_id}")
+    except CliError:
+        # The start may be stored all the same (an ack lost, not the message): end it, so it
+        # cannot become a stream nobody will end; and free the engine session unless it is shared.
+        if event.command_url and not choice.shared:
+            await stop_session(http, event.command_url)
+        ended = StreamEnded(stream_id=stream_id, container_id=engine.container_id, reason="start not acknowledged", ended_at=utcnow())
+        with contextlib.suppress(CliError):
+            await publish_event(nc, names.STREAM_ENDED, ended, f"ended-{stream_id}", within_s=PUBLISH_TIMEOUT_S)
+        raise
     return Playing(
         stream_id=stream_id,
         content_key=content_key,
@@ -97,52 +125,146 @@ async def start_stream(
     )
 
 
+@dataclass(frozen=True)
+class EndResult:
+    """What ending a stream did: the event is always stored (else CliError); the rest is best effort."""
+
+    record: StreamRecord | None  # the stream as KV had it before the end; None: unknown, unreadable or not read
+    shared: bool | None  # another stream plays the same content on that engine; None: could not tell
+    session_stopped: bool
+
+
 async def end_stream(
     nc: Client,
     http: httpx.AsyncClient,
     stream_id: str,
     reason: str = "stopped by aceorch",
     playing: Playing | None = None,
-) -> StreamRecord | None:
-    """Stop the engine session unless another viewer shares it, then publish `stream.ended`.
+    local_streams: Iterable[Playing] = (),
+) -> EndResult:
+    """Stop the engine session unless another viewer may share it, then publish `stream.ended`.
 
-    `playing` (a stream this process started) saves looking the stream up.
-    Returns the stream's record as the state-keeper had it, or None when it
-    was unknown (the event is published anyway: ending is idempotent).
+    Nothing here asks the state-keeper: the end must be stored while it is down
+    (it applies the event when it is back). What is known comes from `playing`
+    (a stream this process started), `local_streams` (this process's other
+    streams) and a direct read of the KV buckets; when sharing cannot be
+    decided the session is left to the engine's idle timeout, because stopping
+    a shared session would cut the other viewers off. Raises CliError only when
+    JetStream never acknowledged the event within the bound.
     """
-    record = None if playing else await find_stream(nc, stream_id)
-    known = playing or record
-    container_id = known.container_id if known else None
-    # Stop ends the content session for every player of it on that engine (as the real engine does).
-    if known and known.command_url and not await _shared_with_others(nc, stream_id, container_id, known.content_key):
-        await stop_session(http, known.command_url)
+    js = nc.jetstream(timeout=KV_TIMEOUT_S)
+    local = list(local_streams)
+    record = None if playing else await _read_kv(js, names.STREAMS_BUCKET, stream_id, decode_stream)
+    known = playing or (record if record is not None and record.status == "started" else None)
+    container_id = playing.container_id if playing else (record.container_id if record else None)
+    shared = None
+    stopped = False
+    if known is not None and known.command_url and known.container_id and known.content_key:
+        shared = decide_shared(stream_id, known.container_id, known.content_key, local)
+        if shared is None:
+            others = await _other_streams(js, known.container_id, stream_id)
+            shared = decide_shared(stream_id, known.container_id, known.content_key, local, others)
+        if shared is False:
+            # Stop ends the content session for every player of it on that engine (as the real engine does).
+            stopped = await stop_session(http, known.command_url)
     event = StreamEnded(stream_id=stream_id, container_id=container_id, reason=reason, ended_at=utcnow())
     await publish_event(nc, names.STREAM_ENDED, event, f"ended-{stream_id}")
-    return record
+    return EndResult(record=record, shared=shared, session_stopped=stopped)
 
 
-async def _shared_with_others(nc: Client, stream_id: str, container_id: str | None, content_key: str | None) -> bool:
-    if container_id is None or content_key is None:
-        return False
-    request_ = StreamListRequest(status="started", container_id=container_id)
-    listing = await request(nc, names.STREAM_LIST, request_, decode=decode_streams)
-    return any(s.content_key == content_key and s.stream_id != stream_id for s in listing.streams)
+def decide_shared(
+    stream_id: str,
+    container_id: str,
+    content_key: str,
+    local_streams: Iterable[Playing],
+    others: list[StreamRecord] | None = None,
+) -> bool | None:
+    """Whether another stream plays `content_key` on `container_id` (True/False), or None: unknown.
+
+    This client's own streams answer True without asking anyone; otherwise
+    `others` (the engine's other streams as KV has them, None when KV could not
+    be read) decides. None must be read as "maybe shared": don't stop.
+    """
+    for playing in local_streams:
+        if playing.stream_id != stream_id and (playing.container_id, playing.content_key) == (container_id, content_key):
+            return True
+    if others is None:
+        return None
+    return any(
+        s.stream_id != stream_id and s.status == "started" and s.content_key == content_key
+        and s.container_id in (None, container_id)
+        for s in others
+    )
 
 
-async def find_stream(nc: Client, stream_id: str) -> StreamRecord | None:
-    listing = await request(nc, names.STREAM_LIST, StreamListRequest(), decode=decode_streams)
-    return next((record for record in listing.streams if record.stream_id == stream_id), None)
+async def _other_streams(js: JetStreamContext, container_id: str, stream_id: str) -> list[StreamRecord] | None:
+    """The engine's other started streams, read from KV; None when any read fails (then: unknown)."""
+    engine = await _read_kv(js, names.ENGINES_BUCKET, container_id, decode_engine, missing=_UNREADABLE)
+    if engine is _UNREADABLE:
+        return None
+    others = []
+    for other_id in (engine.streams if engine is not None else []):
+        if other_id == stream_id:
+            continue
+        other = await _read_kv(js, names.STREAMS_BUCKET, other_id, decode_stream, missing=_UNREADABLE)
+        if other is _UNREADABLE:
+            return None
+        if other is not None:
+            others.append(other)
+    return others
 
 
-async def publish_event(nc: Client, subject: str, event: object, msg_id: str) -> None:
-    """JetStream publish with a Nats-Msg-Id, so a retried publish is stored once."""
-    js = nc.jetstream(timeout=5)
+_UNREADABLE: Any = object()
+
+
+async def _read_kv(js: JetStreamContext, bucket: str, key: str, decode: Callable[[bytes], T], missing: Any = None) -> Any:
+    """A record read straight from KV (no state-keeper involved): None when absent, `missing` when unreadable."""
     try:
-        await js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
-    except NoRespondersError:
-        raise CliError(f"no JetStream stream captures {subject}: has the state-keeper ever started?") from None
-    except NatsTimeout:
-        raise CliError(f"publishing {subject} timed out: is JetStream healthy?") from None
+        kv = await js.key_value(bucket)
+        found = await read(kv, key, decode)
+    except (asyncio.TimeoutError, nats.errors.Error, OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        log.debug("reading %s/%s failed: %r", bucket, key, exc)
+        return missing
+    return found.value if found is not None else None
+
+
+async def keeper_answers(nc: Client, timeout: float = 1.0) -> bool:
+    """Whether any state-keeper replica answers `$SRV.PING` now (micro's ping)."""
+    try:
+        await nc.request(f"$SRV.PING.{names.SERVICE_NAME}", b"", timeout=timeout)
+    except (NoRespondersError, NatsTimeout):
+        return False
+    return True
+
+
+async def publish_event(
+    nc: Client, subject: str, event: object, msg_id: str, within_s: float = PUBLISH_WITHIN_S
+) -> None:
+    """JetStream publish with a Nats-Msg-Id, retried with the same id until acknowledged.
+
+    The id makes a retry after a lost ack harmless (JetStream drops the duplicate).
+    Bounded: CliError once `within_s` passed without an acknowledgement.
+    """
+    js = nc.jetstream(timeout=PUBLISH_TIMEOUT_S)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
+            return
+        except NoRespondersError:
+            problem = f"no JetStream stream captures {subject}: has the state-keeper ever started?"
+        except NatsTimeout:
+            problem = f"JetStream did not acknowledge {subject} within {PUBLISH_TIMEOUT_S:g}s"
+        except (nats.errors.Error, OSError) as exc:
+            problem = f"publishing {subject} failed: {exc or type(exc).__name__}"
+        wait = min(PUBLISH_RETRY_MAX_S, PUBLISH_RETRY_FIRST_S * 2 ** (attempt - 1))
+        if loop.time() + wait >= deadline:
+            raise CliError(f"{problem} ({attempt} attempts over {within_s:g}s; {msg_id} may not be stored)")
+        log.debug("%s %s: %s, retrying in %gs", subject, msg_id, problem, wait)
+        await asyncio.sleep(wait)
 
 
 async def _getstream(http: httpx.AsyncClient, engine: EngineRecord, content_key: str, key_type: KeyType) -> dict:

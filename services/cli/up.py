@@ -8,8 +8,11 @@ Order of life:
     state-keeper last), then the engines of this runtime and pool (unless
     --keep-engines), then any orphan left below us (`up` is a child
     subreaper), then nats-server. Each stop is bounded: SIGTERM, wait, SIGKILL.
-A service that exits on its own is restarted with backoff; a configuration
-error (exit 2) or a dead nats-server stops everything.
+A service that exits on its own is restarted with backoff (restarts wait in
+their own tasks, so the watch never stalls); the backoff starts afresh once a
+service ran STABLE_AFTER_S, and RESTART_LIMIT quick crashes in a row stop
+everything, as do a configuration error (exit 2) and a dead nats-server
+(noticed the moment it exits).
 """
 
 from __future__ import annotations
@@ -34,19 +37,18 @@ from services.cli.plan import (
     find_nats_server,
     find_services,
     lock_data_dir,
+    metrics_ports,
     nats_argv,
     options_from,
+    plan_restart,
     prepare,
-    restart_delay,
     service_argv,
     service_env,
 )
 
 NATS_START_TIMEOUT_S = 20.0
 GATEWAY_HEAD_START_S = 5.0  # the longest the other services wait for the gateway to answer
-RESTART_LIMIT = 5  # consecutive quick crashes before `up` gives up
-STABLE_AFTER_S = 30.0  # a service that ran this long has its crash count reset
-REAP_EVERY_ROUNDS = 10  # watch rounds (0.5 s each) between collecting exited orphans
+REAP_EVERY_S = 5.0  # between collecting exited orphans
 
 
 class Supervisor:
@@ -59,6 +61,8 @@ class Supervisor:
         self.nats: Child | None = None
         self.services: list[Child] = []
         self.exit_code = 0
+        self.exited = asyncio.Event()  # some child exited: the watch looks at once
+        self.restarting: dict[str, asyncio.Task[None]] = {}
 
     async def run(self) -> int:
         self._install_signal_handlers()
@@ -92,7 +96,7 @@ class Supervisor:
     async def _start_nats(self) -> None:
         options = self.options
         (options.data_dir / "nats").mkdir(parents=True, exist_ok=True)
-        self.nats = Child("nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit)
+        self.nats = Child("nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit, self.exited.set)
         await self.nats.start()
         self.out.say(f"nats-server starting on 127.0.0.1:{options.nats_port} (store {options.data_dir / 'nats'})")
         loop = asyncio.get_running_loop()
@@ -110,13 +114,12 @@ class Supervisor:
         present, missing = find_services()
         for name in missing:
             self.out.say(f"warning: services.{name.replace('-', '_')} is not installed here, running without it")
-        env = service_env(os.environ, self.options)
         # The gateway goes first and gets the CPU to itself until it answers: on a 2-core machine
         # six interpreters importing at once would otherwise delay the API by seconds.
         for package, name in sorted(present, key=lambda service: service[1] != "gateway"):
             if self.stop.is_set():
                 break
-            child = Child(name, service_argv(package), env, self.out.emit)
+            child = Child(name, service_argv(package), service_env(os.environ, self.options, name), self.out.emit, self.exited.set)
             await child.start()
             self.services.append(child)  # known at once, so a Ctrl-C meanwhile stops it too
             if name == "gateway":
@@ -124,6 +127,8 @@ class Supervisor:
         order = [name for _, name in present]
         self.services.sort(key=lambda child: order.index(child.name))  # stopped in reverse of this order
         self.out.say(f"started {', '.join(c.name for c in self.services)} (runtime {self.options.runtime})")
+        if ports := metrics_ports(os.environ):
+            self.out.say("metrics: " + ", ".join(f"{name} :{port}" for name, port in ports.items()))
 
     async def _announce_dashboard(self) -> None:
         if not any(child.name == "gateway" for child in self.services):
@@ -149,40 +154,57 @@ class Supervisor:
     # -- watch
 
     async def _watch(self) -> None:
-        """Until stopped: restart services that exit, give up on config errors or a dead NATS."""
-        rounds = 0
+        """Until stopped: restart services that exit, give up on config errors, crash loops or a dead NATS."""
+        loop = asyncio.get_running_loop()
+        next_reap = loop.time() + REAP_EVERY_S
         while not self.stop.is_set():
-            await self._pause(0.5)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.exited.wait(), timeout=REAP_EVERY_S)
+            self.exited.clear()
             if self.stop.is_set():
                 return
-            rounds += 1
-            if rounds % REAP_EVERY_ROUNDS == 0:
+            if loop.time() >= next_reap:
                 self._reap_adopted()
+                next_reap = loop.time() + REAP_EVERY_S
             if self.nats is not None and not self.nats.running:
                 self._fail(1, f"nats-server exited with code {self.nats.proc.returncode}; stopping everything")
                 return
             for child in self.services:
-                if not child.running and not child.stopping:
-                    await self._on_exit(child)
+                if child.exited_at is not None and not child.stopping and child.name not in self.restarting:
+                    self._on_exit(child)
 
-    async def _on_exit(self, child: Child) -> None:
-        code = await child.wait()
+    def _on_exit(self, child: Child) -> None:
+        """Decide at once (never wait here: the watch must see the next exit, or NATS dying, meanwhile)."""
+        assert child.proc is not None and child.exited_at is not None
+        code = child.proc.returncode
         if code == EXIT_CONFIG_ERROR:
             self._fail(EXIT_CONFIG_ERROR, f"{child.name} rejected its configuration (exit 2); stopping everything")
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() - child.started_at > STABLE_AFTER_S:
-            child.restarts = 0
-        if child.restarts >= RESTART_LIMIT:
-            self._fail(1, f"{child.name} keeps exiting (code {code}, {child.restarts} restarts); stopping everything")
+        uptime = child.exited_at - child.started_at
+        plan = plan_restart(child.restarts, uptime)
+        child.restarts = plan.restarts
+        if plan.delay_s is None:
+            self._fail(1, f"{child.name} keeps exiting (code {code} after {uptime:.1f}s, "
+                          f"{plan.restarts} quick restarts in a row); stopping everything")
             return
-        delay = restart_delay(child.restarts)
-        child.restarts += 1
-        child.stopping = True  # not watched while waiting to restart
-        self.out.say(f"{child.name} exited with code {code}; restarting in {delay:g}s")
-        await self._pause(delay)
-        if not self.stop.is_set():
-            await child.start()
+        self.out.say(f"{child.name} exited with code {code} after {uptime:.1f}s; restarting in {plan.delay_s:g}s")
+        self.restarting[child.name] = asyncio.get_running_loop().create_task(self._restart(child, plan.delay_s))
+
+    async def _restart(self, child: Child, delay_s: float) -> None:
+        try:
+            await self._pause(delay_s)
+            if self.stop.is_set():
+                return
+            assert child.exited_at is not None
+            down_s = asyncio.get_running_loop().time() - child.exited_at
+            try:
+                await child.start()
+            except OSError as exc:
+                self._fail(1, f"could not restart {child.name}: {exc}; stopping everything")
+                return
+            self.out.say(f"{child.name} restarted (pid {child.pid}); it was unavailable for {down_s:.1f}s")
+        finally:
+            self.restarting.pop(child.name, None)
 
     def _fail(self, code: int, message: str) -> None:
         self.out.say(message)
@@ -198,6 +220,9 @@ class Supervisor:
     async def _shutdown(self) -> None:
         """Services in reverse start order, then engines, then NATS; a failing step never skips the rest."""
         self.stop.set()
+        for task in list(self.restarting.values()):  # they see `stop` and return; a start under way finishes
+            with contextlib.suppress(Exception):
+                await task
         timeout = self.options.stop_timeout_s
         for child in reversed(self.services):
             if child.proc is not None:
@@ -271,11 +296,13 @@ def up(args) -> int:
         lock = lock_data_dir(options.data_dir)
     except UpError as exc:
         output.say(f"error: {exc}")
+        output.flush()
         return exc.code
     try:
         return asyncio.run(_run(options, config, output))
     finally:
         lock.close()
+        output.flush()  # bounded: a reader that never reads again does not keep us from exiting
 
 
 async def _run(options: UpOptions, config: Config, output: Output) -> int:

@@ -9,11 +9,17 @@ The command comes from `ENGINE_COMMAND`, a template with `{port}`,
 - `<name>/cache/`: its own cache directory;
 - `<name>.log`: its output.
 
-Engines run in their own session, so a Ctrl-C on the provisioner does not
-reach them and a restarted provisioner adopts them. A pid counts as our
-engine only while /proc/<pid>/cmdline still names its port, so a reused pid
-is never mistaken for (or killed as) an engine. Creation takes a file lock on
-the state dir, so two provisioners sharing it never pick the same name or port.
+Engines run in their own session (and so their own process group), so a
+Ctrl-C on the provisioner does not reach them and a restarted provisioner
+adopts them; stopping one signals its whole group, so a wrapper script's
+children stop with it. A process is identified by its pid AND its start time
+(/proc/<pid>/stat field 22, recorded at launch): a reused pid — after a
+reboot, or a state file naming some other process — is never mistaken for (or
+killed as) an engine, and a wrapper whose command line does not name the port
+is still recognised. State files written before start times were recorded
+fall back to: the command line names the port and the process is older than
+the file. Creation takes a file lock on the state dir, so two provisioners
+sharing it never pick the same name or port.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class EngineFile:
     cache_dir: str
     command: str
     started_at: float
+    start_time: int | None = None  # /proc/<pid>/stat field 22 at launch: with the pid, the process's identity
 
     @property
     def container_id(self) -> str:
@@ -150,7 +157,7 @@ class LocalRuntime:
                 raise RuntimeFailure(f"local: {exc}") from None
             pid = self._spawn(command, name, port, cache_dir)
             _wait_for_exec(pid)
-            entry = EngineFile(pid, port, name, str(cache_dir), command, time.time())
+            entry = EngineFile(pid, port, name, str(cache_dir), command, time.time(), _start_time(pid))
             self._write(entry)
             return entry
 
@@ -236,7 +243,7 @@ class LocalRuntime:
     def _alive(self, entry: EngineFile) -> bool:
         if entry.pid in self._children:  # an unreaped child's pid cannot have been reused
             return not self._reap(entry.pid)
-        return _is_engine_process(entry.pid, entry.port)
+        return _is_engine_process(entry)
 
     def _reap(self, pid: int) -> bool:
         """True if our child `pid` has exited (collected now, so no zombie is left)."""
@@ -265,28 +272,30 @@ class LocalRuntime:
 
     def _stop(self, entry: EngineFile) -> None:
         if not self._alive(entry):
-            return
-        self._signal(entry, signal.SIGTERM)
+            return  # not (or no longer) our engine: its pid may be someone else's now
+        group = entry.pid if _group_of(entry.pid) == entry.pid else None
+        self._signal(entry.pid, group, signal.SIGTERM)
+        # Until every member of its group is gone: a wrapper may exit before the engine it started.
+        running = (lambda: self._alive(entry) or _group_members(group)) if group else (lambda: self._alive(entry))
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
-            if not self._alive(entry):
+            if not running():
                 return
             time.sleep(0.05)
         log.warning("local: %s (pid %d) ignored SIGTERM for %.0fs; killing it", entry.name, entry.pid, STOP_TIMEOUT_S)
-        self._signal(entry, signal.SIGKILL)
+        self._signal(entry.pid, group, signal.SIGKILL)
         deadline = time.monotonic() + STOP_TIMEOUT_S
-        while self._alive(entry) and time.monotonic() < deadline:
+        while running() and time.monotonic() < deadline:
             time.sleep(0.05)
 
     @staticmethod
-    def _signal(entry: EngineFile, sig: int) -> None:
-        try:
-            if os.getpgid(entry.pid) == entry.pid:  # its own session: stop the whole group (shell wrappers)
-                os.killpg(entry.pid, sig)
+    def _signal(pid: int, group: int | None, sig: int) -> None:
+        """The whole process group when the engine leads one (it does: setsid), else the pid."""
+        with contextlib.suppress(ProcessLookupError):
+            if group is not None:
+                os.killpg(group, sig)
             else:
-                os.kill(entry.pid, sig)
-        except ProcessLookupError:
-            pass
+                os.kill(pid, sig)
 
     def _remove_exited(self) -> list[str]:
         gone = []
@@ -320,10 +329,54 @@ def _cmdline(pid: int) -> bytes | None:
         return None
 
 
-def _is_engine_process(pid: int, port: int) -> bool:
-    """The pid runs and its command line still names the engine's port (pids get reused)."""
-    cmdline = _cmdline(pid)
-    return bool(cmdline) and re.search(rb"(?<![0-9])%d(?![0-9])" % port, cmdline) is not None
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/<pid>/stat from field 3 (state) on; None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2 :].split()  # the command name may contain spaces and ')'
+
+
+def _start_time(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def _group_of(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    return int(fields[2]) if fields else None
+
+
+def _group_members(pgid: int) -> bool:
+    """Whether any live (not zombie) process is in process group `pgid`."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+                return True
+    return False
+
+
+def _is_engine_process(entry: EngineFile) -> bool:
+    """The pid runs and is the very process we launched (pids get reused)."""
+    fields = _stat_fields(entry.pid)
+    if not fields or fields[0] in (b"Z", b"X"):
+        return False
+    if entry.start_time is not None:
+        return int(fields[19]) == entry.start_time
+    # A state file from before start times were recorded: its command line names the port, and it
+    # started before the file was written (a process started later cannot be the one it names).
+    cmdline = _cmdline(entry.pid)
+    names_port = bool(cmdline) and re.search(rb"(?<![0-9])%d(?![0-9])" % entry.port, cmdline) is not None
+    return names_port and _started_wall_time(int(fields[19])) <= entry.started_at + 1.0
+
+
+def _started_wall_time(ticks: int) -> float:
+    with open("/proc/stat", "rb") as handle:
+        boot = next(int(line.split()[1]) for line in handle if line.startswith(b"btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_for_exec(pid: int, timeout_s: float = EXEC_WAIT_S) -> None:
@@ -336,10 +389,7 @@ def _wait_for_exec(pid: int, timeout_s: float = EXEC_WAIT_S) -> None:
 
 def _exited(pid: int) -> bool:
     """Gone, or a zombie (state Z in /proc/<pid>/stat, after the command name in parentheses)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] == b"Z"
+    fields = _stat_fields(pid)
+    return fields is None or fields[0] == b"Z"
 
 

@@ -63,3 +63,24 @@ def test_a_subreaper_adopts_orphans_and_can_stop_them():
     done = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert not alive(int(done.stdout.split()[-1]))
+
+
+def test_stopping_a_stray_that_leads_a_process_group_stops_the_whole_group():
+    """An engine's wrapper shell leads its group (setsid); SIGTERM to the shell alone would orphan the engine."""
+    from services.cli.children import terminate_pid
+
+    leader = subprocess.Popen(["sh", "-c", f"{PY} -c 'import time; time.sleep(60)' & echo $!; wait"],
+                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        inner = int(leader.stdout.readline())
+        terminate_pid(leader.pid, "wrapper")
+        leader.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(inner) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(inner), "the wrapper's child outlived it"
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
+        leader.stdout.close()

@@ -15,7 +15,11 @@ from services.cli.__main__ import build_parser
 from services.cli.demo import parse_span
 from services.cli.logs import Output, prefix_line
 from services.cli.table import ago, engines_table, human_bytes, render_table
-from services.cli.up import SERVICES, UpError, UpOptions, nats_argv, options_from, restart_delay, service_env
+from shared.schemas import StreamRecord
+from services.cli.commands import end_report
+from services.cli.plan import RESTART_LIMIT, STABLE_AFTER_S, metrics_ports, plan_restart, restart_delay
+from services.cli.proxy import EndResult, Playing, decide_shared
+from services.cli.up import SERVICES, UpError, UpOptions, nats_argv, options_from, service_env
 
 NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -100,6 +104,7 @@ def test_output_writes_one_prefixed_line_per_call_without_color_on_a_pipe():
     out = Output(["state-keeper", "nats"], stream)
     out.emit("nats", "ready")
     out.say("up")
+    assert out.flush()
     assert stream.getvalue() == "nats         | ready\naceorch      | up\n"
 
 
@@ -136,6 +141,60 @@ def test_services_stop_in_reverse_start_order():
 
 def test_restart_delay_backs_off_to_a_ceiling():
     assert [restart_delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_a_crash_loop_trips_the_limit_and_a_stable_run_resets_the_backoff():
+    restarts, delays = 0, []
+    while (plan := plan_restart(restarts, uptime_s=0.5)).delay_s is not None:
+        restarts = plan.restarts
+        delays.append(plan.delay_s)
+    assert delays == [1, 2, 4, 8, 16] and len(delays) == RESTART_LIMIT
+    # Crashes an hour apart: each one waits the first delay again, and never trips the limit.
+    assert [plan_restart(n, uptime_s=3600).delay_s for n in range(8)] == [1.0] * 8
+    assert plan_restart(3, STABLE_AFTER_S) == plan_restart(0, 0)
+    assert plan_restart(3, STABLE_AFTER_S - 1).delay_s == 8
+
+
+def test_each_service_gets_its_own_metrics_port(tmp_path):
+    assert metrics_ports({}) == {} and metrics_ports({"METRICS_PORT": "0"}) == {}
+    ports = metrics_ports({"METRICS_PORT": "9100"})
+    assert sorted(ports.values()) == list(range(9100, 9100 + len(SERVICES)))
+    env = {"METRICS_PORT": "9100"}
+    given = {name: service_env(env, options(tmp_path), name).get("METRICS_PORT") for _, name in SERVICES}
+    assert len(set(given.values())) == len(SERVICES) and given["state-keeper"] == "9100"
+    assert "METRICS_PORT" not in service_env(env, options(tmp_path))  # only a named service gets one
+    for bad in ("x", "65535", "-3"):
+        with pytest.raises(UpError, match="METRICS_PORT") as raised:
+            metrics_ports({"METRICS_PORT": bad})
+        assert raised.value.code == 2
+
+
+def playing(stream_id: str, container_id: str, content_key: str) -> Playing:
+    engine = EngineRecord(container_id=container_id, container_name=container_id, host="127.0.0.1", port=1)
+    return Playing(stream_id, content_key, engine, False, "http://x/play", None, "http://x/cmd")
+
+
+def test_sharing_is_decided_from_this_clients_streams_then_kv_and_unknown_means_maybe():
+    mine = playing("a", "e1", "chan")
+    assert decide_shared("a", "e1", "chan", [mine, playing("b", "e1", "chan")]) is True  # no KV needed
+    assert decide_shared("a", "e1", "chan", [mine, playing("b", "e2", "chan")]) is None  # KV not read: unknown
+    assert decide_shared("a", "e1", "chan", [mine], others=None) is None
+    other = StreamRecord(stream_id="b", container_id="e1", content_key="chan", status="started")
+    assert decide_shared("a", "e1", "chan", [], [other]) is True
+    assert decide_shared("a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="other")]) is False
+    assert decide_shared("a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="chan", status="ended")]) is False
+    assert decide_shared("a", "e1", "chan", [], []) is False
+
+
+def test_stream_end_says_when_the_state_keeper_will_apply_the_end_later():
+    started = StreamRecord(stream_id="s", container_id="e1", content_key="c", status="started")
+    lines = end_report("s", EndResult(started, shared=False, session_stopped=True), keeper_up=False)
+    assert lines[0] == "stream s ended on e1"
+    assert "the state-keeper will apply it when it is back" in lines[-1]
+    assert not any("state-keeper will apply" in line for line in end_report("s", EndResult(started, False, True), True))
+    unknown = end_report("s", EndResult(started, shared=None, session_stopped=False), keeper_up=True)
+    assert "engine session left running" in unknown[1]
+    assert "stored anyway" in end_report("s", EndResult(None, None, False), True)[0]
 
 
 def up_args(**changes) -> argparse.Namespace:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from shared.config import load_config
 from shared.runtime import RuntimeFailure, placeholder
 from shared.runtime.local import DEFAULT_COMMAND, LocalRuntime
+from support import free_port_range, wait_for_port, wait_until
 
 
 def runtime_for(tmp_path, **env) -> LocalRuntime:
@@ -77,3 +81,80 @@ async def test_two_provisioners_sharing_a_state_dir_never_pick_the_same_name_or_
 
     assert len({s.container_name for s in specs}) == len({s.port for s in specs}) == 6
     assert sorted(s.container_id for s in await first.list_managed()) == sorted(s.container_id for s in specs)
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in (b"Z", b"X")
+
+
+async def test_an_engine_behind_a_wrapper_script_is_adopted_and_stopped_with_its_children(tmp_path):
+    """ENGINE_COMMAND runs a shell script that starts the engine (no exec): the port is in no command line
+    the runtime launched, and SIGTERM to the shell alone would leave the engine running."""
+    wrapper = tmp_path / "engine.sh"
+    wrapper.write_text(f'#!/bin/sh\n{sys.executable} -m deploy.acesim --port "$ACEORCH_ENGINE_PORT" '
+                       f'--cache-dir "$ENGINE_CACHE_DIR"\necho engine exited\n')
+    wrapper.chmod(0o755)
+    first = free_port_range(10)
+    env = {"ENGINE_COMMAND": f"sh {wrapper}", "ENGINE_PORT_RANGE": f"{first}-{first + 9}"}
+    engines = []
+    try:
+        runtime = runtime_for(tmp_path, **env)
+        spec = await runtime.create()
+        await asyncio.to_thread(wait_for_port, spec.port, 20)
+        state = json.loads((runtime._dir / f"{spec.container_name}.json").read_text())
+        engines = _children_of(state["pid"])
+        assert engines, "the wrapper started no engine"
+
+        restarted = runtime_for(tmp_path, **env)  # a restarted provisioner
+        assert [s.container_id for s in await restarted.list_managed()] == [spec.container_id]
+        assert await restarted.remove_exited() == []  # not taken for dead: nothing deleted
+        assert (runtime._dir / f"{spec.container_name}.json").exists()
+
+        await restarted.remove(spec)
+        for pid in [state["pid"], *engines]:  # the wrapper and the engine it started
+            await wait_until(lambda: _gone(pid), timeout=20, what=f"pid {pid} stopped with its group")
+        await runtime.close()
+    finally:
+        for pid in engines:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+
+
+@pytest.mark.parametrize("recorded", ["other start time", "no start time (older state file)"])
+async def test_a_state_file_naming_an_unrelated_process_is_neither_adopted_nor_killed(tmp_path, recorded):
+    runtime = runtime_for(tmp_path)
+    runtime._dir.mkdir(parents=True)
+    stranger = subprocess.Popen(["sleep", "47005"])  # its command line even names the engine's port
+    try:
+        await wait_until(lambda: Path(f"/proc/{stranger.pid}/cmdline").read_bytes().startswith(b"sleep"), what="exec")
+        entry = {"pid": stranger.pid, "port": 47005, "name": "acestream-1", "cache_dir": "/nonexistent",
+                 "command": "x --port 47005", "started_at": time.time() - 3600}  # written an hour ago
+        if recorded == "other start time":
+            entry["start_time"] = 1  # the process that had this pid started at boot
+        (runtime._dir / "acestream-1.json").write_text(json.dumps(entry))
+
+        assert await runtime.list_managed() == []
+        assert await runtime.remove_exited() == ["local-47005"]  # a dead engine's file, dropped
+        (runtime._dir / "acestream-1.json").write_text(json.dumps(entry))
+        await runtime.remove(placeholder("local-47005", "local"))
+        assert stranger.poll() is None  # never signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
