@@ -12,8 +12,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 from shared.config import Config
+from shared.policy.web import allowed_hosts
 from services.gateway.bodies import STRICT_BODIES
-from services.gateway.errors import JsonRequest, api_key_guard, on_api_error, on_http_exception, on_unexpected
+from services.gateway.errors import (
+    JsonRequest,
+    api_key_guard,
+    browser_guard,
+    on_api_error,
+    on_http_exception,
+    on_unexpected,
+)
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
@@ -43,6 +51,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
             *ops_routes(fleet, feed, metrics),
             *dashboard_routes(),
         ],
+        guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],
         on_startup=[_tighten_schema],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_exception, Exception: on_unexpected},
         openapi_config=_openapi_config(),

@@ -24,6 +24,7 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 
+from shared.policy.web import check_request
 from shared.schemas import ErrorReply
 from services.gateway.fleet import ApiError
 
@@ -118,5 +119,26 @@ def api_key_guard(api_key: str):
             )
         if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):
             raise PermissionDeniedException(detail="the API key is not valid")
+
+    return guard
+
+
+def browser_guard(hosts: frozenset[str] | None):
+    """Every route: `Host` is one of ours; writes: same-origin `Origin`, JSON bodies (shared.policy.web)."""
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        headers = connection.headers
+        length = headers.get("content-length", "").strip()
+        has_body = "transfer-encoding" in headers or (length not in ("", "0"))
+        refusal = check_request(
+            connection.scope["method"],
+            headers.get("host"),
+            headers.get("origin"),
+            headers.get("content-type"),
+            has_body,
+            hosts,
+        )
+        if refusal is not None:
+            raise ApiError(refusal.status, refusal.message)
 
     return guard

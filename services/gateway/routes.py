@@ -47,14 +47,15 @@ T = TypeVar("T")
 _DESCRIPTIONS = {
     400: "Malformed JSON or an invalid query/path value",
     401: "Missing `Authorization: Bearer <API_KEY>` (only when API_KEY is set)",
-    403: "Wrong API key",
+    403: "Wrong API key, or a write from a web page of another origin",
     404: "No such engine or stream",
     409: "Conflicts with an engine the provisioner manages",
     413: "Body larger than MAX_BODY_BYTES",
+    415: "A write body that is not Content-Type: application/json",
     422: "Well-formed JSON that does not fit the schema",
     503: "No capacity, or NATS/the state-keeper unavailable; see Retry-After",
 }
-WRITE_ERRORS = (400, 401, 403, 413, 422, 503)
+WRITE_ERRORS = (400, 401, 403, 413, 415, 422, 503)
 
 
 def errors(*codes: int) -> dict[int, ResponseSpec]:
