@@ -44,11 +44,15 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
     mutating = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
+    live = {
+        "guards": [api_key_guard(config.api_key, query_param="key")] if config.api_key else [],
+        "security": [{"bearer": []}] if config.api_key else None,
+    }
     return Litestar(
         route_handlers=[
             *read_routes(fleet),
             *write_routes(fleet, mutating),
-            *ops_routes(fleet, feed, metrics),
+            *ops_routes(fleet, feed, metrics, live),
             *dashboard_routes(),
         ],
         guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],

@@ -105,16 +105,23 @@ def _describe_validation(exc: ValidationException) -> tuple[int, str]:
     return (422 if in_body else 400), "; ".join(parts)
 
 
-def api_key_guard(api_key: str):
-    """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one."""
+def api_key_guard(api_key: str, query_param: str | None = None):
+    """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one.
+
+    With `query_param`, `?<query_param>=<API_KEY>` is accepted too: a browser's
+    EventSource (`/api/live`) cannot send headers.
+    """
     expected = api_key.encode()
+    how = "Authorization: Bearer <API_KEY>" + (f" or ?{query_param}=<API_KEY>" if query_param else "")
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         scheme, _sep, token = connection.headers.get("authorization", "").strip().partition(" ")
         token = token.strip()
+        if query_param and not token and connection.query_params.get(query_param):
+            scheme, token = "bearer", connection.query_params[query_param]
         if scheme.lower() != "bearer" or not token:
             raise NotAuthorizedException(
-                detail="this endpoint needs Authorization: Bearer <API_KEY>",
+                detail=f"this endpoint needs {how}",
                 headers={"WWW-Authenticate": 'Bearer realm="aceorch"'},
             )
         if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):

@@ -31,8 +31,8 @@ class _Server(uvicorn.Server):
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     fleet = Fleet(bus)
     await fleet.start()
-    feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine)
-    metrics = Metrics(fleet, lambda: feed.clients)
+    feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine, config.live_max_clients)
+    metrics = Metrics(fleet, feed)
     await metrics.start()
     server = _Server(
         uvicorn.Config(
