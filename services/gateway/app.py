@@ -25,6 +25,7 @@ from services.gateway.errors import (
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
+from services.gateway.ready import Readiness
 from services.gateway.routes import ops_routes, read_routes, write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -41,6 +42,7 @@ DASHBOARD_HEADERS = {
 
 
 def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) -> Litestar:
+    readiness = Readiness(fleet.bus)
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
     mutating = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
@@ -52,7 +54,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
         route_handlers=[
             *read_routes(fleet),
             *write_routes(fleet, mutating),
-            *ops_routes(fleet, feed, metrics, live),
+            *ops_routes(fleet, feed, metrics, readiness, live),
             *dashboard_routes(),
         ],
         guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],

@@ -38,10 +38,11 @@ from shared.schemas import (
     StreamStatus,
     utcnow,
 )
-from services.gateway.bodies import EngineAccepted, Health, RegisterEngineBody, StreamAccepted, strict_body
+from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
+from services.gateway.ready import Readiness
 
 T = TypeVar("T")
 _DESCRIPTIONS = {
@@ -147,7 +148,9 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
     return [select_engine, register_engine, remove_engine, stream_started, stream_ended]
 
 
-def ops_routes(fleet: Fleet, feed: LiveFeed, metrics: Metrics, live_guards: dict) -> list[HTTPRouteHandler]:
+def ops_routes(
+    fleet: Fleet, feed: LiveFeed, metrics: Metrics, readiness: Readiness, live_guards: dict
+) -> list[HTTPRouteHandler]:
     @get("/api/live", tags=["live"], media_type="text/event-stream", responses=errors(401, 403, 503), **live_guards)
     async def live() -> Stream:
         """Server-Sent Events: `snapshot` (engines, started streams), then `engine` and `stream` changes.
@@ -178,11 +181,18 @@ def ops_routes(fleet: Fleet, feed: LiveFeed, metrics: Metrics, live_guards: dict
         )
         return Response(body, status_code=200 if state == "connected" else 503)
 
+    @get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="a part is missing")})
+    async def readyz() -> Response[Ready]:
+        """Ready to serve every endpoint: NATS connected and a state-keeper answering; else 503 naming what is missing."""
+        missing = await readiness.missing()
+        body = Ready(status="unavailable" if missing else "ready", missing=missing)
+        return Response(body, status_code=503 if missing else 200, headers={"Retry-After": "2"} if missing else None)
+
     @get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
     async def prometheus() -> Response[bytes]:
         return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return [live, healthz, prometheus]
+    return [live, healthz, readyz, prometheus]
 
 
 async def _required(request: Request, kind: type[T]) -> T:
