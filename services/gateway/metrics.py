@@ -27,6 +27,7 @@ from shared import names
 from shared.schemas import EngineHealth, decoder, utcnow
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
+from services.gateway.protocol import HeadDeadline
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,11 @@ def _live_families(live: LiveFeed) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "aceorch_gateway_live_refused", "/api/live clients refused at LIVE_MAX_CLIENTS", value=live.refused
+    )
+    yield CounterMetricFamily(
+        "aceorch_gateway_slow_heads_cut",
+        "Connections closed for not sending a complete request head within GATEWAY_HEADER_TIMEOUT_S",
+        value=HeadDeadline.cut_off,
     )
 
 
