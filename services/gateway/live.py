@@ -6,8 +6,10 @@ one pending change per key: a slow client gets the latest state of what
 changed, never an unbounded backlog.
 
 Each change is encoded once for every client (the first client to send it
-encodes the frame, the others send the same bytes): with hundreds of clients
-and a busy fleet, per-client encoding cost CPU time the API's reads needed.
+encodes the frame, the others send the same bytes), and a client's changes
+within BATCH_S go out in one write: with hundreds of clients and a busy
+fleet, per-client encoding and per-change writes cost CPU time the API's
+reads needed.
 The number of clients is capped (LIVE_MAX_CLIENTS); beyond it, 503.
 """
 
@@ -24,6 +26,7 @@ from services.gateway.fleet import ApiError, Fleet
 RECONNECT_MS = 2000  # EventSource waits this long before reconnecting
 FULL_RETRY_AFTER_S = 30.0  # a refused client tries again after this
 KEEPALIVE_FRAME = b": keepalive\r\n\r\n"
+BATCH_S = 0.1  # changes within this of the first are sent to a client in one write
 
 
 @dataclass(eq=False)
@@ -98,10 +101,12 @@ class LiveFeed:
                 except TimeoutError:
                     yield KEEPALIVE_FRAME
                     continue
+                # Gather what changes in the next moment into one write: a busy fleet changes records
+                # ~100 times a second, and each write costs every client a trip through the ASGI stack.
+                await asyncio.sleep(BATCH_S)
                 client.wake.clear()
                 batch, client.pending = client.pending, {}
-                for change in batch.values():
-                    yield self._encoded(change)
+                yield b"".join(self._encoded(change) for change in batch.values())
         finally:
             self._clients.discard(client)
 
