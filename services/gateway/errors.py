@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from collections import Counter
 
 from litestar import MediaType, Request, Response
 from litestar.connection import ASGIConnection
@@ -29,6 +30,9 @@ from shared.schemas import ErrorReply
 from services.gateway.fleet import ApiError
 
 log = logging.getLogger(__name__)
+
+# Requests the browser guard refused, by status (421 host, 403 origin, 415 content type); in /metrics.
+REFUSED: Counter[int] = Counter()
 
 # Python names of parameters whose wire name differs (`state` is reserved by Litestar).
 WIRE_NAMES = {"engine_state": "state"}
@@ -146,6 +150,7 @@ def browser_guard(hosts: frozenset[str] | None):
             hosts,
         )
         if refusal is not None:
+            REFUSED[refusal.status] += 1
             raise ApiError(refusal.status, refusal.message)
 
     return guard

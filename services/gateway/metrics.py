@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from shared import names
 from shared.schemas import EngineHealth, decoder, utcnow
+from services.gateway.errors import REFUSED
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.protocol import HeadDeadline
@@ -173,6 +174,14 @@ def _live_families(live: LiveFeed) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "aceorch_gateway_live_refused", "/api/live clients refused at LIVE_MAX_CLIENTS", value=live.refused
     )
+    refused = CounterMetricFamily(
+        "aceorch_gateway_browser_refused",
+        "Requests refused as a web page's: foreign Host (421), cross-origin write (403), non-JSON write (415)",
+        labels=["status"],
+    )
+    for status in (403, 415, 421):
+        refused.add_metric([str(status)], REFUSED[status])
+    yield refused
     yield CounterMetricFamily(
         "aceorch_gateway_slow_heads_cut",
         "Connections closed for not sending a complete request head within GATEWAY_HEADER_TIMEOUT_S",

@@ -35,6 +35,7 @@ async def test_a_text_plain_post_registers_nothing(stack):
     reply = await stack.http.post("/engines/select", content=b"", headers={"Content-Type": "text/plain"})
     _assert_refused(reply, 415, "application/json")
     assert (await stack.http.get("/engines")).json() == []
+    assert 'aceorch_gateway_browser_refused_total{status="415"} 4.0' in (await stack.http.get("/metrics")).text
 
 
 async def test_a_foreign_host_name_is_refused_on_reads_and_writes(stack):
