@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from shared.config import ConfigError, load_config
 from shared.policy.web import allowed_hosts, check_request, host_name
 
 DEFAULT = allowed_hosts((), "127.0.0.1")
@@ -65,3 +68,15 @@ def test_json_with_parameters_and_bodiless_writes_pass():
     assert check_request("DELETE", "127.0.0.1", None, None, False, DEFAULT) is None
     # A content type that is not JSON is refused even without a body: a bodiless text/plain fetch selects too.
     assert check_request("POST", "127.0.0.1", None, "text/plain", False, DEFAULT).status == 415
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("http://orch.lan", "GATEWAY_ALLOWED_HOSTS must list host names without ports or schemes"),
+    ("orch.lan:8000", "GATEWAY_ALLOWED_HOSTS must list host names without ports or schemes"),
+    ("*,orch.lan", "GATEWAY_ALLOWED_HOSTS: * means any host"),
+    (",", "GATEWAY_ALLOWED_HOSTS must list host names"),
+])
+def test_invalid_allowed_hosts_fail_naming_the_variable(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config({"GATEWAY_ALLOWED_HOSTS": raw})
+    assert load_config({"GATEWAY_ALLOWED_HOSTS": "Orch.LAN, [::1]"}).gateway_allowed_hosts == ("orch.lan", "[::1]")
