@@ -44,6 +44,7 @@ class Bus:
     streams: KeyValue
     leases: KeyValue
     _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    closing: bool = False  # set by close(): the disconnect that follows is planned, not news
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_reconnect.append(callback)
@@ -70,6 +71,7 @@ class Bus:
     async def close(self) -> None:
         if self.nc.is_closed:
             return
+        self.closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=5)
         except (asyncio.TimeoutError, nats.errors.Error) as exc:
@@ -85,7 +87,10 @@ async def connect(config: Config, name: str) -> Bus:
         log.warning("nats: %s", exc or type(exc).__name__)
 
     async def disconnected_cb() -> None:
-        log.warning("nats: disconnected from %s", config.nats_url)
+        if holder and holder[0].closing:
+            log.info("nats: disconnected from %s (closing)", config.nats_url)
+        else:
+            log.warning("nats: disconnected from %s", config.nats_url)
 
     async def reconnected_cb() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else config.nats_url)

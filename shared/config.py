@@ -71,6 +71,19 @@ def _label_value(name: str, raw: str) -> str:
     return raw
 
 
+def _host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Host names, comma-separated, lower-cased; `*` alone means any host."""
+    hosts = tuple(h.strip().lower() for h in raw.split(",") if h.strip())
+    if not hosts:
+        raise ConfigError(f"{name} must list host names (comma-separated) or be *, got {raw!r}")
+    for host in hosts:
+        if host != "*" and not re.fullmatch(r"[a-z0-9._-]+|\[[0-9a-f:.]+\]|[0-9a-f:.]*:[0-9a-f:.]*", host):
+            raise ConfigError(f"{name} must list host names without ports or schemes, got {host!r}")
+    if "*" in hosts and len(hosts) > 1:
+        raise ConfigError(f"{name}: * means any host and cannot be combined with names, got {raw!r}")
+    return hosts
+
+
 def _url(name: str, raw: str) -> str:
     if not raw.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise ConfigError(f"{name} must be a nats:// URL (comma-separated for a cluster), got {raw!r}")
@@ -122,6 +135,9 @@ class Config:
     gateway_port: int = 8000
     max_body_bytes: int = 65536
     gateway_keepalive_s: float = 15.0
+    gateway_allowed_hosts: tuple[str, ...] = ()
+    gateway_header_timeout_s: float = 10.0
+    live_max_clients: int = 100
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -166,6 +182,9 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "gateway_port": _number(int, 1),
     "max_body_bytes": POSITIVE_INT,
     "gateway_keepalive_s": POSITIVE_FLOAT,
+    "gateway_allowed_hosts": _host_list,
+    "gateway_header_timeout_s": POSITIVE_FLOAT,
+    "live_max_clients": POSITIVE_INT,
     "metrics_port": NON_NEGATIVE_INT,
     "metrics_host": _text,
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -12,11 +12,20 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 from shared.config import Config
+from shared.policy.web import allowed_hosts
 from services.gateway.bodies import STRICT_BODIES
-from services.gateway.errors import JsonRequest, api_key_guard, on_api_error, on_http_exception, on_unexpected
+from services.gateway.errors import (
+    JsonRequest,
+    api_key_guard,
+    browser_guard,
+    on_api_error,
+    on_http_exception,
+    on_unexpected,
+)
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
+from services.gateway.ready import Readiness
 from services.gateway.routes import ops_routes, read_routes, write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -33,16 +42,22 @@ DASHBOARD_HEADERS = {
 
 
 def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) -> Litestar:
+    readiness = Readiness(fleet.bus)
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
     mutating = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
+    live = {
+        "guards": [api_key_guard(config.api_key, query_param="key")] if config.api_key else [],
+        "security": [{"bearer": []}] if config.api_key else None,
+    }
     return Litestar(
         route_handlers=[
             *read_routes(fleet),
             *write_routes(fleet, mutating),
-            *ops_routes(fleet, feed, metrics),
+            *ops_routes(fleet, feed, metrics, readiness, live),
             *dashboard_routes(),
         ],
+        guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],
         on_startup=[_tighten_schema],
         exception_handlers={ApiError: on_api_error, HTTPException: on_http_exception, Exception: on_unexpected},
         openapi_config=_openapi_config(),

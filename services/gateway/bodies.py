@@ -45,6 +45,11 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     active_streams: int
 
 
+class Ready(msgspec.Struct, frozen=True, kw_only=True):
+    status: Literal["ready", "unavailable"]
+    missing: list[Literal["nats", "state-keeper"]]
+
+
 # ---------------------------------------------------------------- strict decoding
 
 STRICT_BODIES = (SelectRequest, RegisterEngineBody, StreamStartedBody, StreamEndedBody)

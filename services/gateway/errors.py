@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from collections import Counter
 from typing import Any
 
 import msgspec
@@ -29,10 +30,14 @@ from litestar.exceptions import (
 from litestar.handlers.base import BaseRouteHandler
 
 from shared.decode_errors import describe_decode_error, describe_invalid
+from shared.policy.web import check_request
 from shared.schemas import ErrorReply
 from services.gateway.fleet import ApiError
 
 log = logging.getLogger(__name__)
+
+# Requests the browser guard refused, by status (421 host, 403 origin, 415 content type); in /metrics.
+REFUSED: Counter[int] = Counter()
 
 # Python names of parameters whose wire name differs (`state` is reserved by Litestar).
 WIRE_NAMES = {"engine_state": "state"}
@@ -126,19 +131,48 @@ def _describe_validation(exc: ValidationException, body_kind: Any) -> tuple[int,
     return (422 if in_body else 400), "; ".join(parts)
 
 
-def api_key_guard(api_key: str):
-    """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one."""
+def api_key_guard(api_key: str, query_param: str | None = None):
+    """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one.
+
+    With `query_param`, `?<query_param>=<API_KEY>` is accepted too: a browser's
+    EventSource (`/api/live`) cannot send headers.
+    """
     expected = api_key.encode()
+    how = "Authorization: Bearer <API_KEY>" + (f" or ?{query_param}=<API_KEY>" if query_param else "")
 
     def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         scheme, _sep, token = connection.headers.get("authorization", "").strip().partition(" ")
         token = token.strip()
+        if query_param and not token and connection.query_params.get(query_param):
+            scheme, token = "bearer", connection.query_params[query_param]
         if scheme.lower() != "bearer" or not token:
             raise NotAuthorizedException(
-                detail="this endpoint needs Authorization: Bearer <API_KEY>",
+                detail=f"this endpoint needs {how}",
                 headers={"WWW-Authenticate": 'Bearer realm="aceorch"'},
             )
         if not hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):
             raise PermissionDeniedException(detail="the API key is not valid")
+
+    return guard
+
+
+def browser_guard(hosts: frozenset[str] | None):
+    """Every route: `Host` is one of ours; writes: same-origin `Origin`, JSON bodies (shared.policy.web)."""
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        headers = connection.headers
+        length = headers.get("content-length", "").strip()
+        has_body = "transfer-encoding" in headers or (length not in ("", "0"))
+        refusal = check_request(
+            connection.scope["method"],
+            headers.get("host"),
+            headers.get("origin"),
+            headers.get("content-type"),
+            has_body,
+            hosts,
+        )
+        if refusal is not None:
+            REFUSED[refusal.status] += 1
+            raise ApiError(refusal.status, refusal.message)
 
     return guard

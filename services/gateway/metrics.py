@@ -25,7 +25,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from shared import names
 from shared.schemas import EngineHealth, decoder, utcnow
+from services.gateway.errors import REFUSED
 from services.gateway.fleet import Fleet
+from services.gateway.live import LiveFeed
+from services.gateway.protocol import HeadDeadline
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def sum_stats(replies: Iterable[bytes]) -> tuple[int, Totals]:
 
 
 class Metrics:
-    def __init__(self, fleet: Fleet, live_clients) -> None:
+    def __init__(self, fleet: Fleet, live: LiveFeed) -> None:
         self.fleet = fleet
         self.registry = CollectorRegistry()
         self.probe_latency = Histogram(
@@ -79,7 +82,7 @@ class Metrics:
         self.probes = PromCounter(
             "aceorch_probes", "Health probes seen on engine.health, by result", ["result"], registry=self.registry
         )
-        self.registry.register(_FleetCollector(self, live_clients))
+        self.registry.register(_FleetCollector(self, live))
         self.replicas = 0
         self.totals: Totals = {group: Counter() for group in STATS_GROUPS}
         self._gathered_at = 0.0
@@ -144,9 +147,9 @@ class Metrics:
 class _FleetCollector:
     """Computed at scrape time from the views and the last gathered state-keeper counters."""
 
-    def __init__(self, metrics: Metrics, live_clients) -> None:
+    def __init__(self, metrics: Metrics, live: LiveFeed) -> None:
         self.metrics = metrics
-        self.live_clients = live_clients
+        self.live = live
 
     def collect(self) -> Iterator[Metric]:
         engines = self.metrics.fleet.engine_list(utcnow())
@@ -155,9 +158,35 @@ class _FleetCollector:
             "aceorch_streams_active", "Streams currently started", value=self.metrics.fleet.active_streams()
         )
         yield from _state_keeper_families(self.metrics.replicas, self.metrics.totals)
-        yield GaugeMetricFamily(
-            "aceorch_gateway_live_clients", "Open /api/live connections on this gateway", value=self.live_clients()
-        )
+        yield from _live_families(self.live)
+
+
+def _live_families(live: LiveFeed) -> Iterator[Metric]:
+    yield GaugeMetricFamily("aceorch_gateway_live_clients", "Open /api/live connections on this gateway", value=live.clients)
+    yield CounterMetricFamily(
+        "aceorch_gateway_live_changes", "Engine and stream changes this gateway's /api/live has seen", value=live.changes
+    )
+    yield CounterMetricFamily(
+        "aceorch_gateway_live_frames_encoded",
+        "Change frames encoded for /api/live: once per change sent, however many clients receive it",
+        value=live.frames_encoded,
+    )
+    yield CounterMetricFamily(
+        "aceorch_gateway_live_refused", "/api/live clients refused at LIVE_MAX_CLIENTS", value=live.refused
+    )
+    refused = CounterMetricFamily(
+        "aceorch_gateway_browser_refused",
+        "Requests refused as a web page's: foreign Host (421), cross-origin write (403), non-JSON write (415)",
+        labels=["status"],
+    )
+    for status in (403, 415, 421):
+        refused.add_metric([str(status)], REFUSED[status])
+    yield refused
+    yield CounterMetricFamily(
+        "aceorch_gateway_slow_heads_cut",
+        "Connections closed for not sending a complete request head within GATEWAY_HEADER_TIMEOUT_S",
+        value=HeadDeadline.cut_off,
+    )
 
 
 def _engine_families(engines) -> Iterator[Metric]:

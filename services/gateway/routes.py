@@ -13,7 +13,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
-from litestar.response import ServerSentEvent
+from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from shared import names
@@ -38,23 +38,25 @@ from shared.schemas import (
     StreamStatus,
     utcnow,
 )
-from services.gateway.bodies import EngineAccepted, Health, RegisterEngineBody, StreamAccepted, strict_body
+from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
+from services.gateway.ready import Readiness
 
 T = TypeVar("T")
 _DESCRIPTIONS = {
     400: "Malformed JSON or an invalid query/path value",
     401: "Missing `Authorization: Bearer <API_KEY>` (only when API_KEY is set)",
-    403: "Wrong API key",
+    403: "Wrong API key, or a write from a web page of another origin",
     404: "No such engine or stream",
-    409: "Conflicts with an engine the provisioner manages",
+    409: "Conflicts with an engine the provisioner manages (it alone starts and removes those)",
     413: "Body larger than MAX_BODY_BYTES",
+    415: "A write body that is not Content-Type: application/json",
     422: "Well-formed JSON that does not fit the schema",
     503: "No capacity, or NATS/the state-keeper unavailable; see Retry-After",
 }
-WRITE_ERRORS = (400, 401, 403, 413, 422, 503)
+WRITE_ERRORS = (400, 401, 403, 413, 415, 422, 503)
 
 
 def errors(*codes: int) -> dict[int, ResponseSpec]:
@@ -101,14 +103,25 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         await fleet.publish(names.ENGINE_REGISTERED, event, f"engine.registered.{container_id}.{uuid.uuid4().hex}")
         return EngineAccepted(container_id=container_id, detail="updated" if existed else "registration accepted")
 
-    @delete("/engines/{container_id:str}", tags=["engines"], status_code=202, responses=errors(404, 401, 403, 503), **mutating)
+    @delete(
+        "/engines/{container_id:str}", tags=["engines"], status_code=202,
+        responses=errors(404, 409, 401, 403, 503), **mutating,
+    )
     async def remove_engine(container_id: str) -> EngineAccepted:
-        """Ask for an engine's removal: its streams end and its record goes (`engine.removed`)."""
-        if not fleet.has_engine(container_id):
+        """Deregister an external engine: its streams end and its record goes (`engine.removed`).
+
+        Engines the provisioner manages are refused (409): the gateway cannot stop
+        them, and dropping only the record would have the provisioner adopt the
+        still-running engine again at its next sweep.
+        """
+        record = fleet.engine(container_id, utcnow())
+        if record is None:
             raise ApiError(404, f"engine {container_id} not found")
-        event = EngineRemoved(container_id=container_id, reason="requested via API")
+        if record.runtime != "external":
+            raise ApiError(409, managed_removal_refused(container_id, record.runtime))
+        event = EngineRemoved(container_id=container_id, reason="deregistered via API")
         await fleet.publish(names.ENGINE_REMOVED, event, f"engine.removed.{container_id}.{uuid.uuid4().hex}")
-        return EngineAccepted(container_id=container_id, detail="removal requested")
+        return EngineAccepted(container_id=container_id, detail="deregistered")
 
     @post("/events/stream_started", tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
     async def stream_started(request: Request, data: StreamStartedBody) -> StreamAccepted:
@@ -135,11 +148,21 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
     return [select_engine, register_engine, remove_engine, stream_started, stream_ended]
 
 
-def ops_routes(fleet: Fleet, feed: LiveFeed, metrics: Metrics) -> list[HTTPRouteHandler]:
-    @get("/api/live", tags=["live"], media_type="text/event-stream")
-    async def live() -> ServerSentEvent:
-        """Server-Sent Events: `snapshot` (engines, started streams), then `engine` and `stream` changes."""
-        return ServerSentEvent(feed.events(), headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+def ops_routes(
+    fleet: Fleet, feed: LiveFeed, metrics: Metrics, readiness: Readiness, live_guards: dict
+) -> list[HTTPRouteHandler]:
+    @get("/api/live", tags=["live"], media_type="text/event-stream", responses=errors(401, 403, 503), **live_guards)
+    async def live() -> Stream:
+        """Server-Sent Events: `snapshot` (engines, started streams), then `engine` and `stream` changes.
+
+        At most LIVE_MAX_CLIENTS at once (then 503 with Retry-After); with API_KEY
+        set, the key is needed (`Authorization: Bearer` or `?key=`, for EventSource).
+        """
+        return Stream(
+            feed.open(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     @get("/healthz", tags=["health"], responses={503: ResponseSpec(data_container=Health, description="NATS down")})
     async def healthz() -> Response[Health]:
@@ -158,11 +181,18 @@ def ops_routes(fleet: Fleet, feed: LiveFeed, metrics: Metrics) -> list[HTTPRoute
         )
         return Response(body, status_code=200 if state == "connected" else 503)
 
+    @get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="a part is missing")})
+    async def readyz() -> Response[Ready]:
+        """Ready to serve every endpoint: NATS connected and a state-keeper answering; else 503 naming what is missing."""
+        missing = await readiness.missing()
+        body = Ready(status="unavailable" if missing else "ready", missing=missing)
+        return Response(body, status_code=503 if missing else 200, headers={"Retry-After": "2"} if missing else None)
+
     @get("/metrics", tags=["health"], media_type=CONTENT_TYPE_LATEST)
     async def prometheus() -> Response[bytes]:
         return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    return [live, healthz, prometheus]
+    return [live, healthz, readyz, prometheus]
 
 
 async def _required(request: Request, kind: type[T]) -> T:
@@ -170,6 +200,14 @@ async def _required(request: Request, kind: type[T]) -> T:
     if body is None:
         raise ApiError(422, "a JSON object body is required")
     return body
+
+
+def managed_removal_refused(container_id: str, runtime: str) -> str:
+    return (
+        f"engine {container_id} is a {runtime} engine the provisioner manages; the gateway cannot stop it: "
+        "the reaper removes idle engines above MIN_REPLICAS and MIN_FREE_REPLICAS (AUTO_DELETE=true), "
+        "so lower those to shrink the pool"
+    )
 
 
 def _registration(fleet: Fleet, data: RegisterEngineBody) -> tuple[EngineRegistered, bool]:

@@ -14,10 +14,15 @@ from services.gateway.app import build_app
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
+from services.gateway.protocol import head_deadline_protocol
 
 log = logging.getLogger("gateway")
 
 GRACEFUL_SHUTDOWN_S = 3.0
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is a 400
+# Connections beyond the live feed's cap; past the sum uvicorn answers 503 at once instead of queueing.
+MAX_OTHER_CONNECTIONS = 1000
+KEEP_ALIVE_S = 5.0  # idle keep-alive connections close after this (uvicorn's default, said out loud)
 
 
 class _Server(uvicorn.Server):
@@ -31,8 +36,8 @@ class _Server(uvicorn.Server):
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     fleet = Fleet(bus)
     await fleet.start()
-    feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine)
-    metrics = Metrics(fleet, lambda: feed.clients)
+    feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine, config.live_max_clients)
+    metrics = Metrics(fleet, feed)
     await metrics.start()
     server = _Server(
         uvicorn.Config(
@@ -44,6 +49,11 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
             server_header=False,
             lifespan="on",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            # Bounded: heads must arrive in time and stay small, connections are counted.
+            http=head_deadline_protocol(config.gateway_header_timeout_s),
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+            limit_concurrency=config.live_max_clients + MAX_OTHER_CONNECTIONS,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     log.info(

@@ -351,7 +351,10 @@
   }
 
   function connect() {
-    source = new EventSource("/api/live");
+    // With API_KEY set, open the dashboard as /#key=<API_KEY>: a fragment never leaves the browser,
+    // and EventSource cannot send an Authorization header, so the key goes in the query.
+    const key = new URLSearchParams(location.hash.slice(1)).get("key");
+    source = new EventSource(key ? `/api/live?key=${encodeURIComponent(key)}` : "/api/live");
     listen("snapshot", (snapshot) => {
       applySnapshot(snapshot);
       backoffMs = 1000;
