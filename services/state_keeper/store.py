@@ -12,23 +12,38 @@ from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_str
 
 
 class ContentIndex:
-    """content_key → container ids it plays on, kept from the streams view (for sharing)."""
+    """content_key → container ids it plays on, kept from the streams view (for sharing).
+
+    Several viewers of one channel on one engine are several streams: the engine leaves
+    `playing[content_key]` only when the last of them ends, so the next viewer still shares.
+    """
 
     def __init__(self) -> None:
         self._by_stream: dict[str, tuple[str, str]] = {}
+        self._viewers: dict[tuple[str, str], int] = {}  # (content_key, container_id) → started streams
         self.playing: dict[str, set[str]] = {}
 
     def on_change(self, stream_id: str, stream: StreamRecord | None) -> None:
         old = self._by_stream.pop(stream_id, None)
         if old is not None:
-            hosts = self.playing.get(old[0])
-            if hosts is not None:
-                hosts.discard(old[1])
-                if not hosts:
-                    del self.playing[old[0]]
+            self._leave(old)
         if stream and stream.status == "started" and stream.content_key and stream.container_id:
-            self._by_stream[stream_id] = (stream.content_key, stream.container_id)
+            pair = (stream.content_key, stream.container_id)
+            self._by_stream[stream_id] = pair
+            self._viewers[pair] = self._viewers.get(pair, 0) + 1
             self.playing.setdefault(stream.content_key, set()).add(stream.container_id)
+
+    def _leave(self, pair: tuple[str, str]) -> None:
+        left = self._viewers[pair] - 1
+        if left:
+            self._viewers[pair] = left
+            return
+        del self._viewers[pair]
+        content_key, container_id = pair
+        hosts = self.playing[content_key]
+        hosts.discard(container_id)
+        if not hosts:
+            del self.playing[content_key]
 
 
 @dataclass
