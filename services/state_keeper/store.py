@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
 
 from shared.bus import Bus
-from shared.kv import Outcome, RecordViews, Versioned, cas_update, read
-from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
+from shared.kv import DELETE, Outcome, RecordViews, Versioned, cas_update, read
+from shared.policy.events import later_removal, removal_expired
+from shared.schemas import EngineRecord, EngineRemoval, StreamRecord, decode_engine, decode_removal, decode_stream
+
+log = logging.getLogger("state-keeper")
+
+# Removed engines' tombstones live in the leases bucket, which no record reader watches: in
+# ace_engines every reader (gateway, prober, janitor, reaper, provisioner) would see them as engines.
+REMOVAL_PREFIX = "removed."
 
 
 class ContentIndex:
@@ -79,8 +90,44 @@ class Store(RecordViews):
                 return key
         return None
 
-    def was_removed(self, container_id: str) -> bool:
-        return container_id in self.engines._gone
+    async def get_removal(self, container_id: str) -> EngineRemoval | None:
+        """The engine's tombstone, if it was removed within STREAM_TTL_S."""
+        found = await read(self.bus.leases, REMOVAL_PREFIX + container_id, decode_removal)
+        return found.value if found else None
+
+    async def record_removal(self, removal: EngineRemoval) -> EngineRemoval:
+        """Write (or keep, if a later one is there) the tombstone of a removal."""
+        outcome = await cas_update(
+            self.bus.leases, REMOVAL_PREFIX + removal.container_id,
+            lambda existing: later_removal(existing, removal), decode_removal,
+        )
+        return outcome.after
+
+    async def expire_removals(self, now: datetime) -> int:
+        """Delete tombstones older than STREAM_TTL_S (CAS, so a removal recorded meanwhile stays);
+        housekeeping's job, like ended streams, rather than a per-message TTL (DESIGN §4)."""
+        expired: list[str] = []
+        watcher = await self.bus.leases.watch(REMOVAL_PREFIX + ">", ignore_deletes=True)
+        try:
+            async for entry in watcher:
+                if entry is None:  # the end of the current values
+                    break
+                try:
+                    removal = decode_removal(entry.value)
+                except msgspec.DecodeError as exc:
+                    log.warning("tombstone %s cannot be decoded (%s); left alone", entry.key, exc)
+                    continue
+                if removal_expired(removal, now, self.stream_ttl_s):
+                    expired.append(entry.key)
+        finally:
+            await watcher.stop()
+        ttl_s = self.stream_ttl_s
+        for key in expired:
+            await cas_update(
+                self.bus.leases, key,
+                lambda r: DELETE if r is not None and removal_expired(r, now, ttl_s) else r, decode_removal,
+            )
+        return len(expired)
 
     async def update_engine(
         self, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True
