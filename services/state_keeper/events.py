@@ -25,6 +25,7 @@ from shared.policy.events import (
     apply_engine_registered,
     apply_stream_ended_to_stream,
     apply_stream_started_to_stream,
+    forget_sequences_beyond,
     reconcile_stream,
     removal_applies,
 )
@@ -79,6 +80,19 @@ class EventApplier:
                 await self.engine_removed(event, seq)
             case EngineCleaned():
                 await self.engine_cleaned(event, seq)
+
+    async def forget_sequences_beyond(self, last_seq: int) -> None:
+        """At start-up, with `last_seq` read after the views were loaded: sequences in records and
+        tombstones that ACE_EVENTS never reached are from an earlier events stream (deleted and made
+        again); forgotten, or every new event would look older than them and change nothing."""
+        for cid, item in list(self.store.engines.items().items()):
+            if forget_sequences_beyond(item.value, last_seq) is not item.value:
+                log.warning("engine %s: its sequences are beyond ACE_EVENTS' last (%d): the events stream "
+                            "was made again; forgetting them", cid, last_seq)
+                await self.store.update_engine(cid, lambda r: forget_sequences_beyond(r, last_seq) if r else None)
+        dropped = await self.store.delete_removals(lambda removal: removal.removed_seq > last_seq)
+        if dropped:
+            log.warning("dropped %d tombstones beyond ACE_EVENTS' last sequence (%d)", dropped, last_seq)
 
     # ------------------------------------------------------------ engines
 

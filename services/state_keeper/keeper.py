@@ -38,6 +38,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         publish_idle,
         config.max_clock_skew_s,
     )
+    await applier.forget_sequences_beyond((await bus.js.stream_info(names.EVENTS_STREAM)).state.last_seq)
     consumer = EventConsumer(bus, applier, stats, config.unknown_engine_retry_s)
     endpoints = Endpoints(store, config, stats)
     service = await endpoints.start()

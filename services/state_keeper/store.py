@@ -104,9 +104,14 @@ class Store(RecordViews):
         return outcome.after
 
     async def expire_removals(self, now: datetime) -> int:
-        """Delete tombstones older than STREAM_TTL_S (CAS, so a removal recorded meanwhile stays);
-        housekeeping's job, like ended streams, rather than a per-message TTL (DESIGN §4)."""
-        expired: list[str] = []
+        """Delete tombstones older than STREAM_TTL_S; housekeeping's job, like ended streams,
+        rather than a per-message TTL (DESIGN §4)."""
+        ttl_s = self.stream_ttl_s
+        return await self.delete_removals(lambda removal: removal_expired(removal, now, ttl_s))
+
+    async def delete_removals(self, doomed: Callable[[EngineRemoval], bool]) -> int:
+        """Delete the tombstones `doomed` picks (CAS, so one rewritten meanwhile is judged again)."""
+        picked: list[str] = []
         watcher = await self.bus.leases.watch(REMOVAL_PREFIX + ">", ignore_deletes=True)
         try:
             async for entry in watcher:
@@ -117,17 +122,15 @@ class Store(RecordViews):
                 except msgspec.DecodeError as exc:
                     log.warning("tombstone %s cannot be decoded (%s); left alone", entry.key, exc)
                     continue
-                if removal_expired(removal, now, self.stream_ttl_s):
-                    expired.append(entry.key)
+                if doomed(removal):
+                    picked.append(entry.key)
         finally:
             await watcher.stop()
-        ttl_s = self.stream_ttl_s
-        for key in expired:
+        for key in picked:
             await cas_update(
-                self.bus.leases, key,
-                lambda r: DELETE if r is not None and removal_expired(r, now, ttl_s) else r, decode_removal,
+                self.bus.leases, key, lambda r: DELETE if r is not None and doomed(r) else r, decode_removal
             )
-        return len(expired)
+        return len(picked)
 
     async def update_engine(
         self, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True

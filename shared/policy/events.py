@@ -109,6 +109,21 @@ def later_removal(existing: EngineRemoval | None, removal: EngineRemoval) -> Eng
     return removal
 
 
+def forget_sequences_beyond(record: EngineRecord, last_seq: int) -> EngineRecord:
+    """The record without sequences ACE_EVENTS never reached (`last_seq` is its last one).
+
+    Such sequences come from an earlier events stream (deleted and made again, so numbering
+    restarted): kept, they would make every new registration and health report look stale.
+    """
+    if record.registered_seq <= last_seq and record.health_seq <= last_seq:
+        return record
+    return replace(
+        record,
+        registered_seq=record.registered_seq if record.registered_seq <= last_seq else 0,
+        health_seq=record.health_seq if record.health_seq <= last_seq else 0,
+    )
+
+
 def removal_expired(removal: EngineRemoval, now: datetime, ttl_s: float) -> bool:
     """A tombstone has served its purpose: redeliveries of older registrations are long past.
 

@@ -18,6 +18,7 @@ from shared.policy.events import (
     apply_release,
     apply_stream_ended_to_stream,
     apply_stream_started_to_stream,
+    forget_sequences_beyond,
     later_removal,
     reconcile_stream,
     removal_applies,
@@ -400,3 +401,11 @@ class RegistrationsMachine(RuleBasedStateMachine):
 
 
 TestRegistrationsMachine = RegistrationsMachine.TestCase
+
+
+def test_sequences_from_an_earlier_events_stream_are_forgotten():
+    record = engine("e1", registered_seq=900, health_seq=950)
+    assert forget_sequences_beyond(record, 950) is record
+    fresh = forget_sequences_beyond(record, 920)
+    assert (fresh.registered_seq, fresh.health_seq) == (900, 0)
+    assert (forget_sequences_beyond(record, 3).registered_seq, forget_sequences_beyond(record, 3).health_seq) == (0, 0)

@@ -10,7 +10,7 @@ from nats.js.errors import KeyNotFoundError
 from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
 from shared import names
 from shared.lease import epoch_of
-from shared.schemas import EngineHealth, StreamEnded, StreamStarted, utcnow
+from shared.schemas import EngineHealth, EngineRegistered, EngineRemoved, StreamEnded, StreamStarted, utcnow
 from support import keeper_stats, request_json, wait_until
 
 FAR_FUTURE = datetime(2099, 1, 1, tzinfo=timezone.utc)
@@ -84,3 +84,23 @@ async def _exists(kv, key: str) -> bool:
 
 async def _equals(pending, expected) -> bool:
     return await pending == expected
+
+
+async def test_an_events_stream_made_again_does_not_freeze_records(start_keepers, bus, nc):
+    """Sequences restart when ACE_EVENTS is deleted and created again; records keep the old ones."""
+    [keeper] = await start_keepers(1)
+    await register_healthy(bus, nc, "e1")
+    for _ in range(20):
+        await publish(bus, names.ENGINE_HEALTH, EngineHealth(container_id="e1", ok=True, checked_at=utcnow()))
+    await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id="g2", host="127.0.0.1", port=7002))
+    await publish(bus, names.ENGINE_REMOVED, EngineRemoved(container_id="g2"))
+    await wait_until(lambda: consumer_drained(bus), what="consumer drained")
+    assert keeper.stop() == 0
+    await bus.js.delete_stream(names.EVENTS_STREAM)
+
+    await start_keepers(1)  # creates the stream again: its sequences start at 1
+    await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id="g2", host="127.0.0.1", port=7002))
+    await _hang_and_leave_selection(bus, nc, "e1")
+    await wait_until(lambda: consumer_drained(bus), what="consumer drained")
+    record, headers = await get_engine(nc, "g2")
+    assert "Nats-Service-Error-Code" not in headers and record["port"] == 7002, "the old tombstone was dropped"
