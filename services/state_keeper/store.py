@@ -112,7 +112,9 @@ class Store(RecordViews):
     async def delete_removals(self, doomed: Callable[[EngineRemoval], bool]) -> int:
         """Delete the tombstones `doomed` picks (CAS, so one rewritten meanwhile is judged again)."""
         picked: list[str] = []
-        watcher = await self.bus.leases.watch(REMOVAL_PREFIX + ">", ignore_deletes=True)
+        # A short inactive threshold: the server drops this one-off watch's consumer soon after we
+        # stop it, instead of keeping one per housekeeping round for nats-py's default 5 minutes.
+        watcher = await self.bus.leases.watch(REMOVAL_PREFIX + ">", ignore_deletes=True, inactive_threshold=10.0)
         try:
             async for entry in watcher:
                 if entry is None:  # the end of the current values
