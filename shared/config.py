@@ -119,6 +119,7 @@ class Config:
     claim_ttl_s: float = 60.0
     stream_ttl_s: float = 3600.0
     unknown_engine_retry_s: float = 30.0
+    max_clock_skew_s: float = 30.0
     engine_runtime: str = "local"
     engine_image: str = "aceorch/acesim:latest"
     engine_cache_dir: str = "/root/.ACEStream/.acestream_cache"
@@ -166,6 +167,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "claim_ttl_s": POSITIVE_FLOAT,
     "stream_ttl_s": _number(float, 1),
     "unknown_engine_retry_s": POSITIVE_FLOAT,
+    "max_clock_skew_s": _number(float, 0),
     "engine_runtime": _choice("docker", "local", "external"),
     "engine_image": _text,
     "engine_cache_dir": _text,

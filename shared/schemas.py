@@ -69,6 +69,21 @@ class EngineRecord(Struct):
     cache_size_bytes: int | None = None
     created_at: Timestamp | None = None
     version: str | None = None
+    # Sequences in ACE_EVENTS of the last registration and health report applied: the order of
+    # events is the state-keeper's to keep, not the reporters' clocks' (a prober's 2099 stamp
+    # would otherwise outrank every later report).
+    registered_seq: int = 0
+    health_seq: int = 0
+
+
+class EngineRemoval(Struct):
+    """A removed engine's tombstone (key `removed.<container_id>` in ace_leases, kept STREAM_TTL_S):
+    a registration older than the removal (by event sequence) must not bring the engine back."""
+
+    container_id: Key
+    removed_seq: int
+    removed_at: Timestamp
+    reason: str | None = None
 
 
 class StreamRecord(Struct):
@@ -231,6 +246,7 @@ def decoder(kind: type[msgspec.Struct]) -> Callable[[bytes], Any]:
 
 decode_engine = decoder(EngineRecord)
 decode_stream = decoder(StreamRecord)
+decode_removal = decoder(EngineRemoval)
 
 EVENT_TYPES: dict[str, type[Struct]] = {
     "stream.started": StreamStarted,

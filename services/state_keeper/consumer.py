@@ -92,7 +92,7 @@ class EventConsumer:
         subject = msg.subject
         try:
             event = self._decode(msg)
-            await self.applier.apply(event)
+            await self.applier.apply(event, msg.metadata.sequence.stream)
         except Rejected as exc:
             await self._terminate(msg, exc.reason, str(exc))
         except EngineNotKnownYet as exc:

@@ -36,7 +36,9 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         store,
         HealthPolicy(fall=config.health_fail_threshold, rise=config.health_rise_threshold),
         publish_idle,
+        config.max_clock_skew_s,
     )
+    await applier.forget_sequences_beyond((await bus.js.stream_info(names.EVENTS_STREAM)).state.last_seq)
     consumer = EventConsumer(bus, applier, stats, config.unknown_engine_retry_s)
     endpoints = Endpoints(store, config, stats)
     service = await endpoints.start()
@@ -58,8 +60,8 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
     Readers already ignore what has expired; this keeps stored `state` honest
     for everyone who reads KV directly (gateway, dashboard). It also takes ended
     streams off engines that still list them (an event whose engine write kept
-    failing until JetStream gave up on it) and deletes ended streams older than
-    STREAM_TTL_S.
+    failing until JetStream gave up on it) and deletes ended streams and removed
+    engines' tombstones older than STREAM_TTL_S.
     """
     interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
     holder = f"{socket.gethostname()}-{id(store)}"
@@ -73,6 +75,7 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
                     await store.update_engine(key, lambda r: tidy(r, utcnow()) if r else None)
             await drop_ended_streams(store, applier)
             await expire_streams(store, config.stream_ttl_s)
+            await store.expire_removals(utcnow())
         except Exception as exc:  # the next interval tries again
             log.warning("housekeeping failed: %s", exc)
 

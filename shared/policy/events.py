@@ -4,7 +4,15 @@ Every function here is idempotent and tolerant of reordering:
 - a stream's record is the source of truth for its status; once `ended` it
   stays ended (a tombstone), so a late or duplicated `stream.started` is ignored;
 - an engine's `streams` list is reconciled against that status, never
-  incremented blindly, so duplicates cannot double-count.
+  incremented blindly, so duplicates cannot double-count;
+- an engine's registrations and removal are ordered by their events' sequence
+  in ACE_EVENTS (`seq`), and a removal leaves a tombstone (`EngineRemoval`), so
+  a redelivered or concurrently applied registration cannot bring it back;
+- an engine record lists at most `MAX_RECORD_STREAMS` streams, so no record
+  nears NATS's max_payload (1 MB) however many starts proxies report.
+
+Timestamps from proxies' clocks are bounded by the state-keeper's
+(`shared.policy.clock`); nothing is ordered or expired by them alone.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from shared.policy.clock import end_time, start_time
 from shared.policy.engines import effective_state, load, tidy
 from shared.schemas import (
     Claim,
@@ -22,12 +31,22 @@ from shared.schemas import (
     EngineIdle,
     EngineRecord,
     EngineRegistered,
+    EngineRemoval,
     StreamEnded,
     StreamRecord,
     StreamStarted,
 )
 
 replace = msgspec.structs.replace
+
+# Far above what an engine plays (MAX_STREAMS_PER_ENGINE, default 3) yet small enough that the
+# ids alone (at most 255 ASCII bytes each, `Key`) stay near 64 KB: a record of every field at its
+# largest remains far below NATS's default max_payload of 1 MB, whose breach closes the connection.
+MAX_RECORD_STREAMS = 256
+
+
+class EngineFull(Exception):
+    """A stream start that would make an engine record list more than MAX_RECORD_STREAMS streams."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +55,22 @@ class EngineChange:
     notifications: tuple[EngineIdle, ...] = field(default=())
 
 
-def apply_engine_registered(record: EngineRecord | None, event: EngineRegistered, now: datetime) -> EngineRecord:
-    """Create the record, or refresh its address (a re-registration after a restart keeps usage)."""
+def apply_engine_registered(
+    record: EngineRecord | None, event: EngineRegistered, now: datetime, seq: int, removed_seq: int = 0
+) -> EngineRecord | None:
+    """Create the record, or refresh its address (a re-registration after a restart keeps usage).
+
+    `seq` is the registration's sequence in ACE_EVENTS, `removed_seq` the sequence of the
+    engine's last removal (from its tombstone; 0 if none). The rule: the later event wins.
+    - A registration older than the removal is a redelivery or was applied concurrently
+      with it: it changes nothing, so a removed engine stays removed.
+    - A registration newer than the removal is genuine (a container restarted with the same
+      id, an external engine registered again on purpose): it creates the record again.
+    - A registration older than the one the record already reflects changes nothing either
+      (the newer address wins).
+    """
+    if seq <= removed_seq or (record is not None and seq <= record.registered_seq):
+        return record
     name = event.container_name or event.container_id
     if record is None:
         return EngineRecord(
@@ -49,6 +82,9 @@ def apply_engine_registered(record: EngineRecord | None, event: EngineRegistered
             labels=dict(event.labels),
             created_at=now,
             idle_since=now,
+            registered_seq=seq,
+            # Reports older than the registration belong to an earlier life of this id.
+            health_seq=seq,
         )
     return replace(
         record,
@@ -57,7 +93,42 @@ def apply_engine_registered(record: EngineRecord | None, event: EngineRegistered
         port=event.port,
         runtime=event.runtime,
         labels=dict(event.labels),
+        registered_seq=seq,
     )
+
+
+def removal_applies(record: EngineRecord | None, seq: int) -> bool:
+    """A removal (at `seq`) deletes the record unless a newer registration already made it again."""
+    return record is not None and record.registered_seq < seq
+
+
+def later_removal(existing: EngineRemoval | None, removal: EngineRemoval) -> EngineRemoval:
+    """The tombstone after a removal: the latest removal (by sequence) is the one kept."""
+    if existing is not None and existing.removed_seq >= removal.removed_seq:
+        return existing
+    return removal
+
+
+def forget_sequences_beyond(record: EngineRecord, last_seq: int) -> EngineRecord:
+    """The record without sequences ACE_EVENTS never reached (`last_seq` is its last one).
+
+    Such sequences come from an earlier events stream (deleted and made again, so numbering
+    restarted): kept, they would make every new registration and health report look stale.
+    """
+    if record.registered_seq <= last_seq and record.health_seq <= last_seq:
+        return record
+    return replace(
+        record,
+        registered_seq=record.registered_seq if record.registered_seq <= last_seq else 0,
+        health_seq=record.health_seq if record.health_seq <= last_seq else 0,
+    )
+
+
+def removal_expired(removal: EngineRemoval, now: datetime, ttl_s: float) -> bool:
+    """A tombstone has served its purpose: redeliveries of older registrations are long past.
+
+    `removed_at` is the state-keeper's own clock (when it applied the removal)."""
+    return (now - removal.removed_at).total_seconds() >= ttl_s
 
 
 def apply_stream_started_to_stream(
@@ -76,13 +147,19 @@ def apply_stream_started_to_stream(
         command_url=event.command_url,
         is_live=event.is_live,
         status="started",
-        started_at=event.started_at or now,
+        started_at=start_time(event.started_at, now),
     )
 
 
-def apply_stream_ended_to_stream(existing: StreamRecord | None, event: StreamEnded, now: datetime) -> StreamRecord:
-    """The stream record after an end: always a tombstone; the first end wins."""
-    ended_at = event.ended_at or now
+def apply_stream_ended_to_stream(
+    existing: StreamRecord | None, event: StreamEnded, now: datetime, max_skew_s: float
+) -> StreamRecord:
+    """The stream record after an end: always a tombstone; the first end wins.
+
+    `ended_at` is the proxy's stamp bounded to [now - max_skew_s, now], so the tombstone
+    lives about STREAM_TTL_S from when the end was applied, whatever the proxy's clock says.
+    """
+    ended_at = end_time(event.ended_at, now, max_skew_s)
     if existing is None:
         return StreamRecord(
             stream_id=event.stream_id,
@@ -104,13 +181,21 @@ def stream_expired(stream: StreamRecord, now: datetime, ttl_s: float) -> bool:
 def reconcile_stream(
     record: EngineRecord, stream: StreamRecord, now: datetime, reservation_id: str | None = None
 ) -> EngineChange:
-    """Make the engine's `streams` agree with the stream record's status."""
+    """Make the engine's `streams` agree with the stream record's status.
+
+    Raises `EngineFull` rather than list more than MAX_RECORD_STREAMS streams.
+    """
     record = tidy(record, now)
     present = stream.stream_id in record.streams
     if stream.status == "started":
         reservations = {k: v for k, v in record.reservations.items() if k != reservation_id}
         if present and reservations == record.reservations:
             return EngineChange(record)
+        if not present and len(record.streams) >= MAX_RECORD_STREAMS:
+            raise EngineFull(
+                f"engine {record.container_id} already lists {len(record.streams)} streams, the most a record "
+                f"holds ({MAX_RECORD_STREAMS}); stream {stream.stream_id} refused (are its proxies' ends lost?)"
+            )
         started = stream.started_at or now
         usage = record.last_stream_usage
         # A stream that lands on an engine being reaped (its proxy's reservation lapsed) wins:

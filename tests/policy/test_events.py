@@ -1,24 +1,44 @@
 """Event application is idempotent and order-independent (pure, no I/O)."""
 
+from datetime import datetime, timezone
+
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from records import NOW, ago, engine, later
 from shared.policy.events import (
+    MAX_RECORD_STREAMS,
     ClaimRefused,
+    EngineFull,
     apply_claim,
     apply_engine_cleaned,
     apply_engine_registered,
     apply_release,
     apply_stream_ended_to_stream,
     apply_stream_started_to_stream,
+    forget_sequences_beyond,
+    later_removal,
     reconcile_stream,
+    removal_applies,
+    removal_expired,
     stream_expired,
 )
-from shared.schemas import ClaimRequest, EngineCleaned, EngineRegistered, StreamEnded, StreamStarted
+from shared.schemas import (
+    ClaimRequest,
+    EngineCleaned,
+    EngineRegistered,
+    EngineRemoval,
+    StreamEnded,
+    StreamStarted,
+    decode_engine,
+    encode,
+)
 
 import pytest
+
+SKEW = 30.0
 
 
 def started(stream_id: str, reservation_id: str | None = None) -> StreamStarted:
@@ -41,7 +61,7 @@ class World:
         if isinstance(event, StreamStarted):
             stream = apply_stream_started_to_stream(self.streams.get(event.stream_id), event, "e1", NOW)
         else:
-            stream = apply_stream_ended_to_stream(self.streams.get(event.stream_id), event, NOW)
+            stream = apply_stream_ended_to_stream(self.streams.get(event.stream_id), event, NOW, SKEW)
         self.streams[event.stream_id] = stream
         change = reconcile_stream(self.engine, stream, NOW, getattr(event, "reservation_id", None))
         self.engine = change.record
@@ -97,11 +117,13 @@ def test_last_stream_ending_marks_idle_once():
 
 def test_registration_creates_unknown_record_and_reregistration_keeps_usage():
     event = EngineRegistered(container_id="e9", host="127.0.0.1", port=7000, container_name="acestream-9", runtime="local")
-    record = apply_engine_registered(None, event, NOW)
+    record = apply_engine_registered(None, event, NOW, seq=4)
     assert record.health_status == "unknown" and record.created_at == NOW and record.container_name == "acestream-9"
-    used = engine("e9", streams=["s1"], last_stream_usage=ago(5))
-    moved = apply_engine_registered(used, EngineRegistered(container_id="e9", host="127.0.0.2", port=7001), NOW)
+    assert record.registered_seq == 4
+    used = engine("e9", streams=["s1"], last_stream_usage=ago(5), registered_seq=4)
+    moved = apply_engine_registered(used, EngineRegistered(container_id="e9", host="127.0.0.2", port=7001), NOW, seq=9)
     assert moved.streams == ["s1"] and moved.last_stream_usage == ago(5) and moved.port == 7001
+    assert moved.registered_seq == 9
 
 
 def test_cleaned_records_time_and_size_and_ignores_stale_reports():
@@ -204,7 +226,186 @@ def test_a_stream_starting_during_a_clean_keeps_the_clean_claim():
 
 
 def test_ended_streams_expire_after_the_ttl_and_started_ones_never():
-    done = apply_stream_ended_to_stream(None, StreamEnded(stream_id="s1", ended_at=ago(3600)), NOW)
+    # The proxy's stamp (10 s before the state-keeper applied the end, within the skew) is kept.
+    done = apply_stream_ended_to_stream(None, StreamEnded(stream_id="s1", ended_at=ago(3600)), ago(3590), SKEW)
     assert stream_expired(done, NOW, 3600) and not stream_expired(done, NOW, 3601)
     playing = apply_stream_started_to_stream(None, started("s2"), "e1", ago(99999))
     assert not stream_expired(playing, NOW, 1)
+
+
+# ---------------------------------------------------------------- proxies' clocks
+
+
+def test_an_end_stamped_in_the_past_keeps_its_tombstone_for_the_ttl():
+    """A proxy clock far behind must not expire the tombstone at once (a late start would revive it)."""
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    done = apply_stream_ended_to_stream(None, StreamEnded(stream_id="s1", ended_at=epoch), NOW, SKEW)
+    assert done.ended_at == ago(SKEW)
+    assert not stream_expired(done, later(3600 - SKEW - 1), 3600)
+    assert stream_expired(done, later(3600), 3600)
+
+
+def test_an_end_stamped_in_the_future_does_not_keep_its_tombstone_for_ever():
+    done = apply_stream_ended_to_stream(
+        None, StreamEnded(stream_id="s1", ended_at=datetime(2099, 1, 1, tzinfo=timezone.utc)), NOW, SKEW
+    )
+    assert done.ended_at == NOW and stream_expired(done, later(3600), 3600)
+
+
+def test_a_start_stamped_in_the_future_is_taken_as_now():
+    """Otherwise last_stream_usage sits in 2099: the engine looks busy to selection and due to the janitor for ever."""
+    world = World()
+    world.apply(StreamStarted(stream_id="s1", container_id="e1", started_at=datetime(2099, 1, 1, tzinfo=timezone.utc)))
+    assert world.streams["s1"].started_at == NOW and world.engine.last_stream_usage == NOW
+    old = apply_stream_started_to_stream(None, StreamStarted(stream_id="s2", started_at=ago(7200)), "e1", NOW)
+    assert old.started_at == ago(7200), "a start from the past (a replay) keeps its time"
+
+
+# ---------------------------------------------------------------- the record stays bounded
+
+
+def test_a_start_beyond_the_record_limit_is_refused_and_nothing_else_is():
+    full = engine("e1", streams=[f"s{i}" for i in range(MAX_RECORD_STREAMS)])
+    one_more = apply_stream_started_to_stream(None, started("new"), "e1", NOW)
+    with pytest.raises(EngineFull, match=f"already lists {MAX_RECORD_STREAMS} streams"):
+        reconcile_stream(full, one_more, NOW)
+    listed = apply_stream_started_to_stream(None, started("s7"), "e1", NOW)
+    assert reconcile_stream(full, listed, NOW).record is full  # a stream it already lists changes nothing
+    ending = apply_stream_ended_to_stream(listed, ended("s7"), NOW, SKEW)
+    assert len(reconcile_stream(full, ending, NOW).record.streams) == MAX_RECORD_STREAMS - 1
+
+
+def test_a_full_record_of_the_longest_ids_stays_far_below_nats_max_payload():
+    longest = "x" * 255
+    with pytest.raises(msgspec.ValidationError):  # ids are capped at decode
+        msgspec.json.decode(encode({"stream_id": longest + "x"}), type=StreamStarted)
+    full = engine("e1", streams=[f"{i:03d}{longest[3:]}" for i in range(MAX_RECORD_STREAMS)],
+                  labels={f"{i:03d}{'k' * 252}": "v" * 800 for i in range(64)})
+    size = len(encode(full))
+    assert decode_engine(encode(full)) == full
+    assert size < 256 * 1024, size  # NATS's default max_payload is 1 MB
+
+
+# ---------------------------------------------------------------- removals and registrations
+
+
+def registered(seq: int, port: int = 7000) -> tuple[str, int, EngineRegistered]:
+    return ("registered", seq, EngineRegistered(container_id="g1", host="127.0.0.1", port=port))
+
+
+def removed(seq: int) -> tuple[str, int, None]:
+    return ("removed", seq, None)
+
+
+class Registry:
+    """The state-keeper's handling of one engine's registrations and removals, without KV."""
+
+    def __init__(self):
+        self.record = None
+        self.tombstone = None
+
+    def apply(self, item):
+        kind, seq, event = item
+        if kind == "registered":
+            removed_seq = self.tombstone.removed_seq if self.tombstone else 0
+            self.record = apply_engine_registered(self.record, event, NOW, seq, removed_seq)
+        else:
+            self.tombstone = later_removal(self.tombstone, EngineRemoval(container_id="g1", removed_seq=seq, removed_at=NOW))
+            if removal_applies(self.record, seq):
+                self.record = None
+
+
+def test_a_redelivered_registration_does_not_resurrect_a_removed_engine():
+    """register → remove → the registration again (redelivered): no record (issue 20, item 6)."""
+    registry = Registry()
+    for item in (registered(1), removed(2), registered(1)):
+        registry.apply(item)
+    assert registry.record is None
+
+
+def test_a_registration_newer_than_the_removal_brings_the_engine_back():
+    """A docker container restarted with the same id, or an external engine registered again on purpose."""
+    registry = Registry()
+    for item in (registered(1), removed(2), registered(3, port=7001), removed(2), registered(1)):
+        registry.apply(item)
+    assert registry.record is not None and registry.record.port == 7001 and registry.record.registered_seq == 3
+
+
+def test_a_removal_applied_before_its_registration_still_wins():
+    registry = Registry()
+    for item in (removed(2), registered(1)):
+        registry.apply(item)
+    assert registry.record is None
+
+
+def test_tombstones_expire_after_the_ttl_and_keep_the_latest_removal():
+    first = EngineRemoval(container_id="g1", removed_seq=5, removed_at=ago(3600))
+    assert removal_expired(first, NOW, 3600) and not removal_expired(first, NOW, 3601)
+    newer = EngineRemoval(container_id="g1", removed_seq=9, removed_at=NOW)
+    assert later_removal(first, newer) is newer and later_removal(newer, first) is newer
+
+
+def _expected(published):
+    """The sequential model: the engine exists iff its last event is a registration, at that address."""
+    last = max(published, key=lambda item: item[1])
+    return last[2].port if last[0] == "registered" else None
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(["registered", "removed"]), min_size=1, max_size=8), st.randoms())
+def test_registrations_and_removals_in_any_order_with_duplicates_end_as_published(kinds, rnd):
+    published = [registered(seq, port=7000 + seq) if kind == "registered" else removed(seq)
+                 for seq, kind in enumerate(kinds, start=1)]
+    delivered = published + [rnd.choice(published) for _ in range(len(published) // 2)]
+    rnd.shuffle(delivered)
+    registry = Registry()
+    for item in delivered:
+        registry.apply(item)
+    assert (registry.record.port if registry.record else None) == _expected(published)
+
+
+class RegistrationsMachine(RuleBasedStateMachine):
+    """Registrations and removals published in order, delivered in any order and any number of times."""
+
+    def __init__(self):
+        super().__init__()
+        self.registry = Registry()
+        self.published = []
+        self.delivered = set()
+
+    @rule()
+    def publish_registration(self):
+        self.published.append(registered(len(self.published) + 1, port=7000 + len(self.published)))
+
+    @rule()
+    def publish_removal(self):
+        self.published.append(removed(len(self.published) + 1))
+
+    @rule(data=st.data())
+    def deliver(self, data):
+        if self.published:
+            item = data.draw(st.sampled_from(self.published))
+            self.registry.apply(item)
+            self.delivered.add(item[1])
+
+    @invariant()
+    def no_registration_older_than_a_delivered_removal_shows(self):
+        removals = [seq for kind, seq, _ in self.published if kind == "removed" and seq in self.delivered]
+        if self.registry.record is not None and removals:
+            assert self.registry.record.registered_seq > max(removals)
+
+    @invariant()
+    def once_everything_arrived_the_engine_is_as_published(self):
+        if self.published and len(self.delivered) == len(self.published):
+            assert (self.registry.record.port if self.registry.record else None) == _expected(self.published)
+
+
+TestRegistrationsMachine = RegistrationsMachine.TestCase
+
+
+def test_sequences_from_an_earlier_events_stream_are_forgotten():
+    record = engine("e1", registered_seq=900, health_seq=950)
+    assert forget_sequences_beyond(record, 950) is record
+    fresh = forget_sequences_beyond(record, 920)
+    assert (fresh.registered_seq, fresh.health_seq) == (900, 0)
+    assert (forget_sequences_beyond(record, 3).registered_seq, forget_sequences_beyond(record, 3).health_seq) == (0, 0)

@@ -17,6 +17,7 @@ def test_defaults_follow_the_design():
     assert (config.max_streams_per_engine, config.reservation_ttl_s, config.claim_ttl_s) == (3, 30, 60)
     assert config.share_content is True and config.auto_delete is True
     assert config.unhealthy_replace_after_s == 120 and config.gateway_port == 8000
+    assert config.max_clock_skew_s == 30
 
 
 def test_values_are_parsed_by_type():
@@ -37,6 +38,8 @@ def test_values_are_parsed_by_type():
         ({"NATS_URL": "http://x"}, "NATS_URL must be a nats:// URL"),
         ({"MIN_REPLICAS": "11"}, "MIN_REPLICAS (11) must not exceed MAX_REPLICAS (10)"),
         ({"HEALTH_CHECK_TIMEOUT_S": "60"}, "HEALTH_CHECK_TIMEOUT_S (60.0) must not exceed HEALTH_CHECK_INTERVAL_S"),
+        ({"MAX_CLOCK_SKEW_S": "-5"}, "MAX_CLOCK_SKEW_S must be >= 0, got '-5'"),
+        ({"MAX_CLOCK_SKEW_S": "soon"}, "MAX_CLOCK_SKEW_S must be a number, got 'soon'"),
     ],
 )
 def test_invalid_values_name_the_variable(env, message):

@@ -50,11 +50,11 @@ async def _replica(bus, rnd: random.Random) -> EventApplier:
     return EventApplier(store, HealthPolicy(fall=3, rise=2), ignore)
 
 
-async def _settle(applier: EventApplier, event) -> None:
+async def _settle(applier: EventApplier, event, seq: int) -> None:
     """Apply like the consumer does: a rejected event is dropped, one that fails for now is redelivered."""
     for _ in range(50):
         try:
-            await applier.apply(event)
+            await applier.apply(event, seq)
             return
         except Rejected:
             return
@@ -70,8 +70,8 @@ async def test_interleaved_starts_ends_and_removal_leave_no_phantom(bus, seed, r
     prefix = f"x{next(EXAMPLES)}-"  # each example its own keys: Hypothesis may repeat a seed
     replicas = [await _replica(bus, rnd), await _replica(bus, rnd)]
     try:
-        for engine in ENGINES:
-            await replicas[0].apply(EngineRegistered(container_id=prefix + engine, host="127.0.0.1", port=7000))
+        for seq, engine in enumerate(ENGINES, start=1):
+            await replicas[0].apply(EngineRegistered(container_id=prefix + engine, host="127.0.0.1", port=7000), seq)
         events: list = []
         ended: set[str] = set()
         for n in range(STREAMS):
@@ -84,8 +84,10 @@ async def test_interleaved_starts_ends_and_removal_leave_no_phantom(bus, seed, r
                 ended.add(sid)
         if remove:
             events += [EngineRemoved(container_id=prefix + engine, reason="gone") for engine in REMOVED]
-        rnd.shuffle(events)
-        await asyncio.gather(*(_settle(rnd.choice(replicas), event) for event in events))
+        # Sequences in publishing order (after the registrations), then delivered in any order.
+        numbered = list(enumerate(events, start=len(ENGINES) + 1))
+        rnd.shuffle(numbered)
+        await asyncio.gather(*(_settle(rnd.choice(replicas), event, seq) for seq, event in numbered))
 
         for engine in ENGINES:
             found = await read(bus.engines, prefix + engine, decode_engine)
