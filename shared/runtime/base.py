@@ -53,6 +53,10 @@ class RuntimeFailure(Exception):
     """A runtime call failed; the message names the engine and the cause."""
 
 
+class ExecStillRunning(RuntimeFailure):
+    """`exec_shell` gave up waiting, and the command may still be running: what it works on is not free."""
+
+
 @runtime_checkable
 class Runtime(Protocol):
     kind: str  # "docker" | "local"
