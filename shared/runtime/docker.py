@@ -247,9 +247,9 @@ class DockerRuntime:
         """A blocking SDK call in a worker thread (bounded by the client's timeout)."""
         return await asyncio.to_thread(function, *args, **kwargs)
 
-    def _note_removing(self, container_id: str) -> None:
+    def _note_removing(self, container_id: str, now: float | None = None) -> None:
         """Remember a removal until its die event has surely come through (then forget it: no growth)."""
-        now = time.monotonic()
+        now = time.monotonic() if now is None else now
         for old in [c for c, at in self._removing.items() if now - at > REMOVING_MEMORY_S]:
             del self._removing[old]
         self._removing[container_id] = now
