@@ -9,9 +9,10 @@ still being emptied after we report it done.
 
 Every container we labelled is accounted for, whatever its state: running,
 restarting and paused ones are live engines (listed, adoptable, removable);
-exited and dead ones are removed by `remove_exited`; a `created` one (a create
-whose start never came: the daemon was slow, or the start timed out) is
-started there, and removed if it cannot start.
+exited and dead ones are removed by `remove_exited`, and so is a `created` one
+whose start never came (the daemon was slow, or the start timed out) once it
+is older than any live create takes to start it (2 × the client timeout).
+Until then it holds its name and port like any other.
 Managed containers carry labels (`aceorch.managed`, `aceorch.name`,
 `aceorch.port`, `aceorch.pool`, `aceorch.scope`), so a restarted provisioner
 finds them again and never hands out a port an existing engine holds.
@@ -78,7 +79,7 @@ EXEC_GRACE_S = 5.0
 SIGKILL_EXIT = 128 + 9  # how an exec that `timeout -s KILL` stopped ends
 REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay  # after an exec's own timeout, how long it may take to be reported gone
 ALIVE = ["running", "restarting", "paused"]  # live engines: listed and adopted
-SETTLE = ["created", "exited", "dead"]  # left behind: started (created) or removed (remove_exited)
+SETTLE = ["created", "exited", "dead"]  # left behind: removed by remove_exited (created: once abandoned)
 # Runs `sh -c script` under `timeout -s KILL` (coreutils or busybox) when the image has it:
 # killing the exec's process group is the only way to stop an exec, the daemon has no call for it.
 BOUNDED_EXEC = 'if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL "$0" sh -c "$1"; fi; exec sh -c "$1"'
@@ -193,20 +194,26 @@ class DockerRuntime:
             raise self._failure(f"cannot remove {engine.container_name}", exc) from None
 
     async def remove_exited(self) -> list[str]:
-        """Settle managed containers left behind; the ids of those removed.
+        """Remove managed containers left behind; their ids.
 
-        Exited or dead ones (died while nobody watched) are removed. A `created` one is an engine
-        whose start never came (a create that timed out after the daemon made it): it is started,
-        so it is listed and adopted like any live engine — or removed if it cannot start. Starting
-        one that another process is starting at the same moment is harmless (already started).
+        Exited or dead ones died while nobody watched. A `created` one is an engine whose start
+        never came (a create that timed out after the daemon made it); a young one may be another
+        process's create in progress (create and start are two calls), so only those older than
+        2 × the client timeout are removed. (Starting them instead would make `aceorch up`'s
+        clean-up on exit leave a running engine behind.)
         """
-        removed = []
-        for container in await self._list(SETTLE):
-            if container.status == "created" and await self._start_left_behind(container):
-                continue
+        now = time.time()
+        left = [c for c in await self._list(SETTLE) if c.status != "created" or self._abandoned(c, now)]
+        for container in left:
+            if container.status == "created":
+                log.warning("docker: %s was created but never started (a create that timed out?); removing it",
+                            container.name)
             await self.remove(self._spec(container))
-            removed.append(container.id)
-        return removed
+        return [c.id for c in left]
+
+    def _abandoned(self, container: Container, now: float) -> bool:
+        created = _created_at(container)
+        return created is None or now - created > 2 * self._timeout_s
 
     def owns(self, labels: Mapping[str, str]) -> bool:
         """Labelled with this daemon's id. Never blocks: until the id is known (any other call learns it,
@@ -294,18 +301,6 @@ class DockerRuntime:
             client = docker.from_env(timeout=limit + EXEC_GRACE_S)  # no I/O until used
             self._exec_clients[limit] = client
         return client.api
-
-    async def _start_left_behind(self, container: Container) -> bool:
-        """Start a `created` engine container; False if it cannot start (then it is removed)."""
-        try:
-            await self._call(container.start)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            log.warning("docker: %s was created but never started, and cannot start (%s); removing it",
-                        container.name, getattr(exc, "explanation", None) or exc)
-            return False
-        log.warning("docker: %s was created but never started (a create that timed out?); started it",
-                    container.name)
-        return True
 
     async def _choose(self) -> tuple[str, int]:
         """A name and a port no engine holds, reserved until the container exists."""
