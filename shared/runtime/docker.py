@@ -75,9 +75,9 @@ MANAGED_FILTER = f"{LABEL_MANAGED}=true"
 OUR_LABELS = (LABEL_MANAGED, LABEL_NAME, LABEL_PORT, LABEL_POOL, LABEL_SCOPE)
 STOP_TIMEOUT_S = 5
 API_TIMEOUT_S = 15.0  # any one call to the daemon (a stop gets STOP_TIMEOUT_S on top, from the SDK)
-EXEC_GRACE_S = 5.0
+EXEC_GRACE_S = 5.0  # after an exec's own timeout, how long it may take to be reported gone
 SIGKILL_EXIT = 128 + 9  # how an exec that `timeout -s KILL` stopped ends
-REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay  # after an exec's own timeout, how long it may take to be reported gone
+REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay
 ALIVE = ["running", "restarting", "paused"]  # live engines: listed and adopted
 SETTLE = ["created", "exited", "dead"]  # left behind: removed by remove_exited (created: once abandoned)
 # Runs `sh -c script` under `timeout -s KILL` (coreutils or busybox) when the image has it:
@@ -97,6 +97,7 @@ class DockerRuntime:
         self._client = client
         self._timeout_s = timeout_s
         self._exec_clients: dict[int, docker.DockerClient] = {}  # by read timeout: an exec's output may take long
+        self._exec_lock = threading.Lock()
         self._connecting: asyncio.Task | None = None  # owns() learning the daemon's id in the background
         self._scope: str | None = None  # the daemon's id, read on first use
         self._pick = asyncio.Lock()
@@ -154,9 +155,7 @@ class DockerRuntime:
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise self._failure(f"{what} failed", exc) from None
         try:
-            output = await asyncio.wait_for(
-                self._call(self._exec_client(limit).exec_start, exec_id), limit + EXEC_GRACE_S
-            )
+            output = await asyncio.wait_for(self._call(self._exec_start, exec_id, limit), limit + EXEC_GRACE_S)
             state = await self._call(self._client.api.exec_inspect, exec_id)
         except (asyncio.TimeoutError, docker.errors.APIError, requests.exceptions.RequestException) as exc:
             await self._still_running(engine, exec_id, limit)  # raises unless the exec is over
@@ -294,13 +293,15 @@ class DockerRuntime:
                 "and answering?"
             ) from None
 
-    def _exec_client(self, limit: int) -> docker.APIClient:
-        """A client whose read timeout outlasts an exec of `limit` seconds (its output comes at the end)."""
-        client = self._exec_clients.get(limit)
-        if client is None:
-            client = docker.from_env(timeout=limit + EXEC_GRACE_S)  # no I/O until used
-            self._exec_clients[limit] = client
-        return client.api
+    def _exec_start(self, exec_id: str, limit: int) -> bytes:
+        """Run the exec and return its output, through a client whose read timeout outlasts `limit` seconds
+        (the output may all come at the end). In a worker thread: making a client may ask the daemon."""
+        with self._exec_lock:  # worker threads: one client per limit, each closed on close()
+            client = self._exec_clients.get(limit)
+            if client is None:
+                client = docker.from_env(timeout=limit + EXEC_GRACE_S, version=self._client.api.api_version)
+                self._exec_clients[limit] = client
+        return client.api.exec_start(exec_id)
 
     async def _choose(self) -> tuple[str, int]:
         """A name and a port no engine holds, reserved until the container exists."""
