@@ -12,7 +12,8 @@ restarting and paused ones are live engines (listed, adoptable, removable);
 exited and dead ones are removed by `remove_exited`, and so is a `created` one
 whose start never came (the daemon was slow, or the start timed out) once it
 is older than any live create takes to start it (2 × the client timeout).
-Until then it holds its name and port like any other.
+Until then it is listed (a start in progress counts against MAX_REPLICAS) and
+holds its name and port like any other.
 Managed containers carry labels (`aceorch.managed`, `aceorch.name`,
 `aceorch.port`, `aceorch.pool`, `aceorch.scope`), so a restarted provisioner
 finds them again and never hands out a port an existing engine holds.
@@ -78,7 +79,8 @@ API_TIMEOUT_S = 15.0  # any one call to the daemon (a stop gets STOP_TIMEOUT_S o
 EXEC_GRACE_S = 5.0  # after an exec's own timeout, how long it may take to be reported gone
 SIGKILL_EXIT = 128 + 9  # how an exec that `timeout -s KILL` stopped ends
 REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay
-ALIVE = ["running", "restarting", "paused"]  # live engines: listed and adopted
+ALIVE = ["running", "restarting", "paused"]  # live engines: found by get(), for exec and removal
+LISTED = ["created", *ALIVE]  # what list_managed counts: a created one is a start in progress
 SETTLE = ["created", "exited", "dead"]  # left behind: removed by remove_exited (created: once abandoned)
 # Runs `sh -c script` under `timeout -s KILL` (coreutils or busybox) when the image has it:
 # killing the exec's process group is the only way to stop an exec, the daemon has no call for it.
@@ -126,8 +128,9 @@ class DockerRuntime:
 
     async def list_managed(self) -> list[EngineSpec]:
         """Live engines: running, and also restarting or paused ones (they hold a name and a port,
-        and an unhealthy one is replaced and removed like any other)."""
-        containers = await self._list(ALIVE)
+        and an unhealthy one is replaced and removed like any other), and created ones not yet
+        abandoned (a start in progress, maybe another process's: it counts against MAX_REPLICAS)."""
+        containers = await self._list(LISTED)
         return [self._spec(c) for c in containers]
 
     async def get(self, container_id: str) -> EngineSpec | None:

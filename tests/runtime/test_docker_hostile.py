@@ -142,9 +142,11 @@ async def test_a_created_container_left_behind_holds_its_name_until_abandoned_th
     container_id = create_left_behind(runtime_tier, "acestream-7", port)
     assert status(container_id) == "created"
 
-    # Young, it may be another process's create about to start it: left alone, its name and port taken.
+    # Young, it may be another process's create about to start it: left alone, counted (listed),
+    # its name and port taken.
     assert await runtime.remove_exited() == []
     assert status(container_id) == "created"
+    assert container_id in {s.container_id for s in await runtime.list_managed()}
     spec = await runtime.create()
     assert spec.container_name != "acestream-7" and spec.port != port
 
