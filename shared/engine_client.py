@@ -2,8 +2,13 @@
 
 A probe's outcome is data, not an exception: a hung engine is a normal event
 for us, reported with an error kind (`timeout`, `refused`, `connect_error`,
-`disconnected`, `http_<code>`, `bad_json`, `api_error`, `http_error`) and
-never logged as a traceback.
+`disconnected`, `http_<code>`, `bad_json`, `api_error`, `http_error`,
+`response over 65536 bytes`) and never logged as a traceback.
+
+Anyone may register an engine address, so nothing an engine sends is trusted
+to be small: an API reply is streamed and cut off at MAX_RESPONSE_BYTES (a
+get_status reply is a few hundred bytes; an endpoint streaming spaces took a
+prober from 32 MB to 1.9 GB in 5 s when the whole body was read).
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ import msgspec
 STATUS_PATH = "/server/api"
 STATUS_PARAMS = {"api_version": "3", "method": "get_status"}
 STATUS_QUERY = "api_version=3&method=get_status"
+MAX_RESPONSE_BYTES = 64 * 1024  # any engine API reply; get_status answers in under 1 KiB
+IDENTITY = {"Accept-Encoding": "identity"}  # bytes counted are bytes kept: no decompression bomb
+
+
+class ResponseTooLarge(Exception):
+    """An engine's reply was longer than we read; the message is the probe's error kind."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response over {limit} bytes")
 
 
 @dataclass(frozen=True)
@@ -77,14 +91,41 @@ def interpret_status(status_code: int, body: bytes) -> tuple[str | None, str | N
     return None, version
 
 
+async def read_capped(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes:
+    """The body of a streamed response, or ResponseTooLarge as soon as it passes `limit` bytes."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ResponseTooLarge(limit)
+    body = bytearray()
+    async for chunk in response.aiter_raw():
+        body += chunk
+        if len(body) > limit:
+            raise ResponseTooLarge(limit)
+    return bytes(body)
+
+
+async def get_capped(
+    client: httpx.AsyncClient, url: str, timeout_s: float, limit: int = MAX_RESPONSE_BYTES
+) -> tuple[int, bytes]:
+    """(status, body) of a GET to an engine, bounded in time (connect to last byte) and in size.
+
+    The body is read only for a 200: an error page's contents do not matter to us.
+    """
+    # httpx's timeout is per phase; the outer bound also covers an engine that drips bytes.
+    async with asyncio.timeout(timeout_s):
+        async with client.stream("GET", url, timeout=timeout_s, headers=IDENTITY) as response:
+            body = await read_capped(response, limit) if response.status_code == 200 else b""
+    return response.status_code, body
+
+
 async def probe(client: httpx.AsyncClient, host: str, port: int, timeout_s: float) -> ProbeResult:
-    """One get_status round trip, bounded by `timeout_s` from connect to last byte."""
+    """One get_status round trip, bounded by `timeout_s` from connect to last byte and by MAX_RESPONSE_BYTES."""
     started = time.perf_counter()
     try:
-        # httpx's timeout is per phase; the outer bound also covers an engine that drips bytes.
-        async with asyncio.timeout(timeout_s):
-            response = await client.get(status_url(host, port), timeout=timeout_s)
-        error, version = interpret_status(response.status_code, response.content)
+        status_code, body = await get_capped(client, status_url(host, port), timeout_s)
+        error, version = interpret_status(status_code, body)
+    except ResponseTooLarge as exc:
+        error, version = str(exc), None
     except (httpx.TimeoutException, TimeoutError):
         error, version = "timeout", None
     except httpx.ConnectError as exc:

@@ -26,7 +26,7 @@ from shared.keeper_client import KeeperClient, KeeperError
 from shared.kv import KvView
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.policy.cleanup import CleanResult, clean_script, engines_to_clean, format_bytes, parse_clean_output
-from shared.runtime import Runtime, RuntimeFailure, make_runtime
+from shared.runtime import ExecStillRunning, Runtime, RuntimeFailure, make_runtime
 from shared.schemas import EngineCleaned, EngineIdle, EngineRecord, decode_engine, decoder, utcnow
 
 log = logging.getLogger("janitor")
@@ -60,6 +60,7 @@ class Janitor:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.view.start()
+        self.runtime.owns({})  # docker: starts learning the daemon's id now, without blocking, for is_ours
         sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue="janitor", cb=self.on_idle)
         log.info(
             "started with %gs sweep interval, cleaning on engine.idle too (%s runtime, holder %s)",
@@ -86,6 +87,7 @@ class Janitor:
         self.spawn(note.container_id, "idle")
 
     async def sweep(self) -> None:
+        self._forget_gone()  # every replica, epoch or not: each keeps its own
         try:
             if not await claim_epoch(self.bus.leases, "janitor-sweep", self.interval_s, self.holder):
                 return
@@ -134,10 +136,15 @@ class Janitor:
         if claim_id is None:
             return
         cleaned_at = utcnow()
+        may_still_run = False
         try:
-            name, result = await self._run_clean(container_id, record)
+            name, result, may_still_run = await self._run_clean(container_id, record)
         finally:
-            await self._release(container_id, claim_id)
+            if may_still_run:  # streams must not start on a cache still being emptied: let the claim lapse
+                log.warning("keeping the clean claim on %s until it lapses (%gs): %s",
+                            name, self.config.claim_ttl_s, result.error)
+            else:
+                await self._release(container_id, claim_id)
         await self._report(container_id, claim_id, name, result, cleaned_at)
 
     async def _claim(self, container_id: str, trigger: str) -> str | None:
@@ -153,17 +160,19 @@ class Janitor:
                 log.warning("cannot claim %s for a clean: %s", container_id, exc)
             return None
 
-    async def _run_clean(self, container_id: str, record: EngineRecord | None) -> tuple[str, CleanResult]:
+    async def _run_clean(self, container_id: str, record: EngineRecord | None) -> tuple[str, CleanResult, bool]:
+        """(engine name, result, whether the clean may still be running after we gave up on it)."""
         name = record.container_name if record else container_id
         try:
             spec = await self.runtime.get(container_id)
             if spec is None:
-                return name, CleanResult(ok=False, error=f"engine {name} not found in the {self.runtime.kind} runtime")
+                error = f"engine {name} not found in the {self.runtime.kind} runtime"
+                return name, CleanResult(ok=False, error=error), False
             name = spec.container_name
             result = await self.runtime.exec_shell(spec, clean_script(spec.cache_dir), timeout_s=self.exec_timeout_s)
         except RuntimeFailure as exc:
-            return name, CleanResult(ok=False, error=str(exc))
-        return name, parse_clean_output(result.exit_code, result.output)
+            return name, CleanResult(ok=False, error=str(exc)), isinstance(exc, ExecStillRunning)
+        return name, parse_clean_output(result.exit_code, result.output), False
 
     async def _release(self, container_id: str, claim_id: str) -> None:
         try:
@@ -198,6 +207,11 @@ class Janitor:
         count = self._failures.get(container_id, (0, 0.0))[0] + 1
         wait_s = self.interval_s * min(2 ** (count - 1), MAX_BACKOFF_INTERVALS)
         self._failures[container_id] = (count, time.monotonic() + wait_s)
+
+    def _forget_gone(self) -> None:
+        """Failures of engines without a record any more: they will never succeed to clear themselves."""
+        for container_id in [c for c in self._failures if self.view.get(c) is None]:
+            del self._failures[container_id]
 
     def _may_retry(self, record: EngineRecord) -> bool:
         failure = self._failures.get(record.container_id)

@@ -91,6 +91,9 @@ class Provisioner:
         self.lock = KvLock(bus.leases, LOCK_KEY, self.holder, LOCK_TTL_S)
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died
         self.tasks: set[asyncio.Task] = set()  # readiness waits, one per start
+        # Creates that outlived CREATE_BUDGET_S: the runtime may still make each engine (a docker call
+        # runs on in its thread), so each counts as starting until it ends, or MAX_REPLICAS could be passed.
+        self.late_creates: set[asyncio.Task] = set()
         self.registered: dict[str, float] = {}  # container_id → when we last registered it (monotonic)
         self.wake = asyncio.Event()
         self.demand = False
@@ -149,9 +152,9 @@ class Provisioner:
                 watcher.cancel()
         finally:
             await subscription.unsubscribe()
-            for task in self.tasks:
+            for task in self.tasks | self.late_creates:
                 task.cancel()  # those engines keep starting; the next provisioner adopts them
-            await asyncio.gather(*self.tasks, return_exceptions=True)
+            await asyncio.gather(*self.tasks, *self.late_creates, return_exceptions=True)
 
     async def on_demand(self, msg) -> None:
         try:
@@ -232,7 +235,7 @@ class Provisioner:
         live_ids = {spec.container_id for spec in live}
         records = [r for r in records if not self.is_gone(r, live_ids)]
         known = {r.container_id for r in records}
-        return records, len((live_ids | set(self.starting)) - known)
+        return records, len((live_ids | set(self.starting)) - known) + len(self.late_creates)
 
     def is_gone(self, record: EngineRecord, live_ids: set[str]) -> bool:
         """A record of our runtime whose engine the runtime no longer runs."""
@@ -257,11 +260,12 @@ class Provisioner:
 
         tasks = [asyncio.get_running_loop().create_task(one()) for _ in range(count)]
         done, late = await asyncio.wait(tasks, timeout=CREATE_BUDGET_S)
-        for task in late:  # the lock's TTL is near: stop waiting; a late engine shows up unregistered
-            task.cancel()  # and the sweep adopts it once it answers
-        if late:
-            log.warning("%d engine creation(s) took over %.0fs; given up", len(late), CREATE_BUDGET_S)
-            await asyncio.gather(*late, return_exceptions=True)
+        if late:  # the lock's TTL is near: stop waiting, not creating (cancelling would not stop the runtime)
+            log.warning("%d engine creation(s) took over %.0fs; still counted as starting until they end",
+                        len(late), CREATE_BUDGET_S)
+        for task in late:
+            self.late_creates.add(task)
+            task.add_done_callback(self._late_create_done)
         created = []
         for task in done:
             if task.exception() is not None:
@@ -269,6 +273,17 @@ class Provisioner:
             else:
                 created.append(task.result())
         return created
+
+    def _late_create_done(self, task: asyncio.Task) -> None:
+        self.late_creates.discard(task)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            self.start_failed(f"cannot create an engine (late): {task.exception()}")
+            return
+        spec, started = task.result()
+        log.info("%s created late (%.0fs); waiting for it to answer", spec.container_name, time.monotonic() - started)
+        self.spawn(self.await_ready(spec, started))
 
     def spawn(self, coroutine) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -26,6 +26,7 @@ from shared.config import Config
 from shared.keeper_client import KeeperClient, KeeperError
 from shared.kv import KvView
 from shared.lease import claim_epoch, sleep_to_next_epoch
+from shared.policy.claims import claim_covers_removal
 from shared.policy.engines import is_idle
 from shared.policy.pool import (
     PoolPolicy,
@@ -74,6 +75,7 @@ class Reaper:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.view.start()
+        self.runtime.owns({})  # docker: starts learning the daemon's id now, without blocking, for is_ours
         log.info(
             "started with %gs interval: auto delete %s after %gs idle, floors %d engines / %d free, "
             "unhealthy engines replaced after %gs (%s runtime, holder %s)",
@@ -236,25 +238,27 @@ class Reaper:
             log.warning("release of %s failed (claim lapses in %gs): %s", victim.container_name, self.config.claim_ttl_s, exc)
 
     async def _claim_still_ours(self, victim: EngineRecord, claim_id: str) -> bool:
-        """Last look before stopping: a stream that started meanwhile cancels our claim (state-keeper)."""
+        """Last look before stopping: a stream that started meanwhile cancels our claim (state-keeper),
+        and a claim that lapsed (a slow runtime) let selections reserve the engine again."""
         try:
             current = await self.keeper.get(victim.container_id)
         except KeeperError as exc:
             log.warning("not removing %s: cannot re-check it (%s)", victim.container_name, exc)
             return False
-        if current is None or current.claim is None or current.claim.claim_id != claim_id or current.streams:
-            log.info("not removing %s: a stream started on it while it was being reaped", victim.container_name)
+        reason = claim_covers_removal(current, claim_id, utcnow())
+        if reason is not None:
+            log.info("not removing %s: %s", victim.container_name, reason)
             return False
         return True
 
     async def _remove(self, victim: EngineRecord, claim_id: str, reason: str) -> bool:
         """Stop and remove the claimed engine, then report it; on failure give the engine back. Never raises."""
         async with self._removals:
-            if not await self._claim_still_ours(victim, claim_id):
-                await self._release(victim, claim_id)
-                return False
             try:
-                spec = await self.runtime.get(victim.container_id)
+                spec = await self.runtime.get(victim.container_id)  # may be slow: the claim is checked after it
+                if not await self._claim_still_ours(victim, claim_id):
+                    await self._release(victim, claim_id)
+                    return False
                 if spec is not None:  # already gone from the runtime: only the record is left
                     await self.runtime.remove(spec)
             except Exception as exc:

@@ -53,6 +53,10 @@ class RuntimeFailure(Exception):
     """A runtime call failed; the message names the engine and the cause."""
 
 
+class ExecStillRunning(RuntimeFailure):
+    """`exec_shell` gave up waiting, and the command may still be running: what it works on is not free."""
+
+
 @runtime_checkable
 class Runtime(Protocol):
     kind: str  # "docker" | "local"
@@ -76,10 +80,12 @@ class Runtime(Protocol):
         """Engines that died, until the iteration is cancelled."""
 
     async def remove_exited(self) -> list[str]:
-        """Clean up managed engines that exited while nobody watched; their ids."""
+        """Clean up managed engines that exited while nobody watched (docker: also containers created and
+        never started); their ids."""
 
     def owns(self, labels: Mapping[str, str]) -> bool:
-        """Whether an engine record with these labels belongs to this runtime instance."""
+        """Whether an engine record with these labels belongs to this runtime instance. Never blocks:
+        until the runtime has been reached once (docker: the daemon's id), it says False."""
 
     async def close(self) -> None:
         """Release clients and background work; engines keep running."""

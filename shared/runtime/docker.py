@@ -1,6 +1,19 @@
 """The `docker` runtime: one container per engine, through the docker SDK.
 
-Every SDK call blocks, so each runs in a worker thread (`asyncio.to_thread`).
+Every SDK call blocks, so each runs in a worker thread (`asyncio.to_thread`),
+never on the event loop, and every call is bounded: the client's timeout
+(`API_TIMEOUT_S`) fails a call to a daemon that accepts and never answers,
+with a clear RuntimeFailure, instead of waiting for ever. An exec is bounded
+inside the container too (`timeout -s KILL`), so the cache it empties is not
+still being emptied after we report it done.
+
+Every container we labelled is accounted for, whatever its state: running,
+restarting and paused ones are live engines (listed, adoptable, removable);
+exited and dead ones are removed by `remove_exited`, and so is a `created` one
+whose start never came (the daemon was slow, or the start timed out) once it
+is older than any live create takes to start it (2 × the client timeout).
+Until then it is listed (a start in progress counts against MAX_REPLICAS) and
+holds its name and port like any other.
 Managed containers carry labels (`aceorch.managed`, `aceorch.name`,
 `aceorch.port`, `aceorch.pool`, `aceorch.scope`), so a restarted provisioner
 finds them again and never hands out a port an existing engine holds.
@@ -24,11 +37,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import shlex
 import threading
-from collections.abc import AsyncIterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import docker
 import docker.errors
@@ -46,18 +61,30 @@ from shared.runtime.base import (
     EngineSpec,
     ExecResult,
     RuntimeEvent,
+    ExecStillRunning,
     RuntimeFailure,
     managed_labels,
     port_is_free,
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ENGINE_INTERNAL_PORT = 6878
 HOST_NETWORK_COMMAND = "--port {port} --host 127.0.0.1 --cache-dir {cache_dir}"
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
 OUR_LABELS = (LABEL_MANAGED, LABEL_NAME, LABEL_PORT, LABEL_POOL, LABEL_SCOPE)
 STOP_TIMEOUT_S = 5
+API_TIMEOUT_S = 15.0  # any one call to the daemon (a stop gets STOP_TIMEOUT_S on top, from the SDK)
+EXEC_GRACE_S = 5.0  # after an exec's own timeout, how long it may take to be reported gone
+SIGKILL_EXIT = 128 + 9  # how an exec that `timeout -s KILL` stopped ends
+REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay
+ALIVE = ["running", "restarting", "paused"]  # live engines: found by get(), for exec and removal
+LISTED = ["created", *ALIVE]  # what list_managed counts: a created one is a start in progress
+SETTLE = ["created", "exited", "dead"]  # left behind: removed by remove_exited (created: once abandoned)
+# Runs `sh -c script` under `timeout -s KILL` (coreutils or busybox) when the image has it:
+# killing the exec's process group is the only way to stop an exec, the daemon has no call for it.
+BOUNDED_EXEC = 'if command -v timeout >/dev/null 2>&1; then exec timeout -s KILL "$0" sh -c "$1"; fi; exec sh -c "$1"'
 NAME_ATTEMPTS = 20
 EVENTS_RETRY_S = 1.0
 
@@ -65,14 +92,20 @@ EVENTS_RETRY_S = 1.0
 class DockerRuntime:
     kind = "docker"
 
-    def __init__(self, config: Config, client: docker.DockerClient | None = None) -> None:
+    def __init__(
+        self, config: Config, client: docker.DockerClient | None = None, timeout_s: float = API_TIMEOUT_S
+    ) -> None:
         self._config = config
         self._client = client
+        self._timeout_s = timeout_s
+        self._exec_clients: dict[int, docker.DockerClient] = {}  # by read timeout: an exec's output may take long
+        self._exec_lock = threading.Lock()
+        self._connecting: asyncio.Task | None = None  # owns() learning the daemon's id in the background
         self._scope: str | None = None  # the daemon's id, read on first use
         self._pick = asyncio.Lock()
         self._reserved_names: set[str] = set()  # chosen, container not created yet
         self._reserved_ports: set[int] = set()
-        self._removing: set[str] = set()  # our own removals are not deaths
+        self._removing: dict[str, float] = {}  # our own removals are not deaths: id → when (monotonic)
 
     # ------------------------------------------------------------ interface
 
@@ -81,7 +114,7 @@ class DockerRuntime:
         for _ in range(NAME_ATTEMPTS):
             name, port = await self._choose()
             try:
-                container = await asyncio.to_thread(self._run, name, port)
+                container = await self._call(self._run, name, port)
             except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
                 if getattr(exc, "status_code", None) == 409:  # the name was taken meanwhile (another process): next one
                     log.info("docker: name %s taken meanwhile, choosing another", name)
@@ -94,57 +127,102 @@ class DockerRuntime:
         raise RuntimeFailure(f"docker: no free acestream-N name after {NAME_ATTEMPTS} attempts")
 
     async def list_managed(self) -> list[EngineSpec]:
-        containers = await self._list(running_only=True)
+        """Live engines: running, and also restarting or paused ones (they hold a name and a port,
+        and an unhealthy one is replaced and removed like any other), and created ones not yet
+        abandoned (a start in progress, maybe another process's: it counts against MAX_REPLICAS)."""
+        containers = await self._list(LISTED)
         return [self._spec(c) for c in containers]
 
     async def get(self, container_id: str) -> EngineSpec | None:
         container = await self._container(container_id)
-        if container is None or container.status != "running" or not self._in_pool(container):
+        if container is None or container.status not in ALIVE or not self._in_pool(container):
             return None
         return self._spec(container)
 
     async def exec_shell(self, engine: EngineSpec, script: str, timeout_s: float = 60) -> ExecResult:
+        """Run the script, killed inside the container after `timeout_s`; returns only once it ended.
+
+        If it is still running after `timeout_s + EXEC_GRACE_S` (an image without `timeout`, or a
+        daemon that stopped answering), raises ExecStillRunning: what the script works on is not free yet.
+        """
         container = await self._container(engine.container_id)
         if container is None:
             raise RuntimeFailure(f"docker: engine {engine.container_name} ({engine.container_id[:12]}) is gone")
+        limit = max(1, math.ceil(timeout_s))
+        command = ["sh", "-c", BOUNDED_EXEC, str(limit), script]
         env = {"ENGINE_CACHE_DIR": engine.cache_dir}
+        what = f"exec in {engine.container_name}"
+        started = time.monotonic()
         try:
-            exit_code, output = await asyncio.wait_for(
-                asyncio.to_thread(container.exec_run, ["sh", "-c", script], environment=env), timeout_s
-            )
-        except asyncio.TimeoutError:
-            raise RuntimeFailure(
-                f"docker: exec in {engine.container_name} did not finish within {timeout_s}s"
-            ) from None
+            exec_id = (await self._call(self._client.api.exec_create, container.id, command, environment=env))["Id"]
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise self._failure(f"exec in {engine.container_name} failed", exc) from None
+            raise self._failure(f"{what} failed", exc) from None
+        try:
+            output = await asyncio.wait_for(self._call(self._exec_start, exec_id, limit), limit + EXEC_GRACE_S)
+            state = await self._call(self._client.api.exec_inspect, exec_id)
+        except (asyncio.TimeoutError, docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            await self._still_running(engine, exec_id, limit)  # raises unless the exec is over
+            if isinstance(exc, asyncio.TimeoutError):
+                raise RuntimeFailure(f"docker: {what} did not finish within {limit}s; it was stopped") from None
+            raise self._failure(f"{what} failed", exc) from None
+        exit_code = state.get("ExitCode")
+        if exit_code == SIGKILL_EXIT and time.monotonic() - started >= limit:
+            raise RuntimeFailure(f"docker: {what} did not finish within {limit}s; it was stopped")
         return ExecResult(exit_code=exit_code if exit_code is not None else -1, output=_text(output))
+
+    async def _still_running(self, engine: EngineSpec, exec_id: str, limit: int) -> None:
+        """After our wait ran out: raise ExecStillRunning unless the daemon says the exec ended."""
+        try:
+            state = await self._call(self._client.api.exec_inspect, exec_id)
+        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            raise ExecStillRunning(
+                f"docker: exec in {engine.container_name} did not finish within {limit}s and the daemon cannot "
+                f"say whether it still runs ({getattr(exc, 'explanation', None) or exc})"
+            ) from None
+        if state.get("Running"):
+            raise ExecStillRunning(
+                f"docker: exec in {engine.container_name} still running after {limit + EXEC_GRACE_S:g}s "
+                "(no `timeout` command in the engine image?)"
+            )
 
     async def remove(self, engine: EngineSpec) -> None:
         """Stop (SIGTERM, then SIGKILL after STOP_TIMEOUT_S) and remove; a missing container is fine."""
-        self._removing.add(engine.container_id)
+        await self._connect()
+        self._note_removing(engine.container_id)
         try:
-            await asyncio.to_thread(self._stop_and_remove, engine.container_id)
+            await self._call(self._stop_and_remove, engine.container_id)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+            self._removing.pop(engine.container_id, None)  # still there: its death is news again
             raise self._failure(f"cannot remove {engine.container_name}", exc) from None
 
     async def remove_exited(self) -> list[str]:
-        """Remove managed containers that exited (died while nobody watched); their ids."""
-        containers = await self._list(running_only=False, status="exited") + await self._list(
-            running_only=False, status="dead"
-        )
-        for container in containers:
+        """Remove managed containers left behind; their ids.
+
+        Exited or dead ones died while nobody watched. A `created` one is an engine whose start
+        never came (a create that timed out after the daemon made it); a young one may be another
+        process's create in progress (create and start are two calls), so only those older than
+        2 × the client timeout are removed. (Starting them instead would make `aceorch up`'s
+        clean-up on exit leave a running engine behind.)
+        """
+        now = time.time()
+        left = [c for c in await self._list(SETTLE) if c.status != "created" or self._abandoned(c, now)]
+        for container in left:
+            if container.status == "created":
+                log.warning("docker: %s was created but never started (a create that timed out?); removing it",
+                            container.name)
             await self.remove(self._spec(container))
-        return [c.id for c in containers]
+        return [c.id for c in left]
+
+    def _abandoned(self, container: Container, now: float) -> bool:
+        created = _created_at(container)
+        return created is None or now - created > 2 * self._timeout_s
 
     def owns(self, labels: Mapping[str, str]) -> bool:
-        """Labelled with this daemon's id. Before any other call, asks the daemon once (blocking, ~1 ms)."""
+        """Labelled with this daemon's id. Never blocks: until the id is known (any other call learns it,
+        and this one starts learning it in the background), no engine counts as ours."""
         if self._scope is None:
-            try:
-                self._connect_blocking()
-            except RuntimeFailure as exc:
-                log.warning("docker: cannot tell which engines are ours: %s", exc)
-                return False
+            self._learn_scope()
+            return False
         return labels.get(LABEL_SCOPE) == self._scope
 
     async def events(self) -> AsyncIterator[RuntimeEvent]:
@@ -165,30 +243,73 @@ class DockerRuntime:
             pump.stop()
 
     async def close(self) -> None:
-        if self._client is not None:
-            await asyncio.to_thread(self._client.close)
+        if self._connecting is not None:
+            self._connecting.cancel()
+            await asyncio.gather(self._connecting, return_exceptions=True)
+        for client in [self._client, *self._exec_clients.values()]:
+            if client is not None:
+                await asyncio.to_thread(client.close)
 
     # ------------------------------------------------------------ helpers
+
+    async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A blocking SDK call in a worker thread (bounded by the client's timeout)."""
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def _note_removing(self, container_id: str, now: float | None = None) -> None:
+        """Remember a removal until its die event has surely come through (then forget it: no growth)."""
+        now = time.monotonic() if now is None else now
+        for old in [c for c, at in self._removing.items() if now - at > REMOVING_MEMORY_S]:
+            del self._removing[old]
+        self._removing[container_id] = now
 
     async def _connect(self) -> None:
         if self._client is None or self._scope is None:
             await asyncio.to_thread(self._connect_blocking)
 
+    def _learn_scope(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a script): nothing can be learnt without blocking
+            return
+        self._connecting = loop.create_task(self._connect_quietly())
+
+    async def _connect_quietly(self) -> None:
+        try:
+            await self._connect()
+        except RuntimeFailure as exc:
+            log.warning("docker: cannot tell which engines are ours yet: %s", exc)
+
     def _connect_blocking(self) -> None:
         """The client, and the daemon's id that scopes our labels (engines of another daemon aren't ours)."""
         try:
             if self._client is None:
-                self._client = docker.from_env()
+                self._client = docker.from_env(timeout=self._timeout_s)
             if self._scope is None:
                 info = self._client.info()
                 self._scope = f"docker:{info.get('ID') or info.get('Name')}:{self._config.engine_pool}"
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise RuntimeFailure(f"docker: cannot reach the Docker Engine ({exc}); is dockerd running?") from None
+            raise RuntimeFailure(
+                f"docker: cannot reach the Docker Engine within {self._timeout_s:g}s ({exc}); is dockerd running "
+                "and answering?"
+            ) from None
+
+    def _exec_start(self, exec_id: str, limit: int) -> bytes:
+        """Run the exec and return its output, through a client whose read timeout outlasts `limit` seconds
+        (the output may all come at the end). In a worker thread: making a client may ask the daemon."""
+        with self._exec_lock:  # worker threads: one client per limit, each closed on close()
+            client = self._exec_clients.get(limit)
+            if client is None:
+                client = docker.from_env(timeout=limit + EXEC_GRACE_S, version=self._client.api.api_version)
+                self._exec_clients[limit] = client
+        return client.api.exec_start(exec_id)
 
     async def _choose(self) -> tuple[str, int]:
         """A name and a port no engine holds, reserved until the container exists."""
         async with self._pick:
-            containers = await self._list(running_only=False, every_pool=True)  # names and ports are per daemon
+            containers = await self._list(None, every_pool=True)  # names and ports are per daemon, in any state
             names = {c.name for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
             name = lowest_free_name(names | self._reserved_names)
             taken = {_label_port(c) for c in containers} | self._reserved_ports
@@ -214,8 +335,12 @@ class DockerRuntime:
         try:
             container.start()
             container.reload()
-        except docker.errors.APIError:
-            container.remove(force=True)  # e.g. its port was taken: don't leave it holding the name
+        except (docker.errors.APIError, requests.exceptions.RequestException):
+            try:
+                container.remove(force=True)  # e.g. its port was taken: don't leave it holding the name
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                log.warning("docker: cannot remove %s after its failed start (%s); remove_exited settles it",
+                            name, getattr(exc, "explanation", None) or exc)
             raise
         return container
 
@@ -259,26 +384,25 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            if exc.status_code in (404, 409):  # gone, or its removal is already in progress
+            if getattr(exc, "status_code", None) in (404, 409):  # gone, or its removal is already in progress
                 return
             raise
 
-    async def _list(self, running_only: bool, status: str | None = None, every_pool: bool = False) -> list[Container]:
+    async def _list(self, statuses: list[str] | None, every_pool: bool = False) -> list[Container]:
+        """Managed containers in any of `statuses` (None: every state)."""
         await self._connect()
         filters: dict[str, Any] = {"label": MANAGED_FILTER if every_pool else self._pool_filter()}
-        if running_only:
-            filters["status"] = "running"
-        elif status:
-            filters["status"] = status
+        if statuses:
+            filters["status"] = statuses
         try:
-            return await asyncio.to_thread(self._client.containers.list, all=not running_only, filters=filters)
+            return await self._call(self._client.containers.list, all=True, filters=filters)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise self._failure("cannot list engine containers", exc) from None
 
     async def _container(self, container_id: str) -> Container | None:
         await self._connect()
         try:
-            return await asyncio.to_thread(self._client.containers.get, container_id)
+            return await self._call(self._client.containers.get, container_id)
         except docker.errors.NotFound:
             return None
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:

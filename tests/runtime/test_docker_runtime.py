@@ -8,7 +8,7 @@ import pytest
 
 from shared.config import load_config
 from shared.runtime import RuntimeFailure
-from shared.runtime.docker import DockerRuntime
+from shared.runtime.docker import REMOVING_MEMORY_S, DockerRuntime
 
 
 def arguments(**env) -> dict:
@@ -64,3 +64,13 @@ async def test_a_missing_image_is_named_and_nothing_is_pulled(runtime_tier):
     with pytest.raises(RuntimeFailure, match="aceorch/does-not-exist:never not found"):
         await runtime.create()
     assert await runtime.list_managed() == []
+
+
+def test_removals_are_remembered_for_their_die_events_and_then_forgotten():
+    """A reaper removes engines for months and never reads events: what it remembers must not grow."""
+    runtime = DockerRuntime(load_config({"ENGINE_RUNTIME": "docker"}), client=object())
+    runtime._note_removing("old", now=1000.0)
+    runtime._note_removing("recent", now=1000.0 + REMOVING_MEMORY_S - 1)
+    assert set(runtime._removing) == {"old", "recent"}  # a die event for either is still ours
+    runtime._note_removing("new", now=1000.0 + REMOVING_MEMORY_S + 1)
+    assert set(runtime._removing) == {"recent", "new"}
