@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import nats
 import pytest
+from hypothesis import settings
 
 from support import NatsServer, Processes, collect_dropped_connections, free_port
+
+# Hypothesis' 200 ms default deadline fails examples on a shared 2-core machine whenever another
+# process takes the CPU; 5 s still flags a step that is pathologically slow.
+settings.register_profile("aceorch", deadline=timedelta(seconds=5))
+settings.load_profile("aceorch")
 
 
 def pytest_collection_modifyitems(config, items):

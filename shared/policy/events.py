@@ -134,10 +134,15 @@ def removal_expired(removal: EngineRemoval, now: datetime, ttl_s: float) -> bool
 def apply_stream_started_to_stream(
     existing: StreamRecord | None, event: StreamStarted, container_id: str, now: datetime
 ) -> StreamRecord:
-    """The stream record after a start: created once; an ended tombstone wins."""
-    if existing is not None:
+    """The stream record after a start: created once; an ended tombstone wins, and learns the start's details.
+
+    An end can be applied before its start (a redelivered start, replicas in parallel): the
+    stream stays ended, but its record must read the same as if the start had come first,
+    or the order of delivery would decide what history shows.
+    """
+    if existing is not None and (existing.status == "started" or existing.started_at is not None):
         return existing
-    return StreamRecord(
+    started = StreamRecord(
         stream_id=event.stream_id,
         container_id=container_id,
         content_key=event.content_key,
@@ -148,6 +153,15 @@ def apply_stream_started_to_stream(
         is_live=event.is_live,
         status="started",
         started_at=start_time(event.started_at, now),
+    )
+    if existing is None:
+        return started
+    return replace(
+        started,
+        container_id=existing.container_id or container_id,
+        status="ended",
+        ended_at=existing.ended_at,
+        reason=existing.reason,
     )
 
 

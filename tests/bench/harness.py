@@ -39,6 +39,10 @@ MB = 1024 * 1024
 # ------------------------------------------------------------------ results
 
 
+class WrongResult(AssertionError):
+    """A benchmark's system did not do the work it was timed on: the run fails, whatever the speed."""
+
+
 @dataclass
 class Figure:
     bench: str

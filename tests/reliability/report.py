@@ -32,13 +32,14 @@ class Scenario:
 
 
 def _events(f: dict) -> str:
-    return (f"events acked/applied/lost: **{f['events_acked']} / {f['events_applied']} / {f['events_lost']}**, "
-            f"duplicates {f['duplicates']}, stored twice {f['stored_twice']}")
+    return (f"events acked/applied/lost: **{f['events_acked']} / {f['events_applied']} / {f['events_lost']}** "
+            f"(applied counted from KV, asserted = acked, lost = 0), duplicates **{f['duplicates']}**, "
+            f"stored twice **{f['stored_twice']}**")
 
 
 def _nats_restart(f: dict) -> str:
     r = f["reconnect_s"]
-    return (f"{_events(f)}; nats down {f['outage_s']} s, selections unavailable {f['selection_outages_s']} s "
+    return (f"{_events(f)}; observed: nats down {f['outage_s']} s, selections unavailable {f['selection_outages_s']} s "
             f"({f['selections_failed']} failed, retried); back after restart: state-keeper {r['state_keeper_selection']} s, "
             f"gateway {r['gateway_healthz']} s, prober {r['prober_first_probe']} s, sweeps "
             + ", ".join(f"{k[:-6]} {v} s" for k, v in r.items() if k.endswith("_sweep"))
@@ -52,16 +53,17 @@ def _cluster(f: dict) -> str:
         f"events acked again after {k['events_acked_again_after_s']} s, selections after {k['selections_again_after_s']} s"
         for k in f["kills"]
     )
-    return (f"{_events(f)}; replicas {f['replicas']['ACE_EVENTS']}×; {kills}; {f['selections_failed']} selections "
+    return (f"{_events(f)}; replicas **{f['replicas']['ACE_EVENTS']}×**; observed: {kills}; {f['selections_failed']} selections "
             f"answered 503 (retried), {f['publish_retries']} publish retries with the same Nats-Msg-Id; "
             f"newcomer seen by every replica after {f['newcomer_seen_everywhere_s']} s")
 
 
 def _replicas(f: dict) -> str:
     sweeps = ", ".join(f"{job} {s['first_after_s']} s (interval {s['interval_s']} s)" for job, s in f["sweeps"].items())
-    return (f"{_events(f)}; selections failed at the kill: {f['selections_failed_at_kill']} (bound: {f['in_flight_bound']} in flight); "
-            f"every engine probed again within {f['max_time_to_reprobe_s']} s; sweeps run again after: {sweeps}; "
-            f"engines max {f['engine_count_max']}, records {f['engine_records']} = processes {f['engine_processes']}")
+    return (f"{_events(f)}; selections failed at the kill: **{f['selections_failed_at_kill']}** (bound: {f['in_flight_bound']} in flight); "
+            f"every engine probed again within **{f['max_time_to_reprobe_s']} s** (bound: 2 intervals); sweeps run again after "
+            f"(bound: 2 intervals each): {sweeps}; engines max **{f['engine_count_max']}** (bound MAX_REPLICAS), "
+            f"records {f['engine_records']} = processes {f['engine_processes']} (asserted equal)")
 
 
 def _faults(f: dict) -> str:
@@ -70,9 +72,10 @@ def _faults(f: dict) -> str:
     return (f"{f['replies_checked']} selection replies checked, **{f['violations']} violations**; hung engines selectable at most "
             f"**{f['max_selectable_after_hang_s']} s** after hanging, unhealthy in KV within {f['max_hung_to_unhealthy_s']} s "
             f"(bound {f['bound_s']} s + {f['pipeline_slack_s']} s slack); flapping engines: {changes} status changes "
-            f"(hysteresis allows {allowed}) from {sum(f['flapping_observations'].values())} observations, "
-            f"{len(f['unjustified_transitions'])} unjustified; healthy engines turned unhealthy: "
-            f"{len(f['false_alarms_on_healthy_engines'])}; claims granted {f['claims']['granted']}")
+            f"(asserted ≤ {allowed}, what hysteresis allows) from {sum(f['flapping_observations'].values())} observations, "
+            f"**{len(f['unjustified_transitions'])} unjustified**; observed, not asserted: healthy engines turned unhealthy "
+            f"{len(f['false_alarms_on_healthy_engines'])} (a stalled 2-core box can time out two probes in a row: each such "
+            f"change is checked for justification above); claims granted {f['claims']['granted']} (asserted > 0)")
 
 
 def _races(f: dict) -> str:
@@ -87,7 +90,7 @@ def _races(f: dict) -> str:
 def _provisioners(f: dict) -> str:
     return (f"{f['demands_published']} engine.demand in {f['demand_bursts']} bursts + {sum(f['selections'].values())} selections; "
             f"max engines seen **{f['max_engines_seen']}** (MAX_REPLICAS 4), {f['engines_at_end']} records = "
-            f"{f['engine_processes_at_end']} processes, no duplicate")
+            f"{f['engine_processes_at_end']} processes (asserted equal), no duplicate port or name (asserted)")
 
 
 def _hostile(f: dict) -> str:
@@ -103,8 +106,8 @@ def _hostile(f: dict) -> str:
 
 
 def _restart(f: dict) -> str:
-    return (f"{_events(f)}; everything down {f['down_s']} s with {f['streams_open_at_kill']} streams open; first selection "
-            f"{f['first_selection_after_restart_s']} s after the restart; engines {len(f['engines_before'])} before → "
+    return (f"{_events(f)}; observed: everything down {f['down_s']} s with {f['streams_open_at_kill']} streams open, first selection "
+            f"{f['first_selection_after_restart_s']} s after the restart; asserted: engines {len(f['engines_before'])} before → "
             f"{len(f['engines_after'])} after, same processes kept {len(f['engine_processes_kept'])}, new {len(f['engine_processes_new'])}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from chaos_load import StreamLoad, record_invariants, snapshot
+from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import engine_records
 from shared.schemas import utcnow
 from support import wait_until
@@ -75,8 +75,7 @@ async def test_whole_system_restart_mid_load_recovers_state_and_engines(stack, f
         down_s=round(restarted - killed, 2),
     )
     assert not stack.crashed(), stack.crashed()
-    assert result["events_lost"] == 0, result["lost_detail"]
-    assert result["duplicates"] == 0 and result["stray_streams"] == 0 and result["stored_twice"] == 0, result
+    assert_nothing_lost(result)
     assert not load.stats.bad_replies, load.stats.bad_replies[:5]
     assert not problems, problems[:10]
     # Re-adopted: the same engines, the same processes, each with one record; nothing duplicated.

@@ -13,7 +13,7 @@ import time
 
 import httpx
 
-from chaos_load import StreamLoad, record_invariants, snapshot
+from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import INTERVAL_S, LiveFeed, engine_records, register, wait_healthy
 from shared.lease import epoch_of
 from shared.schemas import utcnow
@@ -87,8 +87,7 @@ async def test_nats_sigkill_and_restart_under_load_loses_nothing(stack, figures)
         live_feed_error=repr(feed.error) if feed.error else None,
     )
     assert not stack.crashed(), stack.crashed()
-    assert result["events_lost"] == 0, result["lost_detail"]
-    assert result["duplicates"] == 0 and result["stray_streams"] == 0 and result["stored_twice"] == 0, result
+    assert_nothing_lost(result)
     assert not load.stats.bad_replies, load.stats.bad_replies[:5]
     assert not problems, problems[:10]
     assert feed.error is None, f"the live feed broke across the restart: {feed.error!r}"

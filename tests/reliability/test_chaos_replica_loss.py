@@ -18,7 +18,7 @@ import httpx
 import nats.errors
 from nats.js.kv import KV_DEL, KV_PURGE
 
-from chaos_load import StreamLoad, record_invariants, snapshot
+from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import INTERVAL_S, engine_records
 from shared import names
 from shared.schemas import EngineHealth, decoder, utcnow
@@ -118,8 +118,7 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
         engine_processes=len(live_engines),
     )
     assert not stack.crashed(), stack.crashed()
-    assert result["events_lost"] == 0, result["lost_detail"]
-    assert result["duplicates"] == 0 and result["stray_streams"] == 0 and result["stored_twice"] == 0, result
+    assert_nothing_lost(result)
     assert not load.stats.bad_replies, load.stats.bad_replies[:5]
     assert not problems, problems[:10]
     assert load.stats.selections_failed - failed_before <= WORKERS, load.figures()

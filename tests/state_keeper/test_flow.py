@@ -57,7 +57,8 @@ async def test_viewers_of_one_channel_share_an_engine(start_keepers, bus, nc):
     await publish(bus, names.STREAM_STARTED, StreamStarted(
         stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]))
     await wait_until(lambda: _engine_with(nc, engine, lambda r: r["streams"] == ["v1"]), what="v1 recorded")
-    await asyncio.sleep(0.2)  # the stream view on the replica follows the KV watch
+    # Sharing is decided from the replica's stream view, which stream.list answers from.
+    await wait_until(lambda: _started_streams(nc, {"v1"}), what="v1 in the keeper's stream view")
     second, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
     assert second["engine"]["container_id"] == engine and second["shared"] is True
     other, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "sports"})
@@ -178,3 +179,8 @@ async def test_housekeeping_takes_ended_streams_off_engines(start_keepers, bus, 
     record = await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == []), timeout=20,
                               what="housekeeping dropped the ended stream")
     assert record["idle_since"] is not None
+
+
+async def _started_streams(nc, wanted: set[str]) -> bool:
+    body, _ = await request_json(nc, names.STREAM_LIST, {"status": "started"})
+    return wanted <= {stream["stream_id"] for stream in body["streams"]}
