@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 
 from shared import names
 from shared.config import Config
+from shared.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,9 @@ class Bus:
             except Exception as exc:  # a failing re-subscribe must not stop the others
                 name = getattr(callback, "__qualname__", callback)
                 if self.nc.is_closed or attempt == RECONNECT_CALLBACK_ATTEMPTS:
-                    log.warning("after reconnect: %s failed: %s; giving up", name, exc or type(exc).__name__)
+                    log.warning("after reconnect: %s failed: %s; giving up", name, describe(exc))
                     return
-                log.warning("after reconnect: %s failed: %s; %d attempts left", name, exc or type(exc).__name__,
+                log.warning("after reconnect: %s failed: %s; %d attempts left", name, describe(exc),
                             RECONNECT_CALLBACK_ATTEMPTS - attempt)
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
 
@@ -82,7 +83,7 @@ async def connect(config: Config, name: str) -> Bus:
     holder: list[Bus] = []
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
+        log.warning("nats: %s", describe(exc))
 
     async def disconnected_cb() -> None:
         log.warning("nats: disconnected from %s", config.nats_url)

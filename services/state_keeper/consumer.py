@@ -18,6 +18,7 @@ from nats.js.errors import APIError
 
 from shared import names
 from shared.bus import Bus
+from shared.errors import describe
 from shared.kv import ConflictExhausted
 from shared.schemas import EVENT_DECODERS
 from services.state_keeper.events import EngineNotKnownYet, EventApplier, Rejected
@@ -67,7 +68,7 @@ class EventConsumer:
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, APIError, OSError) as exc:
-                log.warning("fetch failed (%s); retrying", exc or type(exc).__name__)
+                log.warning("fetch failed (%s); retrying", describe(exc))
                 await asyncio.sleep(0.5)
                 continue
             for msg in messages:
