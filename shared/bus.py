@@ -3,7 +3,8 @@
 `connect` fails fast with a clear message when NATS is absent (the first
 attempt is bounded), logs disconnects and reconnects in one line each, and
 lets services register callbacks to re-establish KV watches after a reconnect
-(watchers go silent ~10 s after a server restart otherwise).
+(watchers go silent ~10 s after a server restart otherwise). A connection
+closed for good sets `Bus.lost`, on which the service exits non-zero.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class Bus:
     streams: KeyValue
     leases: KeyValue
     _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # Set when the connection closed for good without us closing it (the server sent an error
+    # nats-py treats as fatal: a payload over max_payload, revoked credentials): it will never
+    # reconnect, so the service must exit and be restarted rather than retry for ever.
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    lost_reason: str = ""
+    _closing: bool = False
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_reconnect.append(callback)
@@ -68,7 +75,16 @@ class Bus:
                             RECONNECT_CALLBACK_ATTEMPTS - attempt)
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
 
+    def _closed(self) -> None:
+        if self._closing:
+            return
+        error = self.nc.last_error
+        self.lost_reason = describe(error) if error is not None else "closed by the client library"
+        log.error("nats: connection closed for good (%s); it will not reconnect", self.lost_reason)
+        self.lost.set()
+
     async def close(self) -> None:
+        self._closing = True
         if self.nc.is_closed:
             return
         try:
@@ -88,6 +104,10 @@ async def connect(config: Config, name: str) -> Bus:
     async def disconnected_cb() -> None:
         log.warning("nats: disconnected from %s", config.nats_url)
 
+    async def closed_cb() -> None:
+        if holder:  # before that, `connect` itself fails (or closes the connection it gave up on)
+            holder[0]._closed()
+
     async def reconnected_cb() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else config.nats_url)
         if holder:
@@ -104,6 +124,7 @@ async def connect(config: Config, name: str) -> Bus:
                 error_cb=error_cb,
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
             ),
             timeout=config.nats_connect_timeout_s,
         )

@@ -20,6 +20,7 @@ async def test_layout_is_created_once_and_reconnecting_changes_nothing(nats_serv
     finally:
         await first.close()
         await second.close()
+    assert not first.lost.is_set(), "closing it ourselves is not losing the connection"
 
 
 async def test_request_subjects_are_not_captured_by_the_event_stream(nats_server):
