@@ -52,12 +52,26 @@ class Bus:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
     _closing: bool = False
+    _rounds: asyncio.Task | None = None  # the reconnect callbacks' task, held so it is not collected
+    _again: bool = False
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_reconnect.append(callback)
 
-    async def _reconnected(self) -> None:
-        await asyncio.gather(*(self._retrying(callback) for callback in list(self._on_reconnect)))
+    def _reconnected(self) -> None:
+        """One round of callbacks at a time: a reconnect during a round asks for one more round
+        after it instead of a second one beside it (two restarts of one view at once leaked a
+        subscription)."""
+        if self._rounds is not None and not self._rounds.done():
+            self._again = True
+            return
+        self._rounds = asyncio.get_running_loop().create_task(self._run_rounds())
+
+    async def _run_rounds(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await asyncio.gather(*(self._retrying(callback) for callback in list(self._on_reconnect)))
 
     async def _retrying(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run one callback until it succeeds: right after a cluster node dies, re-creating a watch
@@ -111,7 +125,7 @@ async def connect(config: Config, name: str) -> Bus:
     async def reconnected_cb() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else config.nats_url)
         if holder:
-            asyncio.get_running_loop().create_task(holder[0]._reconnected())
+            holder[0]._reconnected()
 
     try:
         nc = await asyncio.wait_for(
