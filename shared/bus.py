@@ -3,7 +3,8 @@
 `connect` fails fast with a clear message when NATS is absent (the first
 attempt is bounded), logs disconnects and reconnects in one line each, and
 lets services register callbacks to re-establish KV watches after a reconnect
-(watchers go silent ~10 s after a server restart otherwise).
+(watchers go silent ~10 s after a server restart otherwise). A connection
+closed for good sets `Bus.lost`, on which the service exits non-zero.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from nats.js.kv import KeyValue
 
 from shared import names
 from shared.config import Config
+from shared.errors import describe
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +46,32 @@ class Bus:
     streams: KeyValue
     leases: KeyValue
     _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    closing: bool = False  # set by close(): the disconnect that follows is planned, not news
+    # Set when the connection closed for good without us closing it (the server sent an error
+    # nats-py treats as fatal: a payload over max_payload, revoked credentials): it will never
+    # reconnect, so the service must exit and be restarted rather than retry for ever.
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    lost_reason: str = ""
+    _closing: bool = False
+    _rounds: asyncio.Task | None = None  # the reconnect callbacks' task, held so it is not collected
+    _again: bool = False
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
         self._on_reconnect.append(callback)
 
-    async def _reconnected(self) -> None:
-        await asyncio.gather(*(self._retrying(callback) for callback in list(self._on_reconnect)))
+    def _reconnected(self) -> None:
+        """One round of callbacks at a time: a reconnect during a round asks for one more round
+        after it instead of a second one beside it (two restarts of one view at once leaked a
+        subscription)."""
+        if self._rounds is not None and not self._rounds.done():
+            self._again = True
+            return
+        self._rounds = asyncio.get_running_loop().create_task(self._run_rounds())
+
+    async def _run_rounds(self) -> None:
+        self._again = True
+        while self._again:
+            self._again = False
+            await asyncio.gather(*(self._retrying(callback) for callback in list(self._on_reconnect)))
 
     async def _retrying(self, callback: Callable[[], Awaitable[None]]) -> None:
         """Run one callback until it succeeds: right after a cluster node dies, re-creating a watch
@@ -62,16 +83,24 @@ class Bus:
             except Exception as exc:  # a failing re-subscribe must not stop the others
                 name = getattr(callback, "__qualname__", callback)
                 if self.nc.is_closed or attempt == RECONNECT_CALLBACK_ATTEMPTS:
-                    log.warning("after reconnect: %s failed: %s; giving up", name, exc or type(exc).__name__)
+                    log.warning("after reconnect: %s failed: %s; giving up", name, describe(exc))
                     return
-                log.warning("after reconnect: %s failed: %s; %d attempts left", name, exc or type(exc).__name__,
+                log.warning("after reconnect: %s failed: %s; %d attempts left", name, describe(exc),
                             RECONNECT_CALLBACK_ATTEMPTS - attempt)
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
 
+    def _closed(self) -> None:
+        if self._closing:
+            return
+        error = self.nc.last_error
+        self.lost_reason = describe(error) if error is not None else "closed by the client library"
+        log.error("nats: connection closed for good (%s); it will not reconnect", self.lost_reason)
+        self.lost.set()
+
     async def close(self) -> None:
+        self._closing = True
         if self.nc.is_closed:
             return
-        self.closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=5)
         except (asyncio.TimeoutError, nats.errors.Error) as exc:
@@ -84,18 +113,22 @@ async def connect(config: Config, name: str) -> Bus:
     holder: list[Bus] = []
 
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats: %s", exc or type(exc).__name__)
+        log.warning("nats: %s", describe(exc))
 
     async def disconnected_cb() -> None:
-        if holder and holder[0].closing:
+        if holder and holder[0]._closing:
             log.info("nats: disconnected from %s (closing)", config.nats_url)
         else:
             log.warning("nats: disconnected from %s", config.nats_url)
 
+    async def closed_cb() -> None:
+        if holder:  # before that, `connect` itself fails (or closes the connection it gave up on)
+            holder[0]._closed()
+
     async def reconnected_cb() -> None:
         log.info("nats: reconnected to %s", nc.connected_url.netloc if nc.connected_url else config.nats_url)
         if holder:
-            asyncio.get_running_loop().create_task(holder[0]._reconnected())
+            holder[0]._reconnected()
 
     try:
         nc = await asyncio.wait_for(
@@ -108,6 +141,7 @@ async def connect(config: Config, name: str) -> Bus:
                 error_cb=error_cb,
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
             ),
             timeout=config.nats_connect_timeout_s,
         )

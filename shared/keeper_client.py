@@ -17,6 +17,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from shared import names
+from shared.errors import describe
 from shared.schemas import (
     ClaimPurpose,
     ClaimReply,
@@ -61,7 +62,7 @@ class KeeperClient:
             except (asyncio.TimeoutError, nats.errors.Error) as exc:
                 log.warning(
                     "%s %s: publish failed (%s), %d retries remaining",
-                    subject, msg_id, exc or type(exc).__name__, PUBLISH_ATTEMPTS - attempt,
+                    subject, msg_id, describe(exc), PUBLISH_ATTEMPTS - attempt,
                 )
                 await asyncio.sleep(0.5 * attempt)
         return False

@@ -14,7 +14,9 @@ import functools
 import itertools
 import json
 import logging
+import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -33,7 +35,8 @@ from nats.js.errors import (
 )
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue, _is_key_valid
 
-from shared.bus import Bus
+from shared.bus import EVENTS_MAX_AGE_S, Bus
+from shared.errors import describe
 from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream
 
 log = logging.getLogger(__name__)
@@ -237,6 +240,109 @@ class _Replies:
 
 WATCH_INACTIVE_S = 300  # the server drops a watch's consumer this long after its client vanished
 MARKER_REASON = "Nats-Marker-Reason"  # on markers the server writes itself (TTL, max age)
+# How long a deletion is remembered (by views) and its marker kept (in the bucket). No event
+# older than the events stream's max age can still be delivered, so none can refer to a key
+# deleted longer ago: past this the marker guards nothing and only slows every view's start.
+GONE_HORIZON_S = float(EVENTS_MAX_AGE_S)
+PURGE_BATCH = 5_000  # markers purged per call (1-4 s here): a backlog of months is worked off over many calls
+PURGE_CONCURRENCY = 64  # purge requests in flight: 1,300-5,000 markers/s on one loaded server here
+PURGE_SCAN_TIMEOUT_S = 60.0  # reading one batch of markers takes about a second
+
+
+def _is_deletion(headers: dict[str, str] | None) -> bool | None:
+    """True for a delete/purge marker, False for a value, None for a server marker of a kind we do not know."""
+    if not headers:
+        return False
+    if headers.get(KV_OP) in (KV_DEL, KV_PURGE):
+        return True
+    reason = headers.get(MARKER_REASON)
+    if reason is None:
+        return False
+    return True if reason in ("MaxAge", "Purge", "Remove") else None
+
+
+async def purge_markers(kv: KeyValue, before: float, limit: int = PURGE_BATCH) -> int:
+    """Remove delete markers written before `before` (epoch seconds), oldest first, at most `limit`;
+    returns how many were removed (fewer than `limit`: none older is left).
+
+    A CAS delete leaves one marker per key and the bucket never drops them by itself, so without
+    this a bucket grows by one message per deleted key for ever and every view's start replays
+    them all. Each marker is purged with its own revision as the bound (JetStream removes the
+    key's messages *below* revision + 1), so a value written after the marker is never touched:
+    a key absent stays absent, a key written again keeps its value, and a writer holding the
+    marker's revision gets a conflict and re-reads, as after any other change.
+    """
+    old = await _old_markers(kv, before, limit)
+    for start in range(0, len(old), PURGE_CONCURRENCY):
+        await asyncio.gather(*(_purge_marker(kv, key, revision) for key, revision in old[start:start + PURGE_CONCURRENCY]))
+    return len(old)
+
+
+async def _old_markers(kv: KeyValue, before: float, limit: int) -> list[tuple[str, int]]:
+    """(key, revision) of markers older than `before`: the latest entry per key in stream order (so
+    oldest first), headers only, up to the first entry written at or after `before`.
+
+    A push consumer of our own, read in its callback (`fetch` and `next_msg` cost several times
+    more per entry), markers never acknowledged: `max_ack_pending` makes the server stop after
+    `limit` of them, where an ordered consumer would push the whole backlog however early we stop (and
+    its flow control, answered every 0.25 s, stalls the delivery)."""
+    js = kv._js
+    if (await js.stream_info(kv._stream)).state.messages == 0:
+        return []
+    found: list[tuple[str, int]] = []
+    done = asyncio.Event()
+
+    async def on_message(msg) -> None:
+        if done.is_set():
+            return
+        meta = msg.metadata
+        if meta.timestamp.timestamp() >= before:
+            done.set()
+            return
+        if _is_deletion(msg.headers):
+            found.append((msg.subject[len(kv._pre):], meta.sequence.stream))
+        else:
+            await msg.ack()  # a value does not count against `limit`: thousands of old records can't hide the markers
+        if meta.num_pending == 0 or len(found) >= limit:
+            done.set()
+
+    config = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=limit, headers_only=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=WATCH_INACTIVE_S,
+        mem_storage=True, num_replicas=1,
+    )
+    sub = await js.subscribe(f"{kv._pre}>", stream=kv._stream, cb=on_message, manual_ack=True, config=config)
+    try:
+        info = await sub.consumer_info()
+        if info.num_pending == 0 and not info.delivered.consumer_seq:
+            return []  # nothing to deliver (only server markers of kinds we skip, say)
+        await asyncio.wait_for(done.wait(), PURGE_SCAN_TIMEOUT_S)
+    finally:
+        await _drop_subscription(js, kv._stream, sub)
+    return found
+
+
+async def _purge_marker(kv: KeyValue, key: str, revision: int) -> None:
+    await kv._js.purge_stream(kv._stream, subject=f"{kv._pre}{key}", seq=revision + 1)
+
+
+async def _drop_subscription(js, stream: str, sub) -> None:
+    """Unsubscribe and delete the server-side consumer at once: an ordered consumer whose client
+    only unsubscribed lingers on the server for WATCH_INACTIVE_S."""
+    try:
+        name = (await sub.consumer_info()).name  # the current one: an ordered consumer renames itself on reset
+    except Exception as exc:  # gone with the old connection or server
+        name = None
+        log.debug("watch consumer: %s", describe(exc))
+    try:
+        await sub.unsubscribe()
+    except Exception as exc:  # the subscription may already be gone with the old connection
+        log.debug("stopping watch: %s", describe(exc))
+    if name is not None:
+        try:
+            await js.delete_consumer(stream, name)
+        except Exception as exc:
+            log.debug("deleting watch consumer %s: %s", name, describe(exc))
 
 
 @dataclass
@@ -246,6 +352,7 @@ class _Snapshot:
     last: int
     initial: bool = True
     highest: int = 0
+    received: int = 0  # entries delivered so far: a slow start that still progresses is not stuck
     seen: set[str] = field(default_factory=set)
 
 
@@ -256,13 +363,21 @@ class KvView(Generic[T]):
     so the next read on this replica does not start from a stale revision.
     """
 
-    def __init__(self, kv: KeyValue, decode: Callable[[bytes], T], bus: Bus | None = None) -> None:
+    def __init__(
+        self, kv: KeyValue, decode: Callable[[bytes], T], bus: Bus | None = None, gone_horizon_s: float = GONE_HORIZON_S
+    ) -> None:
         self._kv = kv
         self._decode = decode
         self._items: dict[str, Versioned[T]] = {}
-        self._gone: dict[str, int] = {}  # revision of each key's deletion, so late entries can't revive it
+        # Each deleted key's revision and time of deletion, oldest first, so a late `remember` or
+        # entry can't revive it and a writer knows the revision to compare against. Kept for
+        # `gone_horizon_s` only (see GONE_HORIZON_S): otherwise one entry per key ever deleted.
+        self._gone: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._gone_horizon_s = gone_horizon_s
         self._sub = None
         self._snapshot: _Snapshot | None = None
+        self._turn = asyncio.Lock()  # one (re)subscription at a time: two would leak the first
+        self._stopped = False
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()  # set on every change; listeners clear it
         self.listeners: list[Callable[[str, T | None], None]] = []
@@ -280,12 +395,14 @@ class KvView(Generic[T]):
         return self._items.get(key)
 
     def gone_revision(self, key: str) -> int:
-        """The revision at which the key was seen deleted; 0 if it never was (or is present again)."""
-        return self._gone.get(key, 0)
+        """The revision at which the key was seen deleted; 0 if it never was (or is present again,
+        or was deleted longer than the horizon ago)."""
+        gone = self._gone.get(key)
+        return gone[0] if gone is not None else 0
 
     def remember(self, key: str, value: T | None, revision: int) -> None:
         known = self._items.get(key)
-        if (known is not None and known.revision >= revision) or self._gone.get(key, 0) >= revision:
+        if (known is not None and known.revision >= revision) or self.gone_revision(key) >= revision:
             return
         self._apply(key, value, revision)
 
@@ -295,59 +412,78 @@ class KvView(Generic[T]):
             self._apply(key, None, max(revision, self._items[key].revision))
 
     async def start(self, timeout: float = 10.0) -> None:
+        """Subscribe and wait for the snapshot; give up only when it made no progress for `timeout`
+        (a large bucket takes longer to read, a stuck watch never finishes)."""
+        self._stopped = False
         await self.restart()
-        await asyncio.wait_for(self.ready.wait(), timeout)
+        received = -1
+        while True:
+            try:
+                await asyncio.wait_for(self.ready.wait(), timeout)
+                return
+            except asyncio.TimeoutError:
+                snapshot = self._snapshot
+                now = snapshot.received if snapshot is not None else 0
+                if now == received:
+                    raise asyncio.TimeoutError(
+                        f"{self._kv._name}: watch made no progress for {timeout}s ({now} entries read)"
+                    ) from None
+                received = now
 
     async def restart(self) -> None:
         """(Re)subscribe from the latest values; called on start and after every reconnect."""
-        await self.stop()
-        # The snapshot is complete once we saw its last sequence (a "nothing pending" signal can
-        # come before the values already on their way).
-        last = (await self._kv._js.stream_info(self._kv._stream)).state.last_seq
-        snapshot = self._snapshot = _Snapshot(last)
-        # An ordered push consumer on the bucket, as `kv.watchall()` makes, but handled in its
-        # callback: the watcher's entry objects, queue and per-entry timeout cost more than the rest
-        # of a view update (one arrives for every write, so on every selection and event).
-        self._sub = await self._kv._js.subscribe(
-            f"{self._kv._pre}>",
-            stream=self._kv._stream,
-            cb=functools.partial(self._on_message, snapshot),
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            inactive_threshold=WATCH_INACTIVE_S,
-        )
-        info = await self._sub.consumer_info()
-        if info.num_pending == 0 and self._sub.delivered == 0:
-            self._snapshot_step(snapshot, 0)
+        async with self._turn:
+            await self._unsubscribe()
+            if self._stopped:  # a reconnect after `stop`: stay stopped
+                return
+            # The snapshot is complete once we saw its last sequence (a "nothing pending" signal can
+            # come before the values already on their way).
+            last = (await self._kv._js.stream_info(self._kv._stream)).state.last_seq
+            snapshot = self._snapshot = _Snapshot(last)
+            # An ordered push consumer on the bucket, as `kv.watchall()` makes, but handled in its
+            # callback: the watcher's entry objects, queue and per-entry timeout cost more than the rest
+            # of a view update (one arrives for every write, so on every selection and event).
+            self._sub = await self._kv._js.subscribe(
+                f"{self._kv._pre}>",
+                stream=self._kv._stream,
+                cb=functools.partial(self._on_message, snapshot),
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                inactive_threshold=WATCH_INACTIVE_S,
+            )
+            info = await self._sub.consumer_info()
+            if info.num_pending == 0 and self._sub.delivered == 0:
+                self._snapshot_step(snapshot, 0)
 
     async def stop(self) -> None:
+        async with self._turn:
+            self._stopped = True
+            await self._unsubscribe()
+
+    async def _unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # the subscription may already be gone with the old connection
-                log.debug("stopping watch: %s", exc)
+            await _drop_subscription(self._kv._js, self._kv._stream, sub)
 
     async def _on_message(self, snapshot: _Snapshot, msg) -> None:
         if snapshot is not self._snapshot:  # a message for a subscription we already replaced
             return
         meta = msg.metadata
+        snapshot.received += 1
+        deleted = _is_deletion(msg.headers)
+        if deleted is None:  # a marker of a kind we do not know: not a value
+            self._snapshot_step(snapshot, meta.num_pending)
+            return
         revision = meta.sequence.stream
         key = msg.subject[len(self._kv._pre):]
-        headers = msg.headers
-        deleted = False
-        if headers:
-            if headers.get(KV_OP) in (KV_DEL, KV_PURGE):
-                deleted = True
-            elif (reason := headers.get(MARKER_REASON)) is not None:
-                deleted = reason in ("MaxAge", "Purge", "Remove")
-                if not deleted:  # a marker of a kind we do not know: not a value
-                    self._snapshot_step(snapshot, meta.num_pending)
-                    return
         if snapshot.initial:
-            snapshot.seen.add(key)
             snapshot.highest = max(snapshot.highest, revision)
-        self._on_entry(key, None if deleted else msg.data, revision)
+            if not deleted:  # a deleted key leaves `_items` through its marker, not the stale check
+                snapshot.seen.add(key)
+        if deleted:
+            self._apply(key, None, revision, meta.timestamp.timestamp())
+        else:
+            self._on_entry(key, msg.data, revision)
         self._snapshot_step(snapshot, meta.num_pending)
 
     def _snapshot_step(self, snapshot: _Snapshot, pending: int) -> None:
@@ -355,16 +491,14 @@ class KvView(Generic[T]):
             for stale in set(self._items) - snapshot.seen:  # deleted while we were not watching
                 self._apply(stale, None, self._items[stale].revision)
             snapshot.initial = False
+            snapshot.seen = set()
             self.ready.set()
 
-    def _on_entry(self, key: str, data: bytes | None, revision: int) -> None:
-        if data is None:
-            self._apply(key, None, revision)
-            return
+    def _on_entry(self, key: str, data: bytes, revision: int) -> None:
         known = self._items.get(key)
         # Checked before decoding: a writer's own updates come back through the watch after
         # `remember` has stored them, and decoding them again would be wasted work.
-        if (known is not None and known.revision >= revision) or self._gone.get(key, 0) > revision:
+        if (known is not None and known.revision >= revision) or self.gone_revision(key) > revision:
             return
         try:
             value = self._decode(data)
@@ -374,9 +508,9 @@ class KvView(Generic[T]):
             return
         self._apply(key, value, revision)
 
-    def _apply(self, key: str, value: T | None, revision: int) -> None:
+    def _apply(self, key: str, value: T | None, revision: int, at: float | None = None) -> None:
         if value is None:
-            self._gone[key] = revision
+            self._remember_gone(key, revision, time.time() if at is None else at)
             if self._items.pop(key, None) is None:
                 return
         else:
@@ -385,6 +519,15 @@ class KvView(Generic[T]):
         self.changed.set()
         for listener in self.listeners:
             listener(key, value)
+
+    def _remember_gone(self, key: str, revision: int, at: float) -> None:
+        """Record a deletion at the end (oldest first) and forget those past the horizon; markers
+        replayed at start arrive oldest first, so a backlog of months costs no memory."""
+        self._gone[key] = (revision, at)
+        self._gone.move_to_end(key)
+        horizon = time.time() - self._gone_horizon_s
+        while self._gone and next(iter(self._gone.values()))[1] < horizon:
+            self._gone.popitem(last=False)
 
 
 class RecordViews:

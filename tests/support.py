@@ -262,3 +262,21 @@ def collect_dropped_connections() -> None:
     here, it closes quietly.
     """
     gc.collect()
+
+
+async def write_markers(nc: nats.NATS, kv, prefix: str, count: int, batch: int = 5000) -> None:
+    """`count` KV delete markers for keys `<prefix>-<i>`, as months of housekeeping leave them.
+
+    Plain publishes (JetStream stores them without anyone waiting for an ack), at most two
+    batches ahead of what the stream holds; returns once it holds them all."""
+    from nats.js.kv import KV_DEL, KV_OP
+
+    first = (await kv._js.stream_info(kv._stream)).state.last_seq
+    for start in range(0, count, batch):
+        while (await kv._js.stream_info(kv._stream)).state.last_seq < first + start - batch:
+            await asyncio.sleep(0.01)
+        for i in range(start, min(start + batch, count)):
+            await nc.publish(f"{kv._pre}{prefix}-{i}", b"", headers={KV_OP: KV_DEL})
+        await nc.flush()
+    while (await kv._js.stream_info(kv._stream)).state.last_seq < first + count:
+        await asyncio.sleep(0.05)

@@ -17,6 +17,7 @@ import nats.errors
 from nats.js.errors import APIError
 
 from shared import names
+from shared.errors import describe
 from shared.kv import RecordViews
 from shared.policy.engines import tidy
 from shared.schemas import (
@@ -139,7 +140,7 @@ class Fleet(RecordViews):
         except nats.errors.NoRespondersError:
             raise ApiError(503, f"no JetStream stream accepts {subject}; is NATS running with -js?", 2.0) from None
         except (APIError, nats.errors.Error, OSError) as exc:
-            raise ApiError(503, f"could not publish {subject}: {exc or type(exc).__name__}", 2.0) from None
+            raise ApiError(503, f"could not publish {subject}: {describe(exc)}", 2.0) from None
 
 
 def _service_error(code: str, data: bytes) -> ApiError:

@@ -24,6 +24,7 @@ from shared import names
 from shared.bus import Bus
 from shared.config import Config
 from shared.engine_client import ProbeResult, new_client, probe
+from shared.errors import describe
 from shared.kv import KvView
 from shared.membership import Membership, new_member_id
 from shared.policy.partition import Arrival, ProbeSchedule, first_due, owner, streak_of
@@ -149,7 +150,7 @@ class Prober:
             self._publish_errors += 1
             if self._publish_errors == 1:
                 log.warning("cannot publish %s (%s); the next probes report again",
-                            names.ENGINE_HEALTH, exc or type(exc).__name__)
+                            names.ENGINE_HEALTH, describe(exc))
         else:
             if self._publish_errors:
                 log.info("publishing %s again (%d observations unconfirmed meanwhile)",

@@ -18,6 +18,8 @@ import nats.errors
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from shared.errors import describe
+
 log = logging.getLogger(__name__)
 
 RETRY_S = 0.1
@@ -56,5 +58,5 @@ class KvLock:
         except APIError as exc:  # expired meanwhile (maybe taken by another): it is not ours to delete
             log.info("lock %s expired before release (%s)", self.key, exc.description)
         except (nats.errors.Error, asyncio.TimeoutError) as exc:  # its TTL frees it
-            why = exc or type(exc).__name__
+            why = describe(exc)
             log.warning("lock %s not released (%s); it expires in %.0fs", self.key, why, self.ttl_s)

@@ -44,6 +44,7 @@ from shared import names
 from shared.bus import Bus
 from shared.config import Config
 from shared.engine_client import new_client, probe
+from shared.errors import describe
 from shared.kv import KvView
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.policy.engines import effective_state
@@ -182,7 +183,7 @@ class Provisioner:
             try:
                 await self.scale(demand)
             except Exception as exc:  # NATS or runtime trouble: the next request or sweep tries again
-                log.warning("scaling failed: %s", exc or type(exc).__name__)
+                log.warning("scaling failed: %s", describe(exc))
 
     async def sweeper(self, stop: asyncio.Event) -> None:
         interval = self.config.autoscale_interval_s
@@ -192,7 +193,7 @@ class Provisioner:
                     continue
                 await self.reconcile()
             except Exception as exc:  # the next interval tries again
-                log.warning("sweep failed: %s", exc or type(exc).__name__)
+                log.warning("sweep failed: %s", describe(exc))
             self.request_scale()
 
     async def watch_runtime(self) -> None:
@@ -203,7 +204,7 @@ class Provisioner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("runtime events failed (%s); watching again", exc or type(exc).__name__)
+                log.warning("runtime events failed (%s); watching again", describe(exc))
             await asyncio.sleep(EVENTS_RETRY_S)
 
     # ------------------------------------------------------------ scaling
@@ -318,7 +319,7 @@ class Provisioner:
             await self.discard(spec, "exited before answering get_status")
         except (RuntimeFailure, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
             log.warning("%s started but could not be registered (%s); the sweep adopts it",
-                        spec.container_name, exc or type(exc).__name__)
+                        spec.container_name, describe(exc))
         finally:
             self.starting.pop(spec.container_id, None)
             metrics.STARTING.set(len(self.starting))
@@ -444,7 +445,7 @@ class Provisioner:
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
                 log.warning("publishing %s for %s failed (%s); %d retries remaining",
-                            subject, container_id[:12], exc or type(exc).__name__, PUBLISH_ATTEMPTS - attempt)
+                            subject, container_id[:12], describe(exc), PUBLISH_ATTEMPTS - attempt)
                 await asyncio.sleep(0.5 * attempt)
 
     def _count(self, what: str, amount: int = 1) -> None:

@@ -18,6 +18,7 @@ from nats.js.errors import APIError
 
 from shared import names
 from shared.bus import Bus
+from shared.errors import describe
 from shared.kv import ConflictExhausted
 from shared.decode_errors import describe_decode_error
 from shared.schemas import EVENT_DECODERS, EVENT_TYPES
@@ -68,7 +69,7 @@ class EventConsumer:
             except nats.errors.TimeoutError:
                 continue
             except (nats.errors.Error, APIError, OSError) as exc:
-                log.warning("fetch failed (%s); retrying", exc or type(exc).__name__)
+                log.warning("fetch failed (%s); retrying", describe(exc))
                 await asyncio.sleep(0.5)
                 continue
             for msg in messages:

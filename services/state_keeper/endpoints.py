@@ -26,6 +26,7 @@ from nats.micro.service import Service
 from shared import names
 from shared.config import Config
 from shared.decode_errors import describe_decode_error
+from shared.errors import describe
 from shared.kv import ConflictExhausted
 from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
@@ -143,7 +144,7 @@ class Endpoints:
                 return
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
                 # KV briefly unwritable (a cluster electing a stream leader, a reconnect): retryable.
-                log.warning("%s: KV unavailable (%s); answered 503", name, exc or type(exc).__name__)
+                log.warning("%s: KV unavailable (%s); answered 503", name, describe(exc))
                 await _respond_error(request, 503, f"unavailable: {type(exc).__name__}", 1.0)
                 return
             except Exception:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 
 from shared.bus import Bus
 from shared.config import Config
 from shared.lease import claim_epoch, sleep_to_next_epoch
-from shared.kv import DELETE
+from shared.kv import DELETE, GONE_HORIZON_S, purge_markers
 from shared.policy.engines import tidy
 from shared.policy.events import stream_expired
 from shared.policy.health import HealthPolicy
@@ -60,8 +61,9 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
     Readers already ignore what has expired; this keeps stored `state` honest
     for everyone who reads KV directly (gateway, dashboard). It also takes ended
     streams off engines that still list them (an event whose engine write kept
-    failing until JetStream gave up on it) and deletes ended streams and removed
-    engines' tombstones older than STREAM_TTL_S.
+    failing until JetStream gave up on it), deletes ended streams and removed
+    engines' tombstones older than STREAM_TTL_S, and purges the delete markers those
+    deletions left once they are older than GONE_HORIZON_S.
     """
     interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
     holder = f"{socket.gethostname()}-{id(store)}"
@@ -76,6 +78,7 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
             await drop_ended_streams(store, applier)
             await expire_streams(store, config.stream_ttl_s)
             await store.expire_removals(utcnow())
+            await purge_old_markers(store)
         except Exception as exc:  # the next interval tries again
             log.warning("housekeeping failed: %s", exc)
 
@@ -101,3 +104,17 @@ async def expire_streams(store: Store, ttl_s: float) -> None:
     for key, item in list(store.streams.items().items()):
         if stream_expired(item.value, now, ttl_s):
             await store.update_stream(key, lambda s: DELETE if s is not None and stream_expired(s, now, ttl_s) else s)
+
+
+async def purge_old_markers(store: Store, horizon_s: float = GONE_HORIZON_S) -> int:
+    """Keep both buckets bounded: every CAS delete leaves a marker the server never drops, and each
+    view's start replays them all (450,000 of them made the state-keeper's start time out).
+    Returns how many were purged (a backlog larger than a batch takes several intervals)."""
+    before = time.time() - horizon_s
+    total = 0
+    for kv in (store.bus.streams, store.bus.engines):
+        purged = await purge_markers(kv, before)
+        if purged:
+            log.info("purged %d delete markers older than %.0f s from %s", purged, horizon_s, kv._name)
+        total += purged
+    return total

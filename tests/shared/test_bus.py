@@ -20,6 +20,7 @@ async def test_layout_is_created_once_and_reconnecting_changes_nothing(nats_serv
     finally:
         await first.close()
         await second.close()
+    assert not first.lost.is_set(), "closing it ourselves is not losing the connection"
 
 
 async def test_request_subjects_are_not_captured_by_the_event_stream(nats_server):
@@ -52,3 +53,32 @@ def test_a_server_without_jetstream_is_refused():
 def test_current_servers_are_accepted():
     require_server((2, 11), True, "nats://127.0.0.1:4222")
     require_server((3, 0), True, "nats://127.0.0.1:4222")
+
+
+async def test_reconnects_during_a_round_of_callbacks_fold_into_one_more_round(nats_server):
+    import asyncio
+
+    from support import wait_until
+
+    bus = await connect(load_config({"NATS_URL": nats_server.url}), "t")
+    running = peak = calls = 0
+
+    async def restart_watch() -> None:
+        nonlocal running, peak, calls
+        running += 1
+        calls += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+
+    try:
+        bus.on_reconnect(restart_watch)
+        bus._reconnected()
+        await wait_until(lambda: running, what="the first round to run")
+        bus._reconnected()  # two more reconnects while it runs
+        bus._reconnected()
+        await wait_until(lambda: bus._rounds.done(), what="the reconnect rounds to finish")
+        assert peak == 1, "two rounds of reconnect callbacks ran at once"
+        assert calls == 2
+    finally:
+        await bus.close()
