@@ -51,7 +51,7 @@ class Bus:
     # reconnect, so the service must exit and be restarted rather than retry for ever.
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
-    _closing: bool = False
+    _closing: bool = False  # set by close(): the disconnect that follows is planned, not news
     _rounds: asyncio.Task | None = None  # the reconnect callbacks' task, held so it is not collected
     _again: bool = False
 
