@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 TTL_INTERVALS = 1.5
 RENEWALS_PER_INTERVAL = 3
-LEAVING_TTL_S = 1
+MARKER_TTL_S = 1  # a heartbeat's delete marker vanishes after this
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,12 +159,9 @@ class Membership:
             log.debug("heartbeat of %s not sent: %s", self.me, exc)
 
     async def _leave(self) -> None:
-        """Delete our heartbeat: a delete marker the others see at once, itself gone after LEAVING_TTL_S."""
-        headers = {KV_OP: KV_DEL, api.Header.MSG_TTL: f"{LEAVING_TTL_S}s"}
-        try:
-            await self.bus.js.publish(self.subject_prefix + self.me, b"", headers=headers, timeout=2.0)
-        except (nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
-            log.debug("heartbeat of %s not deleted (%s); it expires after %gs", self.me, exc, self.ttl_s)
+        """Delete our heartbeat: the others see the delete marker at once."""
+        if not await self._delete_beat(self.me):
+            log.debug("heartbeat of %s not deleted; it expires after %gs", self.me, self.ttl_s)
 
     def _forget_dead(self, member: str) -> None:
         """Delete a dead member's heartbeat (only the beat we judged: compare-and-set on its revision)."""
@@ -175,14 +172,19 @@ class Membership:
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 
-    async def _delete_beat(self, member: str, revision: int) -> None:
-        headers = {KV_OP: KV_DEL, api.Header.MSG_TTL: f"{LEAVING_TTL_S}s",
-                   api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(revision)}
+    async def _delete_beat(self, member: str, revision: int | None = None) -> bool:
+        """A delete marker for `member`'s beat (only over `revision` when given), itself gone after
+        MARKER_TTL_S, so no key is left behind; False if it was not written."""
+        headers = {KV_OP: KV_DEL, api.Header.MSG_TTL: f"{MARKER_TTL_S}s"}
+        if revision is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
         try:
             await self.bus.js.publish(self.subject_prefix + member, b"", headers=headers, timeout=2.0)
         except (nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
-            # Another member deleted it first, or it renewed (then it is alive after all): fine either way.
-            log.debug("heartbeat of dead member %s not deleted: %s", member, exc)
+            # For a dead member: another member deleted it first, or it renewed (alive after all).
+            log.debug("heartbeat of %s not deleted: %s", member, exc)
+            return False
+        return True
 
     # ------------------------------------------------------------ watch
 
