@@ -66,7 +66,7 @@ class Prober:
             drain_s=config.health_check_timeout_s + 1,
         )
         self._owners: dict[str, str | None] = {}  # every known engine → the member that probes it
-        # Every known engine → when this replica first saw it (monotonic) and how (start-up or later).
+        # Every known engine → since when (monotonic) and how (start-up or later) its current owner has it.
         self._known: dict[str, tuple[float, Arrival]] = {}
         self._rescues: dict[str, asyncio.Task] = {}  # one-off probes of engines whose owner is silent
         # When each engine was last rescued: at most once an interval, so reports that do not land
@@ -117,8 +117,9 @@ class Prober:
         owners: dict[str, str | None] = {}
         now = time.monotonic()
         for key, item in self.view.items().items():
-            self._known.setdefault(key, (now, arrival))
             owners[key] = who = owner(key, members)
+            if key not in self._known or self._owners.get(key, who) != who:
+                self._known[key] = (now, arrival)  # a new owner gets its catch-up time before any rescue
             if who == self.me and key not in self.scheduler:
                 self._take(key, item.value, arrival)
             elif who != self.me and key in self.scheduler:
