@@ -2,17 +2,26 @@
 
 Each member publishes `members.<group>.<id>` every interval/3 with a
 per-message TTL, and watches `members.<group>.>`. A member is alive while its
-last heartbeat is younger than the TTL (1.5 intervals) *as seen by this
-replica's own monotonic clock*, so a killed replica drops out of everyone's
-list within 1.5 intervals without any clock agreement between hosts. The
-server-side TTL only keeps the bucket from collecting dead members (a fresh
-watcher's snapshot holds only recent heartbeats; their age is taken from the
-message timestamp).
+last heartbeat is younger than the TTL (1.5 intervals). Beats that arrive
+while we watch count from their arrival on this replica's own monotonic
+clock, so a killed replica drops out of everyone's list within 1.5 intervals
+without any clock agreement between hosts. Beats found already stored (a
+fresh watch's snapshot, after a start or a reconnect) count from when they
+were written: the server's timestamp of the entry, or the sender's own
+`sent_at` in the value, whichever is older. The presence of a key proves
+nothing: after a nats-server restart on an existing store the server may not
+enforce per-message TTLs (DESIGN §9), so heartbeats of replicas dead for
+hours are still there. One older than the TTL is never listed, not even for
+the moment between the snapshot and the first expiry round, and the member
+that drops a dead replica deletes its key (compare-and-set on the revision it
+saw, so a replica that came back meanwhile keeps its beat).
 
-A member that stops cleanly publishes a `leaving` heartbeat, so the others
-rebalance at once instead of waiting for the TTL. While this replica is
-disconnected from NATS, or its watch is re-syncing after a reconnect, nobody
-is expired: silence then says nothing about the others.
+A member that stops cleanly deletes its own heartbeat (a delete marker with a
+short TTL), so the others rebalance at once instead of waiting for the TTL,
+and nothing of it is left behind. While this replica is disconnected from
+NATS, or its watch is re-syncing after a reconnect, nobody is expired:
+silence then says nothing about the others. Watch restarts (one per
+reconnect) are serialised, and none starts after `stop`.
 """
 
 from __future__ import annotations
@@ -30,7 +39,8 @@ from collections.abc import Callable
 import msgspec
 import nats.errors
 from nats.js import api
-from nats.js.kv import KV_DEL, KV_PURGE
+from nats.js.errors import APIError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
 
 from shared.bus import Bus
 
@@ -38,14 +48,15 @@ log = logging.getLogger(__name__)
 
 TTL_INTERVALS = 1.5
 RENEWALS_PER_INTERVAL = 3
-LEAVING_TTL_S = 1
+MARKER_TTL_S = 1  # a heartbeat's delete marker vanishes after this
 
 
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     member: str
     host: str
     pid: int
-    leaving: bool = False
+    leaving: bool = False  # said by members of earlier versions instead of deleting their key
+    sent_at: float | None = None  # the sender's wall clock (seconds since the epoch)
 
 
 _encode = msgspec.json.encode
@@ -70,11 +81,15 @@ class Membership:
         self.listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._clock = clock
         self._seen: dict[str, float] = {}  # member → local monotonic time its last heartbeat was sent
+        self._revisions: dict[str, int] = {}  # member → revision of its last heartbeat (to delete a dead one's)
         self._members: tuple[str, ...] = (member_id,)
         self._synced = False
         self._watcher = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
+        self._watch_lock = asyncio.Lock()  # one watch (re)start or stop at a time
+        self._stopped = False
+        self._cleanups: set[asyncio.Task] = set()
         bus.on_reconnect(self._restart_watch)
 
     @property
@@ -98,7 +113,7 @@ class Membership:
         try:
             await self._renew_and_expire(stop)
         finally:
-            await self._publish(self._beat(leaving=True), ttl_s=LEAVING_TTL_S)  # the others take over now
+            await self._leave()  # the others take over now
 
     async def _renew_and_expire(self, stop: asyncio.Event) -> None:
         next_renewal = self._clock() + self.renew_s
@@ -118,12 +133,17 @@ class Membership:
                 pass
 
     async def stop(self) -> None:
-        await self._stop_watch()
+        """Stop watching for good: a reconnect after this starts no new watch."""
+        self._stopped = True
+        async with self._watch_lock:
+            await self._stop_watch()
+        if self._cleanups:
+            await asyncio.gather(*self._cleanups, return_exceptions=True)
 
     # ------------------------------------------------------------ heartbeats
 
-    def _beat(self, leaving: bool = False) -> Heartbeat:
-        return Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), leaving=leaving)
+    def _beat(self) -> Heartbeat:
+        return Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), sent_at=time.time())
 
     async def _heartbeat(self) -> None:
         await self._publish(self._beat(), ttl_s=max(1, math.ceil(self.ttl_s)))
@@ -138,13 +158,45 @@ class Membership:
         except (nats.errors.Error, OSError) as exc:
             log.debug("heartbeat of %s not sent: %s", self.me, exc)
 
+    async def _leave(self) -> None:
+        """Delete our heartbeat: the others see the delete marker at once."""
+        if not await self._delete_beat(self.me):
+            log.debug("heartbeat of %s not deleted; it expires after %gs", self.me, self.ttl_s)
+
+    def _forget_dead(self, member: str) -> None:
+        """Delete a dead member's heartbeat (only the beat we judged: compare-and-set on its revision)."""
+        revision = self._revisions.pop(member, None)
+        if revision is None or self._stopped:
+            return
+        task = asyncio.get_running_loop().create_task(self._delete_beat(member, revision))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _delete_beat(self, member: str, revision: int | None = None) -> bool:
+        """A delete marker for `member`'s beat (only over `revision` when given), itself gone after
+        MARKER_TTL_S, so no key is left behind; False if it was not written."""
+        headers = {KV_OP: KV_DEL, api.Header.MSG_TTL: f"{MARKER_TTL_S}s"}
+        if revision is not None:
+            headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
+        try:
+            await self.bus.js.publish(self.subject_prefix + member, b"", headers=headers, timeout=2.0)
+        except (nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
+            # For a dead member: another member deleted it first, or it renewed (alive after all).
+            log.debug("heartbeat of %s not deleted: %s", member, exc)
+            return False
+        return True
+
     # ------------------------------------------------------------ watch
 
     async def _restart_watch(self) -> None:
-        await self._stop_watch()
-        self._synced = False
-        self._watcher = await self.bus.leases.watch(f"members.{self.group}.>")
-        self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher))
+        """(Re)start the watch; serialised, so overlapping reconnects never leave a second watcher behind."""
+        async with self._watch_lock:
+            await self._stop_watch()
+            if self._stopped:
+                return
+            self._synced = False
+            self._watcher = await self.bus.leases.watch(f"members.{self.group}.>")
+            self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher))
 
     async def _stop_watch(self) -> None:
         task, watcher = self._task, self._watcher
@@ -173,6 +225,7 @@ class Membership:
         member = entry.key.rsplit(".", 1)[-1]
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self._seen.pop(member, None)
+            self._revisions.pop(member, None)
         else:
             try:
                 beat = _decode(entry.value)
@@ -182,22 +235,39 @@ class Membership:
             if beat.leaving:
                 self._seen.pop(member, None)
             else:
-                self._seen[member] = max(self._seen.get(member, -math.inf), self._sent_at(entry, snapshot))
+                sent = self._sent_at(entry, beat, snapshot)
+                if sent is None and member != self.me:
+                    # Written longer than a TTL ago: a replica of an earlier run, whatever the key's presence says.
+                    log.info("member %s of %s left a heartbeat older than %gs; not a member", member, self.group,
+                             self.ttl_s)
+                    self._seen.pop(member, None)
+                    self._revisions[member] = entry.revision
+                    self._forget_dead(member)
+                else:
+                    now = self._clock()
+                    self._seen[member] = max(self._seen.get(member, -math.inf), now if sent is None else sent)
+                    self._revisions[member] = entry.revision
         if not snapshot:
             self._refresh()
 
-    def _sent_at(self, entry, snapshot: bool) -> float:
-        """When a heartbeat was sent, on our monotonic clock.
+    def _sent_at(self, entry, beat: Heartbeat, snapshot: bool) -> float | None:
+        """When a heartbeat was sent, on our monotonic clock; None if that is a TTL ago or more.
 
-        Live beats count from their arrival. Snapshot entries may be old: their
-        age comes from the server's timestamp (bounded, so a skewed clock can
-        at worst keep a dead member one TTL longer, never drop a live one early).
+        Live beats count from their arrival. Stored ones (a snapshot) may be old: their age
+        is the older of the server's timestamp and the sender's `sent_at` (a skewed clock can
+        at worst hide a live member until its next beat, a third of an interval away).
         """
         now = self._clock()
-        if not snapshot or entry.created is None:
+        if not snapshot:
             return now
-        age = time.time() - entry.created.timestamp()
-        return now - min(max(age, 0.0), self.ttl_s)
+        wall = time.time()
+        ages = [wall - entry.created.timestamp()] if entry.created is not None else []
+        if beat.sent_at is not None:
+            ages.append(wall - beat.sent_at)
+        age = max(ages, default=0.0)
+        if age >= self.ttl_s:
+            return None
+        return now - max(age, 0.0)
 
     # ------------------------------------------------------------ liveness
 
@@ -208,6 +278,7 @@ class Membership:
         for member in dead:
             del self._seen[member]
             log.info("member %s of %s stopped renewing its heartbeat; dropping it", member, self.group)
+            self._forget_dead(member)
         if dead:
             self._refresh()
 

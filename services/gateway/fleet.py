@@ -17,9 +17,11 @@ import nats.errors
 from nats.js.errors import APIError
 
 from shared import names
+from shared.bus import Bus
 from shared.errors import describe
 from shared.kv import RecordViews
 from shared.policy.engines import tidy
+from shared.policy.freshness import DEFAULT_HEALTH_MAX_AGE_S, with_effective_health
 from shared.schemas import (
     EngineRecord,
     EngineState,
@@ -52,6 +54,9 @@ class ApiError(Exception):
 
 
 class Fleet(RecordViews):
+    def __init__(self, bus: Bus, health_max_age_s: float = DEFAULT_HEALTH_MAX_AGE_S) -> None:
+        super().__init__(bus)
+        self.health_max_age_s = health_max_age_s
 
     @property
     def connected(self) -> bool:
@@ -62,8 +67,8 @@ class Fleet(RecordViews):
     def engine_list(
         self, now: datetime, health_status: HealthStatus | None = None, state: EngineState | None = None
     ) -> list[EngineRecord]:
-        """Records as stored, with lapsed reservations and claims dropped, sorted by container_id."""
-        records = (tidy(item.value, now) for item in self.engines.items().values())
+        """Records as readers should see them (`shown`), sorted by container_id."""
+        records = (self.shown(item.value, now) for item in self.engines.items().values())
         return sorted(
             (
                 r
@@ -75,7 +80,12 @@ class Fleet(RecordViews):
 
     def engine(self, container_id: str, now: datetime) -> EngineRecord | None:
         found = self.engines.get(container_id)
-        return tidy(found.value, now) if found else None
+        return self.shown(found.value, now) if found else None
+
+    def shown(self, record: EngineRecord, now: datetime) -> EngineRecord:
+        """Lapsed reservations and claims dropped, and a health verdict older than one probe cycle
+        read as `unknown`: after a restart the stored `healthy` may describe an engine that is gone."""
+        return with_effective_health(tidy(record, now), now, self.health_max_age_s)
 
     def stream_list(self, status: StreamStatus | None = None, container_id: str | None = None) -> list[StreamRecord]:
         return sorted(

@@ -10,6 +10,7 @@ import uvicorn
 
 from shared.bus import Bus
 from shared.config import Config
+from shared.policy.freshness import health_max_age_of
 from services.gateway.app import build_app
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
@@ -34,7 +35,7 @@ class _Server(uvicorn.Server):
 
 
 async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
-    fleet = Fleet(bus)
+    fleet = Fleet(bus, health_max_age_of(config))
     await fleet.start()
     feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine, config.live_max_clients)
     metrics = Metrics(fleet, feed)

@@ -3,7 +3,10 @@
 Wiring: a KvView of `ace_engines` says which engines exist (and their
 address, read at probe time); `Membership` says which prober replicas are
 alive; rendezvous hashing (`shared.policy.partition`) says which engines are
-ours; the `ProbeScheduler` says when each is due. Observations go to
+ours; the `ProbeScheduler` says when each is due. An engine whose owner is
+silent (killed moments ago, still within its heartbeat's TTL) is probed once
+by the next replica in its rendezvous order (`shared.policy.partition.overdue`), so a new engine is probed
+within seconds whatever the membership says. Observations go to
 JetStream with a `Nats-Msg-Id`; each probe task awaits its own ack after
 releasing its probe slot, so a slow ack never holds up other probes.
 The state-keeper decides healthy/unhealthy and logs the transitions.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 
@@ -27,7 +31,8 @@ from shared.engine_client import ProbeResult, new_client, probe
 from shared.errors import describe
 from shared.kv import KvView
 from shared.membership import Membership, new_member_id
-from shared.policy.partition import Arrival, ProbeSchedule, first_due, owner, streak_of
+from shared.policy.freshness import health_max_age_of
+from shared.policy.partition import Arrival, ProbeSchedule, first_due, overdue, owner, rescue_position, streak_of
 from shared.schemas import EngineHealth, EngineRecord, decode_engine, encode, utcnow
 from services.prober import metrics
 from services.prober.scheduler import ProbeScheduler
@@ -35,6 +40,7 @@ from services.prober.scheduler import ProbeScheduler
 log = logging.getLogger("prober")
 
 GROUP = "prober"
+RESCUE_EVERY_S = 1.0
 
 
 def schedule_from(config: Config) -> ProbeSchedule:
@@ -61,6 +67,14 @@ class Prober:
             drain_s=config.health_check_timeout_s + 1,
         )
         self._owners: dict[str, str | None] = {}  # every known engine → the member that probes it
+        # Every known engine → since when (monotonic) and how (start-up or later) its current owner has it.
+        self._known: dict[str, tuple[float, Arrival]] = {}
+        self._rescues: dict[str, asyncio.Task] = {}  # one-off probes of engines whose owner is silent
+        # When each engine was last rescued: at most once an interval, so reports that do not land
+        # (NATS overloaded) never turn rescues into back-to-back probing that overloads it further.
+        self._rescued_at: dict[str, float] = {}
+        self._rescue_slots = asyncio.Semaphore(config.probe_concurrency)
+        self.health_max_age_s = health_max_age_of(config)
         self._publish_errors = 0
 
     @property
@@ -79,8 +93,11 @@ class Prober:
         """A record changed: only arrivals and removals matter (addresses are read at probe time)."""
         if record is None:
             self._owners.pop(key, None)
+            self._known.pop(key, None)
+            self._rescued_at.pop(key, None)
             self.scheduler.remove(key)
         else:
+            self._known.setdefault(key, (time.monotonic(), "registered"))
             if key not in self._owners:  # hashed once; `rebalance` redoes all on membership changes
                 self._owners[key] = owner(key, self.membership.members)
             if self._owners[key] != self.me or key in self.scheduler:
@@ -99,8 +116,11 @@ class Prober:
     def rebalance(self, members: tuple[str, ...], arrival: Arrival) -> None:
         """Recompute every engine's owner; take what became ours, drop what did not."""
         owners: dict[str, str | None] = {}
+        now = time.monotonic()
         for key, item in self.view.items().items():
             owners[key] = who = owner(key, members)
+            if key not in self._known or self._owners.get(key, who) != who:
+                self._known[key] = (now, arrival)  # a new owner gets its catch-up time before any rescue
             if who == self.me and key not in self.scheduler:
                 self._take(key, item.value, arrival)
             elif who != self.me and key in self.scheduler:
@@ -114,6 +134,58 @@ class Prober:
         age = (utcnow() - checked).total_seconds() if checked is not None else None
         due = first_due(time.monotonic(), age, arrival, self.schedule, random.random())
         self.scheduler.add(key, streak_of(record), due)
+
+    # ------------------------------------------------------------ rescue
+
+    def rescue(self) -> list[str]:
+        """Start a one-off probe of every overdue engine this replica is the rescuer of; the keys started."""
+        now, wall = time.monotonic(), utcnow()
+        members = self.membership.members
+        started = []
+        for key, item in self.view.items().items():
+            if key in self.scheduler or key in self._rescues:
+                continue
+            if now - self._rescued_at.get(key, -math.inf) < self.schedule.interval_s:
+                continue
+            checked = item.value.last_health_check
+            age = None if checked is None else (wall - checked).total_seconds()
+            if age is not None and age < self.health_max_age_s:
+                continue  # the cheap test first: most engines are fresh
+            since, arrival = self._known.setdefault(key, (now, "registered"))
+            position = rescue_position(key, members, self.me)
+            timeout = self.config.health_check_timeout_s
+            if not overdue(age, now - since, arrival, position, self.schedule, timeout, self.health_max_age_s):
+                continue
+            primary = owner(key, members)
+            log.info("probing %s for %s, which has not (%s)", item.value.container_name, primary,
+                     "never probed" if age is None else f"last probe {age:.0f}s ago")
+            task = asyncio.get_running_loop().create_task(self._rescue_probe(key))
+            self._rescues[key] = task
+            self._rescued_at[key] = now
+            task.add_done_callback(lambda _, key=key: self._rescues.pop(key, None))
+            started.append(key)
+        metrics.RESCUES.inc(len(started))
+        return started
+
+    async def _rescue_probe(self, key: str) -> None:
+        async with self._rescue_slots:
+            try:
+                result = await self.check(key)
+            except Exception:  # a bug in a probe must not end the rescue loop
+                log.exception("rescue probe of %s failed unexpectedly", key)
+                return
+        if result is not None and key not in self.scheduler:  # became ours meanwhile: the schedule reports
+            await self.report(key, result)
+
+    async def rescue_loop(self, stop: asyncio.Event) -> None:
+        try:
+            while not await _wait(stop, RESCUE_EVERY_S):
+                self.rescue()
+        finally:
+            tasks = list(self._rescues.values())
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # ------------------------------------------------------------ probe and report
 
@@ -200,6 +272,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
                 group.create_task(prober.scheduler.run(stop))
                 group.create_task(membership.run(stop))
                 group.create_task(prober.log_rounds(stop))
+                group.create_task(prober.rescue_loop(stop))
         finally:
             await membership.stop()
             await view.stop()

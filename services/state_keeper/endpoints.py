@@ -30,6 +30,7 @@ from shared.errors import describe
 from shared.kv import ConflictExhausted
 from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
+from shared.policy.freshness import health_max_age_of, with_effective_health
 from shared.policy.selection import CandidateIndex, SelectionPolicy, is_candidate, reserve, retry_after_s
 from shared.schemas import (
     ClaimReply,
@@ -75,6 +76,7 @@ class Endpoints:
             max_streams_per_engine=config.max_streams_per_engine,
             share_content=config.share_content,
             reservation_ttl_s=config.reservation_ttl_s,
+            health_max_age_s=health_max_age_of(config),
         )
         self._salt = random.getrandbits(32)
         self._ranks: dict[str, int] = {}
@@ -199,12 +201,14 @@ class Endpoints:
     async def _no_capacity(self, request: SelectRequest, now) -> SelectReply:
         self.stats.selection("no_capacity")
         await self.store.bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=request.content_key)))
-        raise RequestError(503, "no_capacity", retry_after_s(self.store.engines.values(), now))
+        raise RequestError(
+            503, "no_capacity", retry_after_s(self.store.engines.values(), now, health_max_age_s=self.policy.health_max_age_s)
+        )
 
     async def list_engines(self, data: bytes) -> EngineList:
         request = _decode(ListRequest, data)
         now = utcnow()
-        engines = sorted((tidy(r, now) for r in self.store.engines.values()), key=lambda r: r.container_id)
+        engines = sorted((self._shown(r, now) for r in self.store.engines.values()), key=lambda r: r.container_id)
         return EngineList(
             engines=[
                 r
@@ -219,7 +223,11 @@ class Endpoints:
         found = await self.store.get_engine(request.container_id)
         if found is None:
             raise RequestError(404, f"engine {request.container_id} not found")
-        return tidy(found.value, utcnow())
+        return self._shown(found.value, utcnow())
+
+    def _shown(self, record, now):
+        """A record as answered: lapsed reservations and claims dropped, a stale verdict read as unknown."""
+        return with_effective_health(tidy(record, now), now, self.policy.health_max_age_s)
 
     async def claim(self, data: bytes) -> ClaimReply:
         request = _decode(ClaimRequest, data)

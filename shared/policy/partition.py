@@ -157,3 +157,39 @@ def first_due(now: float, age_s: float | None, arrival: Arrival, schedule: Probe
     if age_s < interval:
         return now + interval - max(age_s, 0.0)
     return now + u * schedule.catch_up_s
+
+
+# ---------------------------------------------------------------- rescue
+
+RESCUE_SLACK_S = 1.0  # a report's way to the record: publish, state-keeper, KV, our view
+
+
+def rescue_position(key: str, members: Iterable[str], me: str) -> int:
+    """`me`'s place in `key`'s rendezvous order: 0 is its owner, 1 its first rescuer, and so on.
+
+    Every replica computes the same order, so rescuers take turns instead of
+    probing all at once, and a dead member's share spreads over the others."""
+    mine = (weight(me, key), me)
+    return sum(1 for member in set(members) if member != me and (weight(member, key), member) > mine)
+
+
+def overdue(age_s: float | None, known_for_s: float, arrival: Arrival, position: int, schedule: ProbeSchedule,
+            timeout_s: float, health_max_age_s: float) -> bool:
+    """The rescuer at `position` should probe the engine now: its owner (and the rescuers before) did not.
+
+    A member killed moments ago keeps its share until its heartbeat's TTL
+    (1.5 intervals); its new engines would wait that long for a first probe and
+    its old ones would go stale. So: never probed although known for longer than
+    its owner takes to probe it first (`new_engine_window_s`, or a whole interval
+    for engines known at start-up, which `first_due` spreads), plus one probe-and-report time
+    (timeout + the report's way) per rescuer before this one; or a stale verdict
+    (`shared.policy.freshness`), likewise, once known for longer than an owner
+    takes to catch an overdue engine up.
+    """
+    if position <= 0:
+        return False  # the owner probes on its schedule
+    step = timeout_s + RESCUE_SLACK_S
+    if age_s is None:
+        window = schedule.interval_s if arrival == "startup" else schedule.new_engine_window_s
+        return known_for_s >= window + position * step
+    return age_s >= health_max_age_s + (position - 1) * step and known_for_s >= schedule.catch_up_s + step

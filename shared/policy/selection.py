@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import msgspec
 
 from shared.policy.engines import effective_state, live_reservations, load
+from shared.policy.freshness import DEFAULT_HEALTH_MAX_AGE_S, is_health_fresh, stale_at
 from shared.schemas import EngineRecord
 
 # Sorts never-used engines before any used one.
@@ -22,6 +23,8 @@ class SelectionPolicy:
     max_streams_per_engine: int = 3
     share_content: bool = True
     reservation_ttl_s: float = 30.0
+    # A `healthy` older than this is no verdict at all (shared.policy.freshness): the engine may be gone.
+    health_max_age_s: float = DEFAULT_HEALTH_MAX_AGE_S
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,9 @@ def is_candidate(record: EngineRecord, now: datetime, policy: SelectionPolicy) -
 
 def _free_load(record: EngineRecord, now: datetime, policy: SelectionPolicy, extra: int) -> int | None:
     """The engine's load (plus `extra` selections in flight) if it can take another stream now, else None."""
-    if record.health_status != "healthy" or (record.claim is not None and effective_state(record, now) != "active"):
+    if record.health_status != "healthy" or not is_health_fresh(record, now, policy.health_max_age_s):
+        return None
+    if record.claim is not None and effective_state(record, now) != "active":
         return None
     busy = load(record, now) + extra
     return busy if busy < policy.max_streams_per_engine else None
@@ -96,8 +101,8 @@ class CandidateIndex:
 
     A heap of rank keys, lazily invalidated: an engine is re-ranked when its record
     changes, when its count of selections in flight changes, or when its rank would
-    change by itself (its soonest live reservation or its claim lapses), which a
-    second heap of deadlines tracks. Entries of older versions are skipped and,
+    change by itself (its soonest live reservation or its claim lapses, or its
+    health verdict goes stale), which a second heap of deadlines tracks. Entries of older versions are skipped and,
     when they pile up, compacted away.
     """
 
@@ -161,7 +166,7 @@ class CandidateIndex:
                 heapq.heappush(self._ranked, entry)
 
     def _advance(self, now: datetime) -> None:
-        """Re-rank the engines whose reservations or claims lapsed since the last look."""
+        """Re-rank the engines whose reservations, claims or health verdicts lapsed since the last look."""
         while self._deadlines and self._deadlines[0][0] <= now:
             _, cid, version = heapq.heappop(self._deadlines)
             if self._versions.get(cid) == version:
@@ -180,7 +185,7 @@ class CandidateIndex:
         self._keys[cid] = key
         if key is not None:
             heapq.heappush(self._ranked, (key, version))
-        deadline = _next_change(record, now)
+        deadline = _next_change(record, now, self.policy.health_max_age_s)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, cid, version))
         if len(self._ranked) > 2 * len(self._records) + 64 or len(self._deadlines) > 2 * len(self._records) + 64:
@@ -193,9 +198,14 @@ class CandidateIndex:
         heapq.heapify(self._deadlines)
 
 
-def _next_change(record: EngineRecord, now: datetime) -> datetime | None:
-    """When the record's rank changes by itself: its soonest live reservation or its claim lapses."""
+def _next_change(record: EngineRecord, now: datetime, health_max_age_s: float) -> datetime | None:
+    """When the record's rank changes by itself: its soonest live reservation or its claim lapses,
+    or its health verdict goes stale (a prober that stopped writes nothing, so nothing else would tell)."""
     soonest = None
+    if record.health_status == "healthy":
+        stale = stale_at(record, health_max_age_s)
+        if stale is not None and stale > now:
+            soonest = stale
     for expires in record.reservations.values():
         if expires > now and (soonest is None or expires < soonest):
             soonest = expires
@@ -211,12 +221,16 @@ def reserve(record: EngineRecord, reservation_id: str, now: datetime, ttl_s: flo
     return msgspec.structs.replace(record, reservations=reservations)
 
 
-def retry_after_s(engines: Iterable[EngineRecord], now: datetime, default: float = 5.0) -> float:
+def retry_after_s(
+    engines: Iterable[EngineRecord], now: datetime, default: float = 5.0,
+    health_max_age_s: float = DEFAULT_HEALTH_MAX_AGE_S,
+) -> float:
     """When capacity is likeliest to return: the soonest reservation expiry on a usable engine."""
     expiries = [
         expires
         for r in engines
-        if r.health_status == "healthy" and effective_state(r, now) == "active"
+        if r.health_status == "healthy" and is_health_fresh(r, now, health_max_age_s)
+        and effective_state(r, now) == "active"
         for expires in live_reservations(r, now).values()
     ]
     if not expiries:

@@ -8,7 +8,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway_stack import read_sse
+from gateway_stack import HEALTH_BY_HAND, read_sse
 from shared import names
 from shared.schemas import EngineRecord, EngineRegistered, encode
 from support import free_port, request_json, wait_until
@@ -52,7 +52,8 @@ async def test_engines_are_the_stored_records_sorted_and_filtered(stack, nc):
     assert missing.json() == {"error": "engine no-such-engine not found", "code": 404}
 
 
-async def test_select_then_start_and_end_a_stream_over_http(stack):
+async def test_select_then_start_and_end_a_stream_over_http(make_stack):
+    stack = await make_stack(**HEALTH_BY_HAND)
     [port] = stack.start_engines(1)
     cid = await stack.register(port, name="acestream-1")
     await stack.report_health(cid, ok=True)
@@ -139,7 +140,7 @@ async def test_reference_proxy_payloads_start_and_end_streams(stack):
 
 
 async def test_select_without_capacity_answers_503_with_retry_after(make_stack):
-    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1)
+    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1, **HEALTH_BY_HAND)
     cid = await stack.register(free_port())
     await stack.report_health(cid, ok=True)
     await stack.healthy(cid)
@@ -210,7 +211,7 @@ async def test_api_key_protects_writes_and_leaves_reads_open(make_stack):
 
 
 async def test_metrics_show_the_fleet_and_the_sum_of_state_keeper_counters(make_stack, processes, nc):
-    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1)
+    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1, **HEALTH_BY_HAND)
     processes.service("state_keeper", stack.env)  # a second replica: counters are summed
     healthy_id = await stack.register(free_port(), name="good")
     sick_id = await stack.register(free_port(), name="sick")
@@ -250,7 +251,7 @@ async def test_metrics_show_the_fleet_and_the_sum_of_state_keeper_counters(make_
 
 
 async def test_live_feed_keeps_alive_and_survives_a_nats_restart(make_stack, nats_server):
-    stack = await make_stack(GATEWAY_KEEPALIVE_S=0.5)
+    stack = await make_stack(GATEWAY_KEEPALIVE_S=0.5, **HEALTH_BY_HAND)
     cid = await stack.register(free_port(), name="survivor")
     async with stack.http.stream("GET", "/api/live", timeout=httpx.Timeout(10, read=30)) as response:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
+from gateway_stack import HEALTH_BY_HAND
 from support import ROOT, free_port
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -23,7 +24,7 @@ CHECKS = (
 
 async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp_path):
     # Capacity is effectively unlimited so a valid selection is a 200, never a 503 "no capacity".
-    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1_000_000)
+    stack = await make_stack(MAX_STREAMS_PER_ENGINE=1_000_000, **HEALTH_BY_HAND)
     engine = await stack.register(free_port(), name="fuzz-target")
     await stack.report_health(engine, ok=True)
     await stack.healthy(engine)

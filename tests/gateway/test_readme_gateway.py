@@ -4,12 +4,13 @@ import asyncio
 
 import httpx
 
+from gateway_stack import HEALTH_BY_HAND
 from support import wait_until
 from test_readme import readme_example
 
 
 async def test_the_gateway_example_drives_a_real_stack(make_stack):
-    stack = await make_stack()
+    stack = await make_stack(**HEALTH_BY_HAND)
     cid = await stack.register(6878, name="demo-1")
     await stack.report_health(cid, ok=True)
     await stack.healthy(cid)

@@ -22,6 +22,7 @@ def engine(container_id: str = "e1", **fields) -> EngineRecord:
         port=6878,
         runtime="local",
         health_status="healthy",
+        last_health_check=ago(10),  # a fresh verdict (shared.policy.freshness), unless the case says otherwise
         created_at=ago(3600),
         idle_since=ago(3600),
     )

@@ -12,6 +12,7 @@ from shared.schemas import Claim
 ENGINES = ["a", "b", "c", "d", "e"]
 CONTENTS = ["ch1", "ch2"]
 seconds = st.integers(-3, 12)
+HEALTH_MAX_AGE_S = 10
 
 
 def tiebreak(cid: str) -> int:
@@ -21,7 +22,8 @@ def tiebreak(cid: str) -> int:
 class IndexMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
-        self.policy = SelectionPolicy(max_streams_per_engine=3)
+        # A short freshness bound, so the steps of time_passes make verdicts go stale under the index.
+        self.policy = SelectionPolicy(max_streams_per_engine=3, health_max_age_s=HEALTH_MAX_AGE_S)
         self.index = CandidateIndex(self.policy, tiebreak)
         self.records = {}
         self.in_flight = {}
@@ -37,8 +39,9 @@ class IndexMachine(RuleBasedStateMachine):
         reservations=st.lists(seconds, max_size=3),
         claimed=st.one_of(st.none(), st.tuples(st.sampled_from(["clean", "reap"]), seconds)),
         used=st.one_of(st.none(), st.integers(-100, 0)),
+        checked=st.one_of(st.none(), st.integers(-HEALTH_MAX_AGE_S - 2, 0)),
     )
-    def put(self, cid, healthy, streams, reservations, claimed, used):
+    def put(self, cid, healthy, streams, reservations, claimed, used, checked):
         record = engine(
             cid,
             health_status="healthy" if healthy else "unhealthy",
@@ -46,6 +49,7 @@ class IndexMachine(RuleBasedStateMachine):
             reservations={f"r{i}": self.at(s) for i, s in enumerate(reservations)},
             claim=None if claimed is None else Claim(claim_id="c", purpose=claimed[0], holder="t", expires_at=self.at(claimed[1])),
             last_stream_usage=None if used is None else self.at(used),
+            last_health_check=None if checked is None else self.at(checked),
         )
         self.records[cid] = record
         self.index.update(cid, record, self.now)

@@ -14,8 +14,10 @@ from shared.policy.partition import (
     first_due,
     jittered,
     next_due,
+    overdue,
     owned_keys,
     owner,
+    rescue_position,
     settled,
     streak_of,
     weight,
@@ -205,3 +207,39 @@ def test_batching_stays_inside_the_jitter():
     assert S.batch_s <= I * S.jitter / 2
     assert ProbeSchedule(interval_s=1, jitter=0.1).batch_s == pytest.approx(0.025)
     assert ProbeSchedule(interval_s=3600).batch_s == 0.5
+
+
+# ---------------------------------------------------------------- rescue
+
+RESCUE = ProbeSchedule(interval_s=30, recheck_s=5, new_engine_window_s=1)
+
+
+def test_rescue_positions_are_the_rendezvous_order_and_agree_everywhere():
+    members = ["m0", "m1", "m2", "m3"]
+    for key in [f"engine-{i}" for i in range(50)]:
+        positions = sorted(rescue_position(key, members, me) for me in members)
+        assert positions == [0, 1, 2, 3]
+        assert [m for m in members if rescue_position(key, members, m) == 0] == [owner(key, members)]
+
+
+def test_a_never_probed_engine_is_rescued_in_turns_after_its_first_probe_window():
+    step = 1 + 1  # timeout + the report's way
+    assert not overdue(None, 100, "registered", 0, RESCUE, 1, 45)  # the owner never "rescues"
+    assert not overdue(None, 1 + step - 0.1, "registered", 1, RESCUE, 1, 45)
+    assert overdue(None, 1 + step, "registered", 1, RESCUE, 1, 45)
+    assert not overdue(None, 1 + step, "registered", 2, RESCUE, 1, 45)  # the next one waits its turn
+    assert overdue(None, 1 + 2 * step, "registered", 2, RESCUE, 1, 45)
+
+
+def test_engines_known_at_start_up_get_the_whole_interval_their_owner_spreads_first_probes_over():
+    assert not overdue(None, 10, "startup", 1, RESCUE, 1, 45)
+    assert overdue(None, 30 + 2, "startup", 1, RESCUE, 1, 45)
+
+
+def test_a_stale_engine_is_rescued_and_a_fresh_one_never():
+    known = RESCUE.catch_up_s + 2
+    assert not overdue(44.9, known, "registered", 1, RESCUE, 1, 45)
+    assert overdue(45, known, "registered", 1, RESCUE, 1, 45)
+    assert not overdue(45, known, "registered", 2, RESCUE, 1, 45)
+    assert overdue(47, known, "registered", 2, RESCUE, 1, 45)
+    assert not overdue(100, 1, "startup", 1, RESCUE, 1, 45)  # just learned of it: its owner catches it up first

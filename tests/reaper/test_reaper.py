@@ -96,14 +96,24 @@ async def test_engines_within_grace_or_in_use_are_kept(pools):
     assert {e["container_id"] for e in await pool.engines()} == {streaming["container_id"], reserved["container_id"]}
 
 
+ENGINES_FOR_RACES = 10
+SELECTION_PAUSE_S = (0.2, 0.5)
+
+
 async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_engine(pools):
     """A proxy that starts a stream on an engine the reaper has just claimed: either the reaper backs off,
     or the engine goes and the state-keeper ends the stream. Selections meanwhile never return an engine
-    that is claimed."""
+    that is claimed.
+
+    The selections' own reservations protect engines from the reaper (DESIGN §5), and every raced
+    stream that wins keeps its engine for good: the pool and the selection pace leave the reaper idle
+    engines to take until it has done six reaps (8 engines and a selection every 0.05-0.3 s starved it:
+    the last idle engines held a live reservation at almost every sweep, and the wait timed out).
+    """
     pool = await pools(MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=1, RESERVATION_TTL_S=1,
                        MAX_STREAMS_PER_ENGINE=2)
-    await pool.create_engines(8)
-    await pool.wait_healthy(8)
+    await pool.create_engines(ENGINES_FOR_RACES)
+    await pool.wait_healthy(ENGINES_FOR_RACES)
     rng = random.Random(7)
     raced: list[str] = []
 
@@ -138,15 +148,22 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
                     asyncio.get_running_loop().call_later(
                         rng.uniform(0.2, 1.5), lambda s=stream_id, c=engine["container_id"]:
                         asyncio.ensure_future(pool.ended(s, c)))
-            await asyncio.sleep(rng.uniform(0.05, 0.3))
+            await asyncio.sleep(rng.uniform(*SELECTION_PAUSE_S))
 
     selecting_since = time.time()
     selector = asyncio.get_running_loop().create_task(select_forever())
     pool.service("reaper")
     pool.service("janitor")
     try:
-        await wait_until(lambda: len(pool.recorder.of(names.ENGINE_REMOVED)) >= 3 and len(raced) >= 3
-                         and selections >= 10, timeout=40, what="removals with streams and selections racing them")
+        def progress():
+            removals = len(pool.recorder.of(names.ENGINE_REMOVED))
+            done = removals >= 3 and len(raced) >= 3 and selections >= 10
+            return done or f"{removals} removals, {len(raced)} raced, {selections} selections, {len(reap_claims)} reap claims"
+
+        try:
+            await wait_until(lambda: progress() is True, timeout=90, what="removals with streams and selections racing them")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; so far {progress()}") from None
     finally:
         selector.cancel()
         await asyncio.gather(selector, return_exceptions=True)
