@@ -1,0 +1,81 @@
+"""A store that does not answer is not a bad event: deliveries are held, not used up.
+
+The consumer runs in this process against a real nats-server with a small `max_deliver`
+and `ack_wait`. The streams bucket is taken away (its backing stream deleted: every write
+to it finds no stream, as when a clustered bucket has no leader) for much longer than
+`max_deliver × ack_wait`, then put back: every event still applies, none is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from services.state_keeper.consumer import EventConsumer
+from services.state_keeper.events import EventApplier
+from services.state_keeper.stats import Stats
+from services.state_keeper.store import Store
+from shared import names
+from shared.bus import bucket_stream_config
+from shared.config import load_config
+from shared.kv import read
+from shared.policy.health import HealthPolicy
+from shared.schemas import EngineRecord, EngineRegistered, StreamStarted, decode_stream
+from keeper_helpers import consumer_drained, publish
+from support import wait_until
+
+MAX_DELIVER = 4
+ACK_WAIT_S = 1.0
+# The outage's length is the scenario: well past the point where counted redeliveries run out
+# (max_deliver × ack_wait, plus the nak delays the consumer used to add between them).
+OUTAGE_S = 3 * MAX_DELIVER * ACK_WAIT_S
+STREAMS = [f"s{n}" for n in range(5)]
+
+
+async def _nothing(_note) -> None:
+    pass
+
+
+async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(bus, nats_server):
+    store = Store(bus, stream_ttl_s=600)
+    await store.start()
+    applier = EventApplier(store, HealthPolicy(fall=3, rise=1), _nothing)
+    stats = Stats()
+    consumer = EventConsumer(bus, applier, stats, unknown_engine_retry_s=600, max_deliver=MAX_DELIVER, ack_wait_s=ACK_WAIT_S)
+    await applier.apply(EngineRegistered(container_id="e1", host="127.0.0.1", port=6878, runtime="local"))
+    bucket = f"KV_{names.STREAMS_BUCKET}"
+    await bus.js.delete_stream(bucket)
+    stop = asyncio.Event()
+    running = asyncio.get_running_loop().create_task(consumer.run(stop))
+    try:
+        for stream_id in STREAMS:
+            await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id=stream_id, container_id="e1"))
+
+        async def listed() -> list[str]:
+            found = await read(bus.engines, "e1", lambda data: msgspec.json.decode(data, type=EngineRecord))
+            return sorted(found.value.streams) if found is not None else []
+
+        # A start wrote its engine half and is stuck on the stream record: the store is down.
+        await wait_until(listed, timeout=30, what="a start reached the missing bucket")
+        await asyncio.sleep(OUTAGE_S)
+        assert not running.done()
+        assert stats.rejected == {}, "an unavailable store must not use up deliveries"
+
+        await bus.js.add_stream(bucket_stream_config(names.STREAMS_BUCKET, load_config({"NATS_URL": nats_server.url})))
+
+        async def all_recorded() -> bool:
+            records = [await read(bus.streams, stream_id, decode_stream) for stream_id in STREAMS]
+            return all(r is not None and r.value.status == "started" and r.value.container_id == "e1" for r in records)
+
+        await wait_until(all_recorded, timeout=60, what="every held start applied once the bucket is back")
+        await wait_until(lambda: consumer_drained(bus), timeout=30, what="every event acknowledged")
+        assert stats.rejected == {}
+        assert stats.applied[names.STREAM_STARTED] == len(STREAMS)
+        info = await bus.js.consumer_info(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
+        assert info.num_redelivered == 0, "held deliveries were kept alive, not redelivered"
+        assert await listed() == STREAMS
+    finally:
+        stop.set()
+        await running
+        await store.stop()
