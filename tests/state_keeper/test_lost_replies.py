@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
+from pathlib import Path
 
 import msgspec
 import nats
@@ -29,6 +31,24 @@ from support import request_json, wait_until
 KV_TIMEOUT_S = 1.0  # the keeper's KV request timeout here; callers wait far longer
 
 
+def freeze(pid: int, timeout_s: float = 10.0) -> None:
+    """SIGSTOP and wait until every thread has stopped: on a busy machine a server thread
+    already awake went on to answer a write sent a millisecond after the signal."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout_s
+    while not all(_state(task) in ("T", "t") for task in Path(f"/proc/{pid}/task").iterdir()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nats-server {pid} did not stop within {timeout_s}s")
+        time.sleep(0.0002)  # synchronous on purpose: nothing may be sent before the server is still
+
+
+def _state(task: Path) -> str:
+    try:
+        return (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "T"  # a thread that has exited does not answer either
+
+
 class FreezingStore(Store):
     """A real Store that, once armed, freezes the nats-server right after its next engine change
     is computed (before the write goes out) and counts the writes that then time out."""
@@ -38,19 +58,23 @@ class FreezingStore(Store):
         self.server_pid = server_pid
         self.armed = False
         self.timeouts = 0
+        self.failures: list[str] = []  # other errors while frozen, to explain a test that hangs
 
     async def update_engine(self, container_id, change, **kwargs):
         def freezing(record):
             after = change(record)
             if self.armed and after is not record:
                 self.armed = False
-                os.kill(self.server_pid, signal.SIGSTOP)
+                freeze(self.server_pid)
             return after
 
         try:
             return await super().update_engine(container_id, freezing, **kwargs)
         except asyncio.TimeoutError:
             self.timeouts += 1
+            raise
+        except Exception as exc:
+            self.failures.append(repr(exc))
             raise
 
 
@@ -99,7 +123,8 @@ async def _through_a_lost_reply(nc, store, nats_server, subject: str, payload: d
     store.armed = True
     reply = asyncio.get_running_loop().create_task(request_json(nc, subject, payload, timeout=30))
     try:
-        await wait_until(lambda: store.timeouts >= 1 or reply.done(), timeout=30, what="the keeper's write timed out")
+        await wait_until(lambda: store.timeouts >= 1 or store.failures or reply.done(), timeout=30,
+                         what="the keeper's write timed out")
     finally:
         os.kill(nats_server.process.pid, signal.SIGCONT)
     return await reply
@@ -112,7 +137,7 @@ async def test_select_whose_reservation_reply_was_lost_answers_the_reservation(k
 
     body, headers = await _through_a_lost_reply(nc, store, nats_server, names.ENGINE_SELECT, {"content_key": "news"})
 
-    assert store.timeouts >= 1, "the write must really have timed out for this test to mean anything"
+    assert store.timeouts >= 1, f"the write must really have timed out for this test to mean anything: {body}"
     assert "Nats-Service-Error-Code" not in headers, body
     assert body["engine"]["container_id"] == "e1"
     stored = await _stored(bus, "e1")
@@ -129,7 +154,7 @@ async def test_claim_whose_reply_was_lost_answers_the_claim_and_a_retry_gets_it_
 
     body, headers = await _through_a_lost_reply(nc, store, nats_server, names.ENGINE_CLAIM, ask)
 
-    assert store.timeouts >= 1
+    assert store.timeouts >= 1, body
     assert "Nats-Service-Error-Code" not in headers, body
     stored = await _stored(bus, "e1")
     assert stored.claim is not None and stored.claim.claim_id == body["claim_id"] and stored.state == "cleaning"
