@@ -1,4 +1,5 @@
-"""A store that does not answer is not a bad event: deliveries are held, not used up.
+"""A store that does not answer is not a bad event: deliveries are held, not used up; and an
+engine left listing a stream whose record never landed is reconciled.
 
 The consumer runs in this process against a real nats-server with a small `max_deliver`
 and `ack_wait`. The streams bucket is taken away (its backing stream deleted: every write
@@ -22,7 +23,7 @@ from shared.config import load_config
 from shared.kv import read
 from shared.policy.health import HealthPolicy
 from shared.schemas import EngineRecord, EngineRegistered, StreamStarted, decode_stream
-from keeper_helpers import consumer_drained, publish
+from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
 from support import wait_until
 
 MAX_DELIVER = 4
@@ -79,3 +80,36 @@ async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(b
         stop.set()
         await running
         await store.stop()
+
+
+async def _listed(nc, container_id: str) -> list[str] | None:
+    body, _ = await get_engine(nc, container_id)
+    return body.get("streams")
+
+
+async def _list_without_record(bus, container_id: str, stream_id: str) -> None:
+    """What a start whose event was dropped after its engine write left behind."""
+    entry = await bus.engines.get(container_id)
+    record = msgspec.json.decode(entry.value, type=EngineRecord)
+    record = msgspec.structs.replace(record, streams=[*record.streams, stream_id], idle_since=None)
+    await bus.engines.update(container_id, msgspec.json.encode(record), last=entry.revision)
+
+
+async def test_an_engine_listing_a_stream_without_any_record_is_reconciled(start_keepers, bus, nc):
+    await start_keepers(1, RESERVATION_TTL_S="2")
+    await register_healthy(bus, nc, "e1")
+    await register_healthy(bus, nc, "e2", port=6879)
+    await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="live", container_id="e1"))
+    await wait_until(lambda: read(bus.streams, "live", decode_stream), what="the live stream's record")
+    await _list_without_record(bus, "e1", "ghost1")
+    await _list_without_record(bus, "e2", "ghost2")
+
+    await wait_until(lambda: _equals(_listed(nc, "e1"), ["live"]), timeout=30, what="ghost1 dropped from e1")
+    await wait_until(lambda: _equals(_listed(nc, "e2"), []), timeout=30, what="ghost2 dropped from e2")
+    e2, _ = await get_engine(nc, "e2")
+    assert e2["idle_since"] is not None, "an engine left with nothing is idle again"
+    assert await read(bus.streams, "ghost1", decode_stream) is None, "reconciling writes no record"
+
+
+async def _equals(pending, expected) -> bool:
+    return await pending == expected
