@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import msgspec
 import nats.errors
@@ -265,7 +266,7 @@ class RejectionLog:
     full, the rest as one summary line when the interval ends. (One client publishing 3,000
     malformed events wrote 3,000 WARNING lines.) Every rejection is still counted in Stats."""
 
-    def __init__(self, first: int = 5, interval_s: float = 10.0, clock=time.monotonic) -> None:
+    def __init__(self, first: int = 5, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.first = first
         self.interval_s = interval_s
         self.clock = clock

@@ -78,11 +78,17 @@ class FreezingStore(Store):
             raise
 
 
+async def _expected_while_frozen(_exc: Exception) -> None:
+    """The views' watches time out re-creating their consumers while the server is frozen: expected."""
+
+
 @pytest.fixture
 async def keeper(bus, nats_server):
     """(store, endpoints) of an in-process state-keeper whose KV requests time out after KV_TIMEOUT_S."""
     pid = nats_server.process.pid
-    conn = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    conn = await nats.connect(
+        nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2, error_cb=_expected_while_frozen
+    )
     js = conn.jetstream(timeout=KV_TIMEOUT_S)
     keeper_bus = Bus(
         nc=conn,

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+import nats.errors
+import pytest
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
-from services.state_keeper.consumer import EventConsumer
+from services.state_keeper.consumer import EventConsumer, store_unavailable
 from services.state_keeper.events import EventApplier
 from services.state_keeper.stats import Stats
 from services.state_keeper.store import Store
 from shared import names
 from shared.bus import bucket_stream_config
 from shared.config import load_config
-from shared.kv import read
+from shared.kv import ConflictExhausted, read
 from shared.policy.health import HealthPolicy
 from shared.schemas import EngineRecord, EngineRegistered, StreamStarted, decode_stream
 from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
@@ -113,3 +116,21 @@ async def test_an_engine_listing_a_stream_without_any_record_is_reconciled(start
 
 async def _equals(pending, expected) -> bool:
     return await pending == expected
+
+
+@pytest.mark.parametrize(
+    "exc, unavailable",
+    [
+        (nats.errors.TimeoutError(), True),
+        (NoStreamResponseError(), True),
+        (ServiceUnavailableError(code=503, description="no leader"), True),
+        (nats.errors.ConnectionClosedError(), True),
+        (ConnectionResetError(), True),
+        (ConflictExhausted("ace_engines/e1: still conflicting"), False),
+        (BadRequestError(code=400, description="bad"), False),
+        (ValueError("a bug of ours"), False),
+    ],
+    ids=lambda v: type(v).__name__ if isinstance(v, BaseException) else str(v),
+)
+def test_only_a_store_that_does_not_answer_holds_a_delivery(exc, unavailable):
+    assert store_unavailable(exc) is unavailable
