@@ -27,7 +27,7 @@ from shared import names
 from shared.config import Config
 from shared.decode_errors import describe_decode_error
 from shared.errors import describe
-from shared.kv import ConflictExhausted
+from shared.kv import ConflictExhausted, Outcome
 from shared.policy.engines import tidy
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
 from shared.policy.freshness import health_max_age_of, with_effective_health
@@ -37,6 +37,7 @@ from shared.schemas import (
     ClaimRequest,
     EngineDemand,
     EngineList,
+    EngineRecord,
     ErrorReply,
     GetRequest,
     ListRequest,
@@ -57,6 +58,8 @@ log = logging.getLogger("state-keeper")
 
 MAX_REQUEST_BYTES = 64 * 1024
 SELECT_ATTEMPTS = 20
+# Re-reads of a write whose reply timed out (each bounded by the KV timeout) before answering 503.
+RESOLVE_ATTEMPTS = 3
 VERSION = "0.1.0"
 
 
@@ -174,15 +177,15 @@ class Endpoints:
             # Counted as load while the write is in flight, so concurrent requests spread out.
             self.candidates.add_in_flight(container_id, 1, now)
             try:
-                outcome = await self.store.update_engine(
-                    container_id, lambda r: self._reserve(r, reservation_id, now)
+                outcome = await self._update_engine(
+                    "select", container_id, lambda r: self._reserve(r, reservation_id, now)
                 )
             finally:
                 self.candidates.add_in_flight(container_id, -1, utcnow())
             if outcome.after is None:
                 vanished.add(container_id)
                 continue
-            if outcome.written:
+            if reservation_id in outcome.after.reservations:
                 self.stats.selection("shared" if choice.shared else "selected")
                 return SelectReply(
                     engine=outcome.after,
@@ -194,6 +197,8 @@ class Endpoints:
         raise ConflictExhausted(f"selection kept losing races after {SELECT_ATTEMPTS} attempts")
 
     def _reserve(self, record, reservation_id: str, now):
+        if record is not None and reservation_id in record.reservations:
+            return record  # a write whose reply timed out had applied (the id is ours alone)
         if record is None or not is_candidate(record, now, self.policy):
             return record
         return reserve(tidy(record, now), reservation_id, now, self.policy.reservation_ttl_s)
@@ -234,29 +239,52 @@ class Endpoints:
         claim_id = uuid.uuid4().hex
         now = utcnow()
         outcome = await self._update_claims(
-            request.container_id, lambda r: apply_claim(r, request, claim_id, now, self.config.claim_ttl_s)
+            "claim", request.container_id, lambda r: apply_claim(r, request, claim_id, now, self.config.claim_ttl_s)
         )
-        log.info(
-            "engine %s claimed for %s by %s", outcome.after.container_name, request.purpose, request.holder
-        )
-        return ClaimReply(claim_id=claim_id)
+        claim = outcome.after.claim
+        if claim.claim_id != claim_id:
+            log.info("engine %s: %s already holds its %s claim", outcome.after.container_name, request.holder, claim.purpose)
+        else:
+            log.info("engine %s claimed for %s by %s", outcome.after.container_name, request.purpose, request.holder)
+        return ClaimReply(claim_id=claim.claim_id)
 
     async def release(self, data: bytes) -> ReleaseReply:
         request = _decode(ReleaseRequest, data)
         now = utcnow()
-        await self._update_claims(request.container_id, lambda r: apply_release(r, request.claim_id, now))
+        await self._update_claims("release", request.container_id, lambda r: apply_release(r, request.claim_id, now))
         return ReleaseReply(ok=True)
 
-    async def _update_claims(self, container_id: str, change):
+    async def _update_claims(self, name: str, container_id: str, change):
         def guarded(record):
             if record is None:
                 raise RequestError(404, f"engine {container_id} not found")
             return change(record)
 
         try:
-            return await self.store.update_engine(container_id, guarded, use_cache=False)
+            return await self._update_engine(name, container_id, guarded, use_cache=False)
         except ClaimRefused as exc:
             raise RequestError(exc.code, str(exc)) from None
+
+    async def _update_engine(
+        self, name: str, container_id: str, change: Callable[[EngineRecord | None], object], *, use_cache: bool = True
+    ) -> Outcome[EngineRecord]:
+        """`store.update_engine`, where a timeout means "unknown", not "failed" (DESIGN §9).
+
+        The write may have been applied although its reply never came. `change` is
+        idempotent (it returns a record that already holds its effect unchanged), so running it
+        again on a fresh read either finds the effect or writes it once — the compare-and-set
+        keeps a late original and the re-run from both landing. Only when every re-read times
+        out too is the outcome left unknown and the request answered as unavailable.
+        """
+        for attempt in range(1, RESOLVE_ATTEMPTS + 1):
+            try:
+                return await self.store.update_engine(container_id, change, use_cache=use_cache and attempt == 1)
+            except asyncio.TimeoutError:
+                log.warning(
+                    "%s: write to engine %s timed out, outcome unknown; re-reading (%d of %d)",
+                    name, container_id, attempt, RESOLVE_ATTEMPTS,
+                )
+        return await self.store.update_engine(container_id, change, use_cache=False)
 
     async def list_streams(self, data: bytes) -> StreamList:
         request = _decode(StreamListRequest, data)

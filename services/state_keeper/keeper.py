@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 import time
+from datetime import datetime
 
 from shared.bus import Bus
 from shared.config import Config
@@ -14,7 +15,8 @@ from shared.kv import DELETE, GONE_HORIZON_S, purge_markers
 from shared.policy.engines import tidy
 from shared.policy.events import stream_expired
 from shared.policy.health import HealthPolicy
-from shared.schemas import EngineIdle, encode, utcnow
+from shared.policy.orphans import Pair, orphans_due
+from shared.schemas import EngineIdle, StreamRecord, encode, utcnow
 from shared import names
 from services.state_keeper.consumer import EventConsumer
 from services.state_keeper.endpoints import Endpoints
@@ -67,6 +69,7 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
     """
     interval = max(min(config.reservation_ttl_s, config.claim_ttl_s) / 2, 1.0)
     holder = f"{socket.gethostname()}-{id(store)}"
+    record_less: dict[Pair, datetime] = {}
     while await sleep_to_next_epoch(interval, stop):
         try:
             if not await claim_epoch(store.bus.leases, "state-keeper-tidy", interval, holder):
@@ -76,6 +79,7 @@ async def housekeeping(store: Store, applier: EventApplier, config: Config, stop
                 if tidy(item.value, now) is not item.value:
                     await store.update_engine(key, lambda r: tidy(r, utcnow()) if r else None)
             await drop_ended_streams(store, applier)
+            record_less = await drop_record_less_streams(store, applier, record_less, config.reservation_ttl_s)
             await expire_streams(store, config.stream_ttl_s)
             await store.expire_removals(utcnow())
             await purge_old_markers(store)
@@ -92,6 +96,35 @@ async def drop_ended_streams(store: Store, applier: EventApplier) -> None:
             if stream is not None and stream.value.status == "ended":
                 log.warning("engine %s still listed ended stream %s; dropping it", item.value.container_name, stream_id)
                 await applier.reconcile(key, stream.value, None)
+
+
+async def drop_record_less_streams(
+    store: Store, applier: EventApplier, first_seen: dict[Pair, datetime], grace_s: float
+) -> dict[Pair, datetime]:
+    """Take off engines the streams they have listed without any record for `grace_s` (an event
+    dropped after its engine write, before its stream record): they would count as load for ever.
+
+    The grace is a reservation's lifetime: a start arrives within it, and its record lands a round
+    trip after its engine write. The record is read from the server before the engine is changed
+    (the view may lag), and once more after: a record that landed in between puts the stream back.
+    Returns the record-less listings seen, to pass in next time.
+    """
+    listed = {key: item.value.streams for key, item in store.engines.items().items()}
+    first_seen, due = orphans_due(listed, lambda s: store.streams.get(s) is not None, first_seen, utcnow(), grace_s)
+    for container_id, stream_id in due:
+        if await store.get_stream(stream_id) is not None:
+            continue
+        engine = store.engines.get(container_id)
+        log.warning(
+            "engine %s listed stream %s with no record for over %.0fs; dropping it",
+            engine.value.container_name if engine else container_id, stream_id, grace_s,
+        )
+        await applier.reconcile(container_id, StreamRecord(stream_id=stream_id, status="ended"), None)
+        landed = await store.get_stream(stream_id)
+        if landed is not None:
+            await applier.reconcile(landed.container_id or container_id, landed, None)
+        first_seen.pop((container_id, stream_id), None)
+    return first_seen
 
 
 async def expire_streams(store: Store, ttl_s: float) -> None:

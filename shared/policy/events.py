@@ -260,10 +260,16 @@ class ClaimRefused(Exception):
 def apply_claim(
     record: EngineRecord, request: ClaimRequest, claim_id: str, now: datetime, ttl_s: float
 ) -> EngineRecord:
-    """Take the engine out of selection for a clean or a reap; refuse while it is in use."""
+    """Take the engine out of selection for a clean or a reap; refuse while it is in use.
+
+    A holder asking again for what it already holds gets its claim back unchanged: its first
+    request may have been applied although the reply was lost (a timed-out write, DESIGN §9).
+    """
     record = tidy(record, now)
     if record.runtime == "external":
         raise ClaimRefused(f"engine {record.container_id} is external: it is never cleaned or removed", 409)
+    if record.claim is not None and (record.claim.holder, record.claim.purpose) == (request.holder, request.purpose):
+        return record
     if record.claim is not None:
         raise ClaimRefused(
             f"engine {record.container_id} is busy: claimed for {record.claim.purpose} by {record.claim.holder}",
