@@ -25,6 +25,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
 from shared import names
+from shared.errors import describe
 from shared.kv import read
 from shared.schemas import (
     EngineRecord,
@@ -259,7 +260,7 @@ async def publish_event(
         except NatsTimeout:
             problem = f"JetStream did not acknowledge {subject} within {PUBLISH_TIMEOUT_S:g}s"
         except (nats.errors.Error, OSError) as exc:
-            problem = f"publishing {subject} failed: {exc or type(exc).__name__}"
+            problem = f"publishing {subject} failed: {describe(exc)}"
         wait = min(PUBLISH_RETRY_MAX_S, PUBLISH_RETRY_FIRST_S * 2 ** (attempt - 1))
         if loop.time() + wait >= deadline:
             raise CliError(f"{problem} ({attempt} attempts over {within_s:g}s; {msg_id} may not be stored)")

@@ -27,7 +27,7 @@ import httpx
 
 from shared.config import Config
 from services.cli.children import Child, adopted_children, alive, become_subreaper, kill_pid, reap, terminate_pid
-from services.cli.engines import stop_engines
+from services.cli.engines import report_removed, stop_engines
 from services.cli.logs import Output
 from services.cli.plan import (
     EXIT_CONFIG_ERROR,
@@ -218,16 +218,25 @@ class Supervisor:
     # -- stop
 
     async def _shutdown(self) -> None:
-        """Services in reverse start order, then engines, then NATS; a failing step never skips the rest."""
+        """Services in reverse start order with the engines just before the state-keeper, then NATS.
+
+        The engines go while the state-keeper still runs, so it deletes their records: the next
+        `up` never shows or hands out an engine of this run. A failing step never skips the rest.
+        """
         self.stop.set()
         for task in list(self.restarting.values()):  # they see `stop` and return; a start under way finishes
             with contextlib.suppress(Exception):
                 await task
         timeout = self.options.stop_timeout_s
+        engines_stopped = False
         for child in reversed(self.services):
+            if child.name == "state-keeper":
+                await self._step("stopping engines", self._stop_engines())
+                engines_stopped = True
             if child.proc is not None:
                 await self._step(f"stopping {child.name}", self._stop_child(child, timeout))
-        await self._step("stopping engines", self._stop_engines())
+        if not engines_stopped:
+            await self._step("stopping engines", self._stop_engines())
         if not self.options.keep_engines:
             await self._step("stopping stray processes", self._stop_strays(timeout))
         if self.nats is not None and self.nats.proc is not None:
@@ -248,8 +257,16 @@ class Supervisor:
         if self.options.keep_engines:
             self.out.say(f"--keep-engines: {self.options.runtime} engines keep running; the next `up` adopts them")
             return
-        for name, error in (await stop_engines(self.config)).items():
-            self.out.say(f"{name} stopped" if error is None else f"{name}: could not stop it: {error}")
+        stopped = []
+        for engine, error in await stop_engines(self.config):
+            self.out.say(f"{engine.container_name} stopped" if error is None else f"{engine.container_name}: could not stop it: {error}")
+            if error is None:
+                stopped.append(engine.container_id)
+        if self.nats is not None and not self.nats.running:
+            return  # nothing can record it now; the next run's provisioner reports them gone
+        still = await report_removed(self.config.nats_url, stopped)
+        if still:
+            self.out.say(f"{len(still)} engine record(s) not removed yet: the state-keeper applies engine.removed when it next starts")
 
     def _known_pids(self) -> set[int]:
         return {child.pid for child in [*self.services, self.nats] if child is not None and child.pid}

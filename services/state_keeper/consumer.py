@@ -196,7 +196,7 @@ class EventConsumer:
             try:
                 await msg.in_progress()
             except (nats.errors.Error, OSError) as exc:  # not kept alive: redelivered, which is safe
-                log.debug("could not extend %s: %s", msg.subject, exc or type(exc).__name__)
+                log.debug("could not extend %s: %s", msg.subject, describe(exc))
 
     def _hold(self, change: int, exc: BaseException | None) -> None:
         """Count deliveries held through an outage; say once when it starts and once when it ends."""
