@@ -206,7 +206,7 @@ class EventConsumer:
             self._outage_since = time.monotonic()
             log.warning(
                 "store unavailable (%s: %s); holding events until it answers, not fetching more",
-                type(exc).__name__, exc or "no detail",
+                type(exc).__name__, describe(exc),
             )
         elif self._held == 0 and not self._store_answers.is_set():
             self._store_answers.set()

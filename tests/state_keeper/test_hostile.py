@@ -25,14 +25,17 @@ async def test_bad_events_are_terminated_counted_and_change_nothing(start_keeper
     before = await snapshot(bus)
     bad = {
         "malformed_json": [b"not json", b"{", b"\xff\xfe"],
-        "invalid": [b'{"stream_id": 5}', b"{}", b"[]", b'{"container_id": "e1", "ok": "yes", "checked_at": "now"}',
-                    b'{"stream_id": "has spaces"}', b'{"container_id":"e1","ok":true,"checked_at":"2026-01-01T00:00:00"}'],
+        # At most five of one reason on one subject: more are summarised, not logged one by one.
+        "invalid": [b'{"stream_id": 5}', b"{}", b"[]", b'{"stream_id": "has spaces"}'],
+        "invalid_health": [b"{}", b"[]", b'{"container_id": "e1", "ok": "yes", "checked_at": "now"}',
+                           b'{"container_id":"e1","ok":true,"checked_at":"2026-01-01T00:00:00"}'],
         "too_large": [BIG],
         "unknown_engine": [json.dumps({"container_id": "ghost", "ok": True, "checked_at": "2026-11-28T00:00:00Z"}).encode()],
     }
     subjects = {
         "malformed_json": names.EVENT_SUBJECTS,
-        "invalid": [names.STREAM_STARTED, names.ENGINE_HEALTH],
+        "invalid": [names.STREAM_STARTED],
+        "invalid_health": [names.ENGINE_HEALTH],
         "too_large": names.EVENT_SUBJECTS,
         "unknown_engine": [names.ENGINE_HEALTH, names.ENGINE_CLEANED],
     }
@@ -41,7 +44,8 @@ async def test_bad_events_are_terminated_counted_and_change_nothing(start_keeper
         for subject in subjects[reason]:
             for payload in payloads:
                 await publish(bus, subject, payload)
-                sent[reason] = sent.get(reason, 0) + 1
+                counted_as = reason.removesuffix("_health")
+                sent[counted_as] = sent.get(counted_as, 0) + 1
     # A valid event after all of them is still applied: the consumer keeps going.
     await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="ok1", container_id="e1"))
     await wait_until(lambda: consumer_drained(bus), timeout=30, what="consumer drained")

@@ -114,7 +114,8 @@ async def keeper(bus, nats_server):
 
 async def _engine(bus, store, container_id: str) -> EngineRecord:
     record = EngineRecord(container_id=container_id, container_name=container_id, host="127.0.0.1",
-                          port=6878, runtime="local", health_status="healthy", created_at=utcnow())
+                          port=6878, runtime="local", health_status="healthy", last_health_check=utcnow(),
+                          created_at=utcnow())
     await bus.engines.put(container_id, encode(record))
     await wait_until(lambda: store.engines.get(container_id) is not None, what=f"{container_id} in the view")
     return record

@@ -41,13 +41,13 @@ async def _nothing(_note) -> None:
     pass
 
 
-async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(bus, nats_server):
+async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(bus, nats_server, caplog):
     store = Store(bus, stream_ttl_s=600)
     await store.start()
     applier = EventApplier(store, HealthPolicy(fall=3, rise=1), _nothing)
     stats = Stats()
     consumer = EventConsumer(bus, applier, stats, unknown_engine_retry_s=600, max_deliver=MAX_DELIVER, ack_wait_s=ACK_WAIT_S)
-    await applier.apply(EngineRegistered(container_id="e1", host="127.0.0.1", port=6878, runtime="local"))
+    await applier.apply(EngineRegistered(container_id="e1", host="127.0.0.1", port=6878, runtime="local"), 1)
     bucket = f"KV_{names.STREAMS_BUCKET}"
     await bus.js.delete_stream(bucket)
     stop = asyncio.Event()
@@ -60,8 +60,8 @@ async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(b
             found = await read(bus.engines, "e1", lambda data: msgspec.json.decode(data, type=EngineRecord))
             return sorted(found.value.streams) if found is not None else []
 
-        # A start wrote its engine half and is stuck on the stream record: the store is down.
-        await wait_until(listed, timeout=30, what="a start reached the missing bucket")
+        # A start is stuck on the stream record: the store is down, and the consumer says it holds it.
+        await wait_until(lambda: "store unavailable" in caplog.text, timeout=30, what="a start held by the outage")
         await asyncio.sleep(OUTAGE_S)
         assert not running.done()
         assert stats.rejected == {}, "an unavailable store must not use up deliveries"
