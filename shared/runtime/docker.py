@@ -78,6 +78,7 @@ STOP_TIMEOUT_S = 5
 API_TIMEOUT_S = 15.0  # any one call to the daemon (a stop gets STOP_TIMEOUT_S on top, from the SDK)
 EXEC_GRACE_S = 5.0  # after an exec's own timeout, how long it may take to be reported gone
 SIGKILL_EXIT = 128 + 9  # how an exec that `timeout -s KILL` stopped ends
+LIST_ATTEMPTS = 3  # a container removed between the SDK's list and its inspect of it fails one attempt
 REMOVING_MEMORY_S = 300.0  # far longer than a stop takes plus the event stream's delay
 ALIVE = ["running", "restarting", "paused"]  # live engines: found by get(), for exec and removal
 LISTED = ["created", *ALIVE]  # what list_managed counts: a created one is a start in progress
@@ -394,10 +395,18 @@ class DockerRuntime:
         filters: dict[str, Any] = {"label": MANAGED_FILTER if every_pool else self._pool_filter()}
         if statuses:
             filters["status"] = statuses
-        try:
-            return await self._call(self._client.containers.list, all=True, filters=filters)
-        except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-            raise self._failure("cannot list engine containers", exc) from None
+        for attempt in range(1, LIST_ATTEMPTS + 1):
+            try:
+                return await self._call(self._client.containers.list, all=True, filters=filters)
+            except docker.errors.NotFound as exc:
+                # The SDK lists, then inspects each container: one removed in between (by a reaper,
+                # another replica) fails the whole call, and the next listing no longer has it.
+                if attempt < LIST_ATTEMPTS:
+                    continue
+                raise self._failure("cannot list engine containers", exc) from None
+            except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
+                raise self._failure("cannot list engine containers", exc) from None
+        return []  # not reached: the last attempt returns or raises
 
     async def _container(self, container_id: str) -> Container | None:
         await self._connect()
