@@ -14,7 +14,9 @@ from services.reaper.reaper import Reaper, Sweep
 from shared.runtime import make_runtime
 from support import base_env, request_json, wait_for_service, wait_until
 
-SETTINGS = {"MIN_REPLICAS": 1, "MIN_FREE_REPLICAS": 1, "ENGINE_GRACE_PERIOD_S": 0, "ENGINE_RUNTIME": "local"}
+SETTINGS = {"MIN_REPLICAS": 1, "MIN_FREE_REPLICAS": 1, "ENGINE_GRACE_PERIOD_S": 0, "ENGINE_RUNTIME": "local",
+            # health is reported once, by hand: a long interval keeps that verdict fresh for the test
+            "HEALTH_CHECK_INTERVAL_S": 300, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
 
 
 async def engines(nc) -> dict[str, dict]:
