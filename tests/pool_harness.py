@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from nats.js.errors import NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE
 
 from shared import names
@@ -108,6 +109,30 @@ class Pool:
         process = self.processes.service(module, self.env(**overrides))
         self._services.append(process)
         return process
+
+    async def sweeps_done(self, job: str, count: int, timeout: float = 30) -> None:
+        """Until `count` sweeps of `job` begun after this call have finished (one replica of it running).
+
+        A replica claims `epoch.<job>.<n>` just before it sweeps and sweeps one epoch at a time, so
+        the claim of epoch n + 1 says the sweep of epoch n is over: a "nothing happened" check made
+        after this knows the sweeps really ran, which no sleep can say.
+        """
+        leases = await self.js.key_value(names.LEASES_BUCKET)
+        prefix = f"epoch.{job}."
+
+        async def latest() -> int:
+            try:
+                keys = await leases.keys()
+            except NoKeysError:
+                return -1
+            return max((int(k[len(prefix):]) for k in keys if k.startswith(prefix)), default=-1)
+
+        async def latest_at_least(epoch: int) -> bool:
+            return await latest() >= epoch
+
+        await wait_until(lambda: latest_at_least(0), timeout=timeout, what=f"a first {job} sweep")
+        first = await latest()
+        await wait_until(lambda: latest_at_least(first + count + 1), timeout=timeout, what=f"{count} {job} sweeps")
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -56,7 +56,7 @@ async def test_twelve_engines_idle_at_once_are_reaped_to_exactly_the_floors(pool
     await asyncio.gather(*(pool.ended(stream_id, cid) for stream_id, cid in streams.items()))
 
     await wait_until(lambda: len(reaped(pool)[0]) >= 10, timeout=30, what="10 removals")
-    await asyncio.sleep(3)  # three more sweeps: nothing else may go
+    await pool.sweeps_done("reaper-sweep", 3)  # three more sweeps: nothing else may go
     assert len(await pool.engines()) == 2
     assert len(await pool.runtime.list_managed()) == 2
     removed, others = reaped(pool)
@@ -76,7 +76,7 @@ async def test_twelve_engines_idle_at_once_are_reaped_to_exactly_the_floors(pool
 
 
 async def test_engines_within_grace_or_in_use_are_kept(pools):
-    pool = await pools(MIN_REPLICAS=0, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=4, RESERVATION_TTL_S=30)
+    pool = await pools(MIN_REPLICAS=0, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=8, RESERVATION_TTL_S=60)
     await pool.create_engines(3)
     engines = await pool.wait_healthy(3)
     streaming = engines[0]
@@ -88,10 +88,10 @@ async def test_engines_within_grace_or_in_use_are_kept(pools):
     reaper = pool.service("reaper")
     await started(reaper)
 
-    await asyncio.sleep(2)  # within the grace period: nothing goes
+    await pool.sweeps_done("reaper-sweep", 1)  # a sweep within the grace period: nothing goes
     assert pool.recorder.of(names.ENGINE_REMOVED) == []
-    await wait_until(lambda: pool.recorder.of(names.ENGINE_REMOVED), timeout=15, what="the idle engine reaped")
-    await asyncio.sleep(2)
+    await wait_until(lambda: pool.recorder.of(names.ENGINE_REMOVED), timeout=30, what="the idle engine reaped")
+    await pool.sweeps_done("reaper-sweep", 2)
     assert [e["container_id"] for e in pool.recorder.of(names.ENGINE_REMOVED)] == [idle["container_id"]]
     assert {e["container_id"] for e in await pool.engines()} == {streaming["container_id"], reserved["container_id"]}
 
