@@ -67,6 +67,12 @@ async def test_docker_exec_clean_measures_and_empties_and_the_reaper_removes_con
     await wait_until(lambda: len(containers(label)) == 1, timeout=30, what="the container gone from docker")
     (removal,) = pool.recorder.of(names.ENGINE_REMOVED)
     assert removal["reason"] == "idle"
-    (left,) = await pool.engines()
+
+    async def one_record_left():
+        records = await pool.engines()
+        return records if len(records) == 1 else None
+
+    # The state-keeper applies the removal after the reaper published it: wait for the record too.
+    (left,) = await wait_until(one_record_left, timeout=30, what="the reaped engine's record deleted")
     assert left["container_id"] != removal["container_id"]
     assert containers(label)[0] == left["container_id"][:12]
