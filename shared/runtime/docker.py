@@ -206,7 +206,12 @@ class DockerRuntime:
         clean-up on exit leave a running engine behind.)
         """
         now = time.time()
-        left = [c for c in await self._list(SETTLE) if c.status != "created" or self._abandoned(c, now)]
+        # Judged on the status the SDK inspected, not the one the list filtered on: a container
+        # listed while `created` may be running by the time it is inspected (its start came between).
+        left = [
+            c for c in await self._list(SETTLE)
+            if c.status in ("exited", "dead") or (c.status == "created" and self._abandoned(c, now))
+        ]
         for container in left:
             if container.status == "created":
                 log.warning("docker: %s was created but never started (a create that timed out?); removing it",
