@@ -206,11 +206,9 @@ class DockerRuntime:
         clean-up on exit leave a running engine behind.)
         """
         now = time.time()
-        # Judged on the status the SDK inspected, not the one the list filtered on: a container
-        # listed while `created` may be running by the time it is inspected (its start came between).
         left = [
             c for c in await self._list(SETTLE)
-            if c.status in ("exited", "dead") or (c.status == "created" and self._abandoned(c, now))
+            if left_behind(c.status, _created_at(c), now, 2 * self._timeout_s)
         ]
         for container in left:
             if container.status == "created":
@@ -218,10 +216,6 @@ class DockerRuntime:
                             container.name)
             await self.remove(self._spec(container))
         return [c.id for c in left]
-
-    def _abandoned(self, container: Container, now: float) -> bool:
-        created = _created_at(container)
-        return created is None or now - created > 2 * self._timeout_s
 
     def owns(self, labels: Mapping[str, str]) -> bool:
         """Labelled with this daemon's id. Never blocks: until the id is known (any other call learns it,
@@ -507,6 +501,18 @@ def _label_port(container: Container) -> int:
         return int(container.labels.get(LABEL_PORT, "0"))
     except ValueError:
         return 0
+
+
+def left_behind(status: str, created_at: float | None, now: float, abandoned_after_s: float) -> bool:
+    """Whether a managed container, as inspected, is left for `remove_exited` to remove.
+
+    Judged on the status the SDK inspected, not the one the listing filtered on: a container
+    listed while `created` may be running by the time it is inspected (its start came between).
+    A `created` one counts only once abandoned: a younger one may be a create in progress.
+    """
+    if status in ("exited", "dead"):
+        return True
+    return status == "created" and (created_at is None or now - created_at > abandoned_after_s)
 
 
 def _created_at(container: Container) -> float | None:
