@@ -9,6 +9,9 @@ gives when an exec outlived its timeout and could not be killed
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
@@ -30,34 +33,37 @@ class ExecOutlivesItsTimeout:
         return getattr(self._runtime, name)
 
 
-async def test_a_clean_that_may_still_run_keeps_its_claim_until_it_lapses(pools):
-    pool = await pools(CLAIM_TTL_S=30)
-    [spec] = await pool.create_engines(1)
-    await pool.wait_healthy(1)
+@asynccontextmanager
+async def janitor_over(pool) -> AsyncIterator[Janitor]:
+    """An in-process janitor on the pool's bus whose every exec outlives its timeout."""
     config = load_config(pool.env())
     bus = await connect(config, "test-janitor")
     janitor = Janitor(config, bus, ExecOutlivesItsTimeout(pool.runtime))
     await janitor.view.start()
     try:
+        yield janitor
+    finally:
+        await janitor.view.stop()
+        await bus.close()
+
+
+async def test_a_clean_that_may_still_run_keeps_its_claim_until_it_lapses(pools):
+    pool = await pools(CLAIM_TTL_S=30)
+    [spec] = await pool.create_engines(1)
+    await pool.wait_healthy(1)
+    async with janitor_over(pool) as janitor:
         await janitor.clean(spec.container_id, "test")
         record = await pool.engine(spec.container_id)
         assert record["claim"] is not None and record["claim"]["purpose"] == "clean"
         assert record["state"] == "cleaning"  # out of selection while the cache may still be emptied
         assert janitor.counts["failed"] == 1
-    finally:
-        await janitor.view.stop()
-        await bus.close()
 
 
 async def test_the_failures_of_engines_that_are_gone_are_forgotten(pools):
     pool = await pools(CLAIM_TTL_S=30, AUTOSCALE_INTERVAL_S=1)
     [spec] = await pool.create_engines(1)
     await pool.wait_healthy(1)
-    config = load_config(pool.env())
-    bus = await connect(config, "test-janitor")
-    janitor = Janitor(config, bus, ExecOutlivesItsTimeout(pool.runtime))
-    await janitor.view.start()
-    try:
+    async with janitor_over(pool) as janitor:
         await janitor.clean(spec.container_id, "test")
         assert spec.container_id in janitor._failures
         await pool.runtime.remove(spec)
@@ -65,6 +71,3 @@ async def test_the_failures_of_engines_that_are_gone_are_forgotten(pools):
         await wait_until(lambda: janitor.view.get(spec.container_id) is None, what="the record gone from the view")
         await janitor.sweep()
         assert janitor._failures == {}
-    finally:
-        await janitor.view.stop()
-        await bus.close()
