@@ -73,7 +73,7 @@ READY_POLL_S = 0.25
 PUBLISH_ATTEMPTS = 3
 ADOPT_RETRY_S = 5.0
 EVENTS_RETRY_S = 1.0
-RECENT_S = 30.0  # longer than a registration takes to show in the records
+RECENT_S = 30.0  # longer than a registration or a removal takes to show in the records
 
 decode_demand = decoder(EngineDemand)
 
@@ -96,6 +96,7 @@ class Provisioner:
         # runs on in its thread), so each counts as starting until it ends, or MAX_REPLICAS could be passed.
         self.late_creates: set[asyncio.Task] = set()
         self.registered: dict[str, float] = {}  # container_id → when we last registered it (monotonic)
+        self.removed: dict[str, float] = {}  # container_id → when we last reported it removed (monotonic)
         self.wake = asyncio.Event()
         self.demand = False
         self.failures = 0  # consecutive failed starts
@@ -361,8 +362,8 @@ class Provisioner:
         `gone` if the runtime has no trace of it (removed behind our back)."""
         live_ids = {spec.container_id for spec in live}
         for record in records:
-            if not self.is_gone(record, live_ids):
-                continue
+            if not self.is_gone(record, live_ids) or _lately(self.removed, record.container_id):
+                continue  # (reported moments ago: the records we read may just not show it yet)
             if record.container_id in exited:
                 log.warning("engine %s died unwatched; reporting it removed", record.container_name)
                 await self.publish_removed(record.container_id, "died")
@@ -381,7 +382,7 @@ class Provisioner:
         oldest_start = time.time() - 2 * self.config.engine_start_timeout_s
         adopted = []
         for spec in live:
-            if spec.container_id in known or spec.container_id in self.starting or self.registered_lately(spec):
+            if spec.container_id in known or spec.container_id in self.starting or _lately(self.registered, spec.container_id):
                 continue
             old = spec.created_at is None or spec.created_at < oldest_start
             if not old and not (await probe(self.http, spec.host, spec.port, self.config.health_check_timeout_s)).ok:
@@ -410,14 +411,6 @@ class Provisioner:
 
     # ------------------------------------------------------------ events
 
-    def registered_lately(self, spec: EngineSpec) -> bool:
-        """We registered it moments ago; the records we read may just not show it yet."""
-        now = time.monotonic()
-        for container_id, at in list(self.registered.items()):
-            if now - at > RECENT_S:
-                del self.registered[container_id]
-        return spec.container_id in self.registered
-
     async def publish_registered(self, spec: EngineSpec) -> None:
         event = EngineRegistered(
             container_id=spec.container_id,
@@ -429,8 +422,10 @@ class Provisioner:
         )
         await self._publish(names.ENGINE_REGISTERED, event, spec.container_id)
         self.registered[spec.container_id] = time.monotonic()
+        self.removed.pop(spec.container_id, None)  # a local id (its port) is reused by a later engine
 
     async def publish_removed(self, container_id: str, reason: str) -> None:
+        self.removed[container_id] = time.monotonic()
         await self._publish(names.ENGINE_REMOVED, EngineRemoved(container_id=container_id, reason=reason), container_id)
         self._count(reason)
 
@@ -458,6 +453,14 @@ class Provisioner:
             metrics.ADOPTED.inc(amount)
         else:
             metrics.REMOVED.labels(what).inc(amount)
+
+
+def _lately(memory: dict[str, float], container_id: str) -> bool:
+    """Whether `memory` (container_id → monotonic time) holds it from the last RECENT_S; older entries go."""
+    now = time.monotonic()
+    for old in [c for c, at in memory.items() if now - at > RECENT_S]:
+        del memory[old]
+    return container_id in memory
 
 
 async def _stopped_within(event: asyncio.Event, timeout_s: float) -> bool:

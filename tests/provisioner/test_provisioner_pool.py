@@ -124,12 +124,39 @@ async def test_at_restart_records_of_vanished_engines_are_removed_and_no_others(
     for vanished in (died, gone):  # its record is gone; a replacement may reuse a local id (its port), not the record
         again = records.get(vanished["container_id"])
         assert again is None or _epoch(again["created_at"]) > restarted_at
-    with pytest.raises(nats.errors.TimeoutError):  # nothing else was declared gone
-        await removed.next_msg(timeout=0.5)
+    with pytest.raises(nats.errors.TimeoutError):  # nothing else was declared gone, nor anything twice
+        extra = await removed.next_msg(timeout=0.5)
+        pytest.fail(f"unexpected engine.removed {extra.data!r}; provisioner log:\n{second.log()[-3000:]}")
 
 
 async def _has(system, container_id: str) -> bool:
     return any(r["container_id"] == container_id for r in await system.records())
+
+
+@pytest.mark.parametrize("tier", ["local"], indirect=True)  # the rule is runtime-independent; local shows it fast
+async def test_a_vanished_engine_is_reported_once_while_its_record_lingers(system, tier):
+    """With no state-keeper to apply the removal, the record stays; the sweeps must not repeat the news
+    (a reconcile reading a view that lags behind its own report once made a second `engine.removed`)."""
+    first = system.provisioner(MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, MAX_REPLICAS=1)
+    [engine] = await system.healthy(1)
+    assert first.stop() == 0
+    second = system.provisioner(MIN_REPLICAS=0, MIN_FREE_REPLICAS=0, MAX_REPLICAS=1)  # no replacement to reuse the id
+    await wait_until(lambda: "pool 0..1 engines" in second.log(), what="the second provisioner")
+    for keeper in [p for p in system.processes.started if p.name == "state_keeper"]:
+        assert keeper.stop() == 0
+    removed = await system.nc.subscribe(names.ENGINE_REMOVED)
+    await system.nc.flush()
+    await asyncio.to_thread(tier.destroy, engine["container_id"])
+    first = json.loads((await removed.next_msg(timeout=30)).data)
+    assert first["container_id"] == engine["container_id"]
+    await asyncio.sleep(4.5)  # four sweeps at AUTOSCALE_INTERVAL_S=1, each seeing the record
+    again = []
+    while True:
+        try:
+            again.append(json.loads((await removed.next_msg(timeout=0.1)).data))
+        except nats.errors.TimeoutError:
+            break
+    assert [r for r in again if r["container_id"] == engine["container_id"]] == []
 
 
 async def test_killed_engine_is_removed_and_replaced(system, tier):

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import httpx
+from nats.js.api import DeliverPolicy
 
 from chaos_load import Reply, StreamLoad
 from chaos_stack import HEALTH_BOUND_S, register, wait_healthy
@@ -75,16 +76,19 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
     bus = await stack.client()
     await stack.ready(bus.nc)
 
-    observations: dict[str, list[tuple[object, bool]]] = defaultdict(list)
+    # Per engine: (sequence in ACE_EVENTS, checked_at, ok). The state-keeper applies reports in
+    # sequence order (shared/policy/health.py), which two probers' reports need not share with
+    # their `checked_at` stamps, so the oracle below orders them the same way.
+    observations: dict[str, list[tuple[int, object, bool]]] = defaultdict(list)
     errors: dict[str, list] = defaultdict(list)
 
     async def on_health(msg) -> None:
         obs = decode_health(msg.data)
-        observations[obs.container_id].append((obs.checked_at, obs.ok))
+        observations[obs.container_id].append((msg.metadata.sequence.stream, obs.checked_at, obs.ok))
         if not obs.ok:
             errors[obs.container_id].append((obs.checked_at, obs.error, obs.latency_ms))
 
-    await bus.nc.subscribe(names.ENGINE_HEALTH, cb=on_health)
+    await bus.js.subscribe(names.ENGINE_HEALTH, cb=on_health, ordered_consumer=True, deliver_policy=DeliverPolicy.NEW)
     history: dict[str, list[tuple[float, EngineRecord | None]]] = defaultdict(list)
     view: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
     view.listeners.append(lambda key, value: history[key].append((time.monotonic(), value)))
@@ -222,24 +226,24 @@ def _transitions(history, observations) -> tuple[dict, list[str]]:
             status = record.health_status
             if previous not in (None, "unknown") and status != previous:
                 counts[cid]["changes"] += 1
-                seen = sorted(o for o in observations[cid] if o[0] <= record.last_health_check)
+                seen = sorted(o for o in observations[cid] if o[0] <= record.health_seq)
                 if status == "unhealthy":
                     need, ok = FALL, False
                 elif previous == "unhealthy":
                     need, ok = RISE, True
                 else:
                     need, ok = 1, True
-                recent = [o[1] for o in seen[-need:]]
+                recent = [o[2] for o in seen[-need:]]
                 if len(recent) < need or any(value != ok for value in recent):
                     unjustified.append(f"{cid}: {previous}→{status} after observations {recent}")
             previous = status
     return counts, unjustified
 
 
-def _model_changes(observations: list[tuple[object, bool]]) -> int:
+def _model_changes(observations: list[tuple[int, object, bool]]) -> int:
     """Status changes the rise/fall thresholds allow for this observation sequence (from healthy)."""
     status, failures, successes, changes = "healthy", 0, 0, 0
-    for _, ok in sorted(observations):
+    for _, _, ok in sorted(observations):
         failures, successes = (0, successes + 1) if ok else (failures + 1, 0)
         new = status
         if ok and status == "unhealthy" and successes >= RISE:
@@ -253,5 +257,5 @@ def _model_changes(observations: list[tuple[object, bool]]) -> int:
 
 def _timeline(hung_wall, observations, unhealthy_after) -> dict:
     """Seconds from the hang to each failed probe's report, and to the record turning unhealthy."""
-    failures = [round((at - hung_wall).total_seconds(), 2) for at, ok in sorted(observations) if at > hung_wall and not ok]
+    failures = [round((at - hung_wall).total_seconds(), 2) for _, at, ok in sorted(observations) if at > hung_wall and not ok]
     return {"failed_probes_reported_at_s": failures[:3], "unhealthy_in_kv_at_s": unhealthy_after}
