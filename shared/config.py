@@ -142,6 +142,16 @@ class Config:
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
+    # The stream proxy (DESIGN §10).
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = 8080
+    proxy_linger_s: float = 10.0
+    stat_interval_s: float = 5.0
+    stall_timeout_s: float = 10.0
+    starvation_s: float = 30.0
+    failover_attempts: int = 3
+    proxy_buffer_bytes: int = 4 * 1024 * 1024
+    proxy_start_timeout_s: float = 30.0
 
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -190,6 +200,15 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "metrics_port": NON_NEGATIVE_INT,
     "metrics_host": _text,
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),
+    "proxy_host": _text,
+    "proxy_port": _number(int, 1),
+    "proxy_linger_s": _number(float, 0),
+    "stat_interval_s": POSITIVE_FLOAT,
+    "stall_timeout_s": POSITIVE_FLOAT,
+    "starvation_s": POSITIVE_FLOAT,
+    "failover_attempts": NON_NEGATIVE_INT,
+    "proxy_buffer_bytes": _number(int, 188 * 64),
+    "proxy_start_timeout_s": POSITIVE_FLOAT,
 }
 
 

@@ -21,6 +21,10 @@ EVENT_SUBJECTS: Final = (
 # Derived notifications (core NATS, not in the stream).
 ENGINE_IDLE: Final = "engine.idle"
 ENGINE_DEMAND: Final = "engine.demand"
+STREAM_STATS: Final = "stream.stats"  # latest playback figures of a started stream (proxies → state-keeper)
+
+# Membership groups (heartbeats in ace_leases, see shared/membership.py).
+PROXY_GROUP: Final = "proxy"
 
 # Request/reply endpoints of the `state-keeper` micro service.
 ENGINE_SELECT: Final = "engine.select"

@@ -30,6 +30,9 @@ EngineState: TypeAlias = Literal["active", "draining", "cleaning"]
 Runtime: TypeAlias = Literal["docker", "local", "external"]
 ClaimPurpose: TypeAlias = Literal["clean", "reap"]
 StreamStatus: TypeAlias = Literal["started", "ended"]
+Count: TypeAlias = Annotated[int, msgspec.Meta(ge=0)]
+# An engine's `livepos` object (live position: first/last/pos/buffer_pieces ...), passed through as reported.
+LivePos: TypeAlias = Annotated[dict[ShortText, int | float | ShortText | None], msgspec.Meta(max_length=32)]
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True):
@@ -86,6 +89,20 @@ class EngineRemoval(Struct):
     reason: str | None = None
 
 
+class PlaybackStats(Struct):
+    """The latest figures of one playback session, from the engine's stat URL (DESIGN §10).
+    Speeds in KiB/s and sizes in bytes, as the engine reports them."""
+
+    status: ShortText | None = None
+    peers: Count | None = None
+    speed_down: Count | None = None
+    speed_up: Count | None = None
+    downloaded: Count | None = None
+    uploaded: Count | None = None
+    livepos: LivePos | None = None
+    reported_at: Timestamp | None = None
+
+
 class StreamRecord(Struct):
     stream_id: Key
     container_id: str | None = None
@@ -99,6 +116,8 @@ class StreamRecord(Struct):
     started_at: Timestamp | None = None
     ended_at: Timestamp | None = None
     reason: str | None = None
+    proxy: str | None = None  # the reporting proxy replica's member id (DESIGN §10), when it has one
+    stats: PlaybackStats | None = None
 
 
 # ---------------------------------------------------------------- events
@@ -117,6 +136,7 @@ class StreamStarted(Struct):
     is_live: bool | None = None
     reservation_id: ShortText | None = None
     started_at: Timestamp | None = None
+    proxy: ShortText | None = None  # member id in `members.proxy.*`: its streams end when it is gone
 
 
 class StreamEnded(Struct):
@@ -162,6 +182,14 @@ Event: TypeAlias = (
 )
 
 
+class StreamStats(Struct):
+    """`stream.stats` (core NATS, not in ACE_EVENTS): the latest figures of a started stream."""
+
+    stream_id: Key
+    stats: PlaybackStats
+    proxy: ShortText | None = None
+
+
 class EngineIdle(Struct):
     container_id: Key
 
@@ -177,6 +205,8 @@ class SelectRequest(Struct, forbid_unknown_fields=True):
     content_key: Text | None = None
     key_type: KeyType | None = None
     client: ShortText | None = None
+    # Engines a failing-over proxy just left: never offered, even when they share the content.
+    exclude: Annotated[list[Key], msgspec.Meta(max_length=64)] = []
 
 
 class ListRequest(Struct, forbid_unknown_fields=True):
