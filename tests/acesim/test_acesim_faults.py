@@ -42,7 +42,7 @@ def test_slow_delays_answers(engine: SimProcess, client: httpx.Client) -> None:
     started = time.monotonic()
     client.get(engine.url("/__sim/state"))
     assert time.monotonic() - started < 0.5  # /__sim/ is never slowed
-    assert client.get(engine.url("/__sim/state")).json()["fault"] == {"mode": "slow", "ms": 600, "code": 500}
+    assert client.get(engine.url("/__sim/state")).json()["fault"] == {"mode": "slow", "ms": 600, "code": 500, "s": 5.0}
 
 
 def test_error_replies_with_the_chosen_code(engine: SimProcess, client: httpx.Client) -> None:
