@@ -6,6 +6,14 @@ it on the wire: the same URLs and JSON shapes as the engine's HTTP API on
 through ``/__sim/``.  ``acesim --ports A-B`` runs one engine per port in ONE
 process and ONE event loop, so a 1,000-engine fleet costs one interpreter.
 
+Playback is real MPEG-TS (getstream) and HLS (manifest.m3u8): every content
+is a live channel paced by the wall clock at ``--bitrate``, or ``--media``
+loops a TS file.  Ids starting with ``offline`` fail to load.  Faults
+(``/__sim/fault?mode=…``): hang, slow, error, badjson, refuse, crash, and for
+playback stall, starve and prebuf; the README's acesim table says what each
+does.  An idle engine costs no task and no timer; a playing stream costs one
+period (0.384 s of stream) built and written per period.
+
 The file is self-contained on purpose: it can be copied alone into a minimal
 image and run with bare ``python3``.
 """
