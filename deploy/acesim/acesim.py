@@ -926,7 +926,7 @@ class Engine:
             "fault": self.fault.as_dict(),
             "sessions": [
                 {"infohash": s.infohash, "keys": list(s.keys), "started_at": s.started_at,
-                 "bytes": s.bytes}
+                 "bytes": s.bytes, "players": s.players}
                 for s in self.sessions.values()
             ],
             "cache_bytes": self.cache_bytes(),

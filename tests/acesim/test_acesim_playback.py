@@ -78,6 +78,7 @@ def test_stall_silences_playback_while_the_api_answers(start_sim: StartSim, clie
     session = getstream(client, sim, "stalling")
     with RawPlayer(session["playback_url"]) as player:
         caught_up(player)
+        assert client.get(sim.url("/__sim/state")).json()["sessions"][0]["players"] == 1
         fault(client, sim, "mode=stall")
         # What was already in flight arrives, then nothing.
         wait_for(lambda: player.recv(1.0) is None, timeout_s=5.0)
