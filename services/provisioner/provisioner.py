@@ -75,6 +75,7 @@ READY_POLL_S = 0.25
 PUBLISH_ATTEMPTS = 3
 ADOPT_RETRY_S = 5.0
 EVENTS_RETRY_S = 1.0
+BUSY_RETRY_S = 1.0  # a provision request that found the lock held too long: the holder is nearly done
 RECENT_S = 30.0  # longer than a registration or a removal takes to show in the records
 
 decode_demand = decoder(EngineDemand)
@@ -248,15 +249,15 @@ class Provisioner:
                           f"in {backoff:.0f}s", backoff)
         async with self.lock.hold(min(LOCK_WAIT_S, self.config.engine_start_timeout_s)) as held:
             if not held:
-                raise Refused("busy", f"{LOCK_KEY} is held by another replica; ask again", READY_POLL_S * 4)
+                raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
             records = self.engines.values()
             pool, unregistered = self.census(records, await self.runtime.list_managed())
-            engines = len(managed(pool)) + unregistered
-            if engines >= self.policy.max_replicas:
+            existing = len(managed(pool)) + unregistered
+            if existing >= self.policy.max_replicas:
                 eta = max_replicas_eta_s(
                     pool, utcnow(), self.policy, self.config.max_streams_per_engine, self.config.autoscale_interval_s
                 )
-                raise Refused("max_replicas_reached", f"the pool holds {engines} engines ({unregistered} starting), "
+                raise Refused("max_replicas_reached", f"the pool holds {existing} engines ({unregistered} starting), "
                               f"MAX_REPLICAS is {self.policy.max_replicas}", eta)
             log.info("starting 1 engine on request (%d managed, %d starting, max %d)",
                      len(managed(pool)), unregistered, self.policy.max_replicas)
