@@ -192,7 +192,7 @@ def _refused(data: bytes) -> Response[ProvisionFailure]:
     except msgspec.DecodeError:
         return _failure(Blocked("bad_reply", "the provisioner sent an undecodable error", 1, True), status=502)
     if error.code != 503:
-        return _failure(Blocked(error.reason, error.error, 1, False), status=502)
+        return _failure(Blocked(error.reason, error.error, 0, False), status=502)  # our bug: waiting does not help
     eta = max(1, math.ceil(error.retry_after_s or 1))
     return _failure(Blocked(error.reason, error.error, eta, True))
 
