@@ -26,6 +26,7 @@ from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
+from services.gateway.reference import reference_routes
 from services.gateway.routes import ops_routes, read_routes, write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -54,6 +55,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
         route_handlers=[
             *read_routes(fleet),
             *write_routes(fleet, mutating),
+            *reference_routes(fleet, config, mutating),
             *ops_routes(fleet, feed, metrics, readiness, live),
             *dashboard_routes(),
         ],

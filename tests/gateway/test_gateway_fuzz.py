@@ -21,6 +21,14 @@ CHECKS = (
     "response_headers_conformance,negative_data_rejection,missing_required_header,unsupported_method"
 )
 
+# POST /provision/acestream answers a documented 503 whenever no engine can be had (no provisioner
+# runs in this stack: `detail.code` no_provisioner); any other 5xx there is still a failure.
+PER_OPERATION = """
+[[operations]]
+include-path = "/provision/acestream"
+checks.not_a_server_error.expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"]
+"""
+
 
 async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp_path):
     # Capacity is effectively unlimited so a valid selection is a 200, never a 503 "no capacity".
@@ -31,9 +39,11 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
 
     report = ARTIFACTS / "schemathesis-junit.xml"
     ARTIFACTS.mkdir(exist_ok=True)
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(PER_OPERATION)
     st = Path(sys.executable).parent / "st"
     proc = await asyncio.create_subprocess_exec(
-        str(st), "run", f"{stack.url}/openapi.json",
+        str(st), "--config-file", str(config), "run", f"{stack.url}/openapi.json",
         "--checks", CHECKS,
         "--max-examples", str(MAX_EXAMPLES),
         "--phases", "examples,coverage,fuzzing",
