@@ -68,9 +68,30 @@ async def test_an_excluded_engine_is_never_offered_not_even_to_share_its_content
     assert headers.get("Nats-Service-Error-Code") == "503" and body["error"] == "no_capacity"
 
 
-async def test_figures_land_on_started_streams_only_and_bad_reports_are_counted(start_keepers, bus, nc):
+@contextlib.asynccontextmanager
+async def proxy_replica(bus, member_id: str):
+    """A proxy replica as the state-keeper sees one: a member of the proxy group, heartbeating."""
+    stop = asyncio.Event()
+    member = Membership(bus, names.PROXY_GROUP, member_id, INTERVAL_S)
+    await member.start()
+    task = asyncio.create_task(member.run(stop))
+    try:
+        yield member
+    finally:
+        stop.set()
+        await asyncio.gather(task, return_exceptions=True)
+        await member.stop()
+
+
+async def test_figures_land_on_started_streams_only_and_bad_reports_are_counted(start_keepers, bus, nc, nats_server):
+    """And `aceorch streams` shows them."""
     await start_keepers(1, **FAST)
     await register_healthy(bus, nc, "e1")
+    async with proxy_replica(bus, "p1"):
+        await _figures(bus, nc, nats_server)
+
+
+async def _figures(bus, nc, nats_server) -> None:
     await start_stream(bus, "live", proxy="p1")
     await start_stream(bus, "over", proxy="p1")
     await publish(bus, names.STREAM_ENDED, StreamEnded(stream_id="over", container_id="e1", reason="viewer_left"))
@@ -89,6 +110,18 @@ async def test_figures_land_on_started_streams_only_and_bad_reports_are_counted(
     assert (await record(bus, "over")).stats is None, "an ended stream keeps the figures it ended with"
     assert await record(bus, "never-started") is None, "no record is made out of figures"
 
+    listing = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.cli", "streams", "--nats-url", nats_server.url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await asyncio.wait_for(listing.communicate(), 30))[0].decode()
+    assert listing.returncode == 0, output
+    lines = output.splitlines()
+    assert len(lines) == 2, output
+    header, row = lines
+    assert header.split()[4:6] == ["PEERS", "DOWN/UP"] and row.split()[:1] + row.split()[4:7] == [
+        "live", "9", "640/12", "KiB/s"], output
+
 
 async def _with_stats(bus, stream_id: str):
     found = await record(bus, stream_id)
@@ -103,34 +136,23 @@ async def _stats_counted(nc, total: int) -> dict | None:
 async def test_streams_of_a_proxy_that_stopped_heartbeating_end_as_proxy_lost(start_keepers, bus, nc, nats_server):
     await start_keepers(1, **FAST)
     await register_healthy(bus, nc, "e1")
-    config = load_config({"NATS_URL": nats_server.url})
-    dying_bus = await connect(config, "proxy-a")
-    stop = asyncio.Event()
-    proxies = [Membership(dying_bus, names.PROXY_GROUP, "proxy-a", INTERVAL_S),
-               Membership(bus, names.PROXY_GROUP, "proxy-b", INTERVAL_S)]
-    tasks = []
+    dying_bus = await connect(load_config({"NATS_URL": nats_server.url}), "proxy-a")
     try:
-        for proxy in proxies:
-            await proxy.start()
-            tasks.append(asyncio.create_task(proxy.run(stop)))
-        await start_stream(bus, "a1", proxy="proxy-a")
-        await start_stream(bus, "b1", proxy="proxy-b")
-        await start_stream(bus, "x1")  # an external proxy's: no member id, no stat URL
+        async with proxy_replica(dying_bus, "proxy-a"), proxy_replica(bus, "proxy-b"):
+            await start_stream(bus, "a1", proxy="proxy-a")
+            await start_stream(bus, "b1", proxy="proxy-b")
+            await start_stream(bus, "x1")  # an external proxy's: no member id, no stat URL
 
-        await dying_bus.nc.close()  # proxy-a dies: no goodbye, its heartbeat just stops
-        await wait_until(lambda: _is(bus, "a1", ("ended", "proxy_lost")), timeout=10, what="a1 ended: proxy_lost")
-        # A later sweep still judges proxy-a lost: once a2 ends, b1 and x1 have been through sweeps after a1's.
-        await start_stream(bus, "a2", proxy="proxy-a")
-        await wait_until(lambda: _is(bus, "a2", ("ended", "proxy_lost")), timeout=10, what="a2 ended: proxy_lost")
-        assert await status_of(bus, "b1") == ("started", None), "a live proxy's stream stays"
-        assert await status_of(bus, "x1") == ("started", None), "a stream without a proxy stays"
-        engine, _ = await request_json(nc, names.ENGINE_GET, {"container_id": "e1"})
-        assert sorted(engine["streams"]) == ["b1", "x1"], "the ends went through the events, engine included"
+            await dying_bus.nc.close()  # proxy-a dies: no goodbye, its heartbeat just stops
+            await wait_until(lambda: _is(bus, "a1", ("ended", "proxy_lost")), timeout=10, what="a1 ended: proxy_lost")
+            # A later sweep still judges proxy-a lost: once a2 ends, b1 and x1 have been through sweeps after a1's.
+            await start_stream(bus, "a2", proxy="proxy-a")
+            await wait_until(lambda: _is(bus, "a2", ("ended", "proxy_lost")), timeout=10, what="a2 ended: proxy_lost")
+            assert await status_of(bus, "b1") == ("started", None), "a live proxy's stream stays"
+            assert await status_of(bus, "x1") == ("started", None), "a stream without a proxy stays"
+            engine, _ = await request_json(nc, names.ENGINE_GET, {"container_id": "e1"})
+            assert sorted(engine["streams"]) == ["b1", "x1"], "the ends went through the events, engine included"
     finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for proxy in proxies:
-            await proxy.stop()
         await dying_bus.close()
         collect_dropped_connections()
 
