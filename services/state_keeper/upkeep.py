@@ -62,9 +62,9 @@ class StreamUpkeep:
 
     async def run(self, stop: asyncio.Event) -> None:
         sub = await self.bus.nc.subscribe(names.STREAM_STATS, queue=QUEUE_GROUP, cb=self.on_stats)
-        await self.proxies.start()
         client = new_client(STAT_CHECKS)
         try:
+            await self.proxies.start()
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.proxies.run(stop))
                 group.create_task(self._sweeps(client, stop))
