@@ -8,7 +8,9 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from gateway_stack import HEALTH_BY_HAND
-from support import ROOT, free_port
+from shared import names
+from shared.schemas import PlaybackStats, StreamStarted, StreamStats, encode, utcnow
+from support import ROOT, free_port, wait_until
 
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_EXAMPLES = 30  # per operation: enough to mutate every field, small enough to stay well under a minute
@@ -36,6 +38,7 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
     engine = await stack.register(free_port(), name="fuzz-target")
     await stack.report_health(engine, ok=True)
     await stack.healthy(engine)
+    await _stream_with_figures(stack, engine)
 
     report = ARTIFACTS / "schemathesis-junit.xml"
     ARTIFACTS.mkdir(exist_ok=True)
@@ -69,3 +72,18 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
     assert not any(outcomes.values()), {name: tags for name, tags in outcomes.items() if tags}
     assert "Traceback" not in stack.gateway.log(), stack.gateway.log()[-4000:]
     assert (await stack.http.get("/healthz")).status_code == 200
+
+
+async def _stream_with_figures(stack, engine: str) -> None:
+    """A stream record carrying every figure, so /streams' replies are checked against the schema with them."""
+    await stack.nc.jetstream().publish(names.STREAM_STARTED, encode(StreamStarted(
+        stream_id="fuzz-stream", container_id=engine, content_key="fuzz", key_type="content_id", proxy="fuzz-proxy")))
+    figures = PlaybackStats(status="dl", peers=4, speed_down=300, speed_up=20, downloaded=1 << 30, uploaded=1 << 20,
+                            livepos={"pos": 1700000000, "first": 1699990000, "buffer_pieces": 15}, reported_at=utcnow())
+
+    async def shown() -> bool:
+        await stack.nc.publish(names.STREAM_STATS, encode(StreamStats(stream_id="fuzz-stream", stats=figures)))
+        listed = (await stack.http.get("/streams")).json()
+        return any(s.get("stats") for s in listed)
+
+    await wait_until(shown, interval=0.2, what="the stream's figures listed")
