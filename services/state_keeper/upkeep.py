@@ -31,8 +31,10 @@ from shared.engine_client import new_client, session_gone
 from shared.errors import describe
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.membership import Membership, new_member_id
-from shared.policy.streams import PROXY_LOST, SESSION_GONE, apply_stats, lost_to_proxies, needs_session_check
-from shared.schemas import StreamEnded, StreamRecord, StreamStats, decoder, encode, utcnow
+from shared.policy.streams import (
+    PROXY_LOST, SESSION_GONE, apply_stats, lost_to_proxies, needs_session_check, stat_url_on_engine,
+)
+from shared.schemas import EngineRecord, StreamEnded, StreamRecord, StreamStats, decoder, encode, utcnow
 from services.state_keeper.consumer import RejectionLog, decode_message
 from services.state_keeper.events import Rejected
 from services.state_keeper.stats import Stats
@@ -120,9 +122,17 @@ class StreamUpkeep:
             await self.end(stream, PROXY_LOST)
         now = utcnow()
         ended = {s.stream_id for s in lost}
-        due = [s for s in started if s.stream_id not in ended and needs_session_check(s, now, self.interval_s)]
+        due = [
+            s for s in started
+            if s.stream_id not in ended and needs_session_check(s, now, self.interval_s)
+            and stat_url_on_engine(s, self._engine(s.container_id))
+        ]
         if due:
             await self._check_sessions(client, due)
+
+    def _engine(self, container_id: str | None) -> EngineRecord | None:
+        found = self.store.engines.get(container_id) if container_id else None
+        return found.value if found else None
 
     async def _check_sessions(self, client: httpx.AsyncClient, streams: list[StreamRecord]) -> None:
         slots = asyncio.Semaphore(STAT_CHECKS)

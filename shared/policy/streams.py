@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import datetime
+from urllib.parse import urlsplit
 
 import msgspec
 
 from shared.policy.clock import start_time
-from shared.schemas import StreamRecord, StreamStats
+from shared.schemas import EngineRecord, StreamRecord, StreamStats
 
 replace = msgspec.structs.replace
 
@@ -66,3 +67,19 @@ def needs_session_check(stream: StreamRecord, now: datetime, stat_interval_s: fl
         return False
     heard = last_heard(stream)
     return heard is None or (now - heard).total_seconds() >= STATS_FRESH_INTERVALS * stat_interval_s
+
+
+def stat_url_on_engine(stream: StreamRecord, engine: EngineRecord | None) -> bool:
+    """Whether the stream's stat URL is on the engine it plays on (plain http, same host and port).
+
+    Any client may publish `stream.started` with any `stat_url`; the state-keeper fetches only
+    URLs of engines it knows, so the check cannot be aimed at another service (request forgery).
+    """
+    if engine is None or not stream.stat_url:
+        return False
+    try:
+        parts = urlsplit(stream.stat_url)
+        port = parts.port or 80
+    except ValueError:  # a port out of range or not a number
+        return False
+    return parts.scheme == "http" and parts.hostname == engine.host.lower() and port == engine.port

@@ -5,8 +5,8 @@ import pytest
 from records import NOW, ago, later
 from shared.engine_client import says_session_gone
 from shared.policy.events import apply_stream_started_to_stream
-from shared.policy.streams import apply_stats, last_heard, lost_to_proxies, needs_session_check
-from shared.schemas import PlaybackStats, StreamRecord, StreamStarted, StreamStats
+from shared.policy.streams import apply_stats, last_heard, lost_to_proxies, needs_session_check, stat_url_on_engine
+from shared.schemas import EngineRecord, PlaybackStats, StreamRecord, StreamStarted, StreamStats
 
 INTERVAL_S = 5.0
 
@@ -130,3 +130,30 @@ def test_last_heard_is_the_latest_figures_else_the_start():
 )
 def test_only_the_engines_own_answer_says_a_session_is_gone(status, body, gone):
     assert says_session_gone(status, body) is gone
+
+
+# ---------------------------------------------------------------- only engines' stat URLs are fetched
+
+
+ENGINE = EngineRecord(container_id="e1", container_name="acestream-1", host="127.0.0.1", port=6878)
+
+
+@pytest.mark.parametrize("url, fetched", [
+    ("http://127.0.0.1:6878/ace/stat/x/y", True),
+    ("HTTP://127.0.0.1:6878/ace/stat/x/y", True),  # the scheme is case-insensitive
+    ("http://127.0.0.1:6879/ace/stat/x/y", False),  # another port of the same host
+    ("http://127.0.0.1/ace/stat/x/y", False),  # port 80
+    ("http://10.0.0.1:6878/ace/stat/x/y", False),
+    ("http://metadata.internal:6878/ace/stat", False),
+    ("https://127.0.0.1:6878/ace/stat/x/y", False),
+    ("file:///etc/passwd", False),
+    ("http://127.0.0.1:99999/ace/stat", False),  # not a port: refused, not a crash
+    ("http://user@127.0.0.1:6878/ace/stat", True),  # still that engine
+    ("", False),
+])
+def test_the_keeper_fetches_a_stat_url_only_on_the_streams_own_engine(url, fetched):
+    assert stat_url_on_engine(stream(stat_url=url), ENGINE) is fetched
+
+
+def test_a_stream_on_an_unknown_engine_is_never_fetched():
+    assert not stat_url_on_engine(stream(), None)

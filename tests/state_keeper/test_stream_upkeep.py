@@ -168,8 +168,11 @@ async def test_a_stream_whose_engine_session_is_gone_ends_and_one_on_an_unreacha
     await register_healthy(bus, nc, "e1", port=port)
     async with _silent_server() as hung_port, httpx.AsyncClient(timeout=5) as http:
         # Checked in the same sweeps as the gone session, started first: never judged later than it.
-        await start_stream(bus, "down", stat_url=f"http://127.0.0.1:{free_port()}/ace/stat/x/y")
-        await start_stream(bus, "hung", stat_url=f"http://127.0.0.1:{hung_port}/ace/stat/x/y")
+        down_port = free_port()
+        await register_healthy(bus, nc, "e-down", port=down_port)
+        await register_healthy(bus, nc, "e-hung", port=hung_port)
+        await start_stream(bus, "down", "e-down", stat_url=f"http://127.0.0.1:{down_port}/ace/stat/x/y")
+        await start_stream(bus, "hung", "e-hung", stat_url=f"http://127.0.0.1:{hung_port}/ace/stat/x/y")
         alive, session = [
             (await http.get(f"http://127.0.0.1:{port}/ace/getstream", params={"id": cid, "format": "json"}))
             .json()["response"]
@@ -182,6 +185,10 @@ async def test_a_stream_whose_engine_session_is_gone_ends_and_one_on_an_unreacha
         await http.get(session["command_url"], params={"method": "stop"})
         await wait_until(lambda: _is(bus, "played", ("ended", "session_gone")), timeout=10,
                          what="played ended: session_gone")
+        # A stat URL that is not on the stream's engine is never fetched (request forgery), even one
+        # that would say the session is gone: due in the same sweep as `replayed`, and kept.
+        await start_stream(bus, "forged", "e-down", stat_url=session["stat_url"],
+                           started_at=utcnow() - timedelta(seconds=60))
         # Started long ago by its stamp, so due at once: its end comes from a sweep after the one that
         # ended `played`, so every check of `down` and `hung` in that one has finished too.
         await start_stream(bus, "replayed", stat_url=session["stat_url"], started_at=utcnow() - timedelta(seconds=60))
@@ -190,6 +197,7 @@ async def test_a_stream_whose_engine_session_is_gone_ends_and_one_on_an_unreacha
     assert await status_of(bus, "alive") == ("started", None), "a session the engine still plays"
     assert await status_of(bus, "down") == ("started", None), "an engine that is not answering proves nothing"
     assert await status_of(bus, "hung") == ("started", None), "nor one that never replies"
+    assert await status_of(bus, "forged") == ("started", None), "a stat URL on another engine is not fetched"
 
 
 @contextlib.asynccontextmanager
