@@ -264,7 +264,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "engineList", names.ENGINE_LIST, names.SERVICE_NAME, ListRequest, EngineList, ErrorReply, _KEEPER_ERRORS,
         "Engine records, sorted by `container_id`, optionally filtered. `{}` lists all.",
         ("gateway", "operator"),
-        ListRequest(health_status="healthy"), EngineList(engines=[_RECORD]),
+        ListRequest(state="active"), EngineList(engines=[_RECORD]),
         (_bad_request(ListRequest, b'{"state": "sleeping"}'),),
     ),
     Endpoint(

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -13,10 +11,8 @@ import yaml
 from shared import names
 from shared.config import load_config
 from shared.runtime.local import LocalRuntime
+from contract_helpers import DOCUMENT, JS_DIR
 from support import ROOT, base_env, free_port_range, wait_for_service
-
-JS_DIR = Path(__file__).parent / "js"
-DOCUMENT = ROOT / "asyncapi.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -36,13 +32,9 @@ def node() -> str:
     return found
 
 
-def run_node(node: str, *argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([node, *argv], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.fixture
 async def live_system(nats_server, processes, nc, tmp_path):
-    """live_system(**ENV): state-keeper, prober and a provisioner with local (acesim) engines.
+    """live_system(prober=True, **ENV): state-keeper, prober and a provisioner with local (acesim) engines.
 
     Engines the provisioner started outlive it (they lead their own sessions); they are
     removed through the same runtime afterwards, whatever happened."""
@@ -59,11 +51,12 @@ async def live_system(nats_server, processes, nc, tmp_path):
     )
     started: list[dict[str, str]] = []
 
-    async def start(**overrides: object) -> dict[str, str]:
+    async def start(prober: bool = True, **overrides: object) -> dict[str, str]:
         full = {**env, **{key: str(value) for key, value in overrides.items()}}
         started.append(full)
         processes.service("state_keeper", full)
-        processes.service("prober", full)
+        if prober:
+            processes.service("prober", full)
         processes.service("provisioner", full)
         await wait_for_service(nc, names.SERVICE_NAME, 1, timeout=60)
         await wait_for_service(nc, names.PROVISIONER_SERVICE, 1, timeout=60)

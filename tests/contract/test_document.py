@@ -13,25 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.micro.service import DEFAULT_QUEUE_GROUP
 
-from conftest import DOCUMENT, run_node
+from contract_helpers import DOCUMENT, resolve, run_node, schema_validator
 from shared import asyncapi, names
 from shared.yaml_text import dumps
 from support import ROOT
 
 # DESIGN §11's roles.
 ROLES = {"proxy", "prober", "state-keeper", "janitor", "reaper", "provisioner", "gateway", "operator"}
-
-
-def schema_validator(contract: dict, ref: str) -> jsonschema_rs.Draft7Validator:
-    """A draft-07 validator for one `$ref` of the document (AsyncAPI 3.0 schemas are draft-07)."""
-    return jsonschema_rs.Draft7Validator({"allOf": [{"$ref": ref}], "components": contract["components"]})
-
-
-def resolve(contract: dict, ref: str) -> dict:
-    node = contract
-    for part in ref.removeprefix("#/").split("/"):
-        node = node[part.replace("~1", "/").replace("~0", "~")]
-    return node
 
 
 def test_the_committed_file_is_what_the_code_generates():
