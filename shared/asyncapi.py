@@ -334,8 +334,9 @@ means `{{}}`. An error reply carries the headers `{ERROR_HEADER}` (a one-line de
 (the HTTP-like status as a string) and a JSON body with `error`, `code` and, where asking again may help,
 `retry_after_s`.
 
-**Roles** (`x-roles` on each channel): who may publish on a subject and who subscribes to it, as the NATS
-permissions of each role allow (least privilege; `operator` is the `aceorch` command line).
+**Roles** (`x-roles` on each channel, from DESIGN §11): who may publish on a subject and who subscribes to it
+(least privilege; `operator` is the `aceorch` command line). A requester also needs to subscribe to its reply
+inboxes (`_INBOX.>`, or a private inbox prefix).
 
 The operations are the orchestrator's: it receives events, stats and requests and sends notifications.
 """
@@ -348,8 +349,19 @@ def _builtins(value: Struct) -> Any:
     return msgspec.to_builtins(value)
 
 
+def _sent(value: Struct) -> dict[str, Any]:
+    """An example of what a client sends: optional fields it leaves out are left out (null is accepted too)."""
+    return {key: item for key, item in msgspec.to_builtins(value).items() if item is not None}
+
+
 def _ref(*parts: str) -> dict[str, str]:
     return {"$ref": "#/" + "/".join(part.replace("~", "~0").replace("/", "~1") for part in parts)}
+
+
+def _summarised(text: str) -> dict[str, str]:
+    """AsyncAPI's short `summary` (the first sentence) and, when there is more, the whole as `description`."""
+    first, stop, rest = text.partition(". ")
+    return {"summary": first + "." if stop else text} | ({"description": text} if rest else {})
 
 
 def _roles(publish: tuple[str, ...], subscribe: tuple[str, ...]) -> dict[str, list[str]]:
@@ -394,7 +406,7 @@ def _error_headers(codes: tuple[int, ...]) -> dict[str, Any]:
 
 def _message(name: str, title: str, summary: str, payload: type[Struct], examples: list[dict[str, Any]],
              headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    message: dict[str, Any] = {"name": name, "title": title, "summary": summary, "contentType": "application/json"}
+    message: dict[str, Any] = {"name": name, "title": title, **_summarised(summary), "contentType": "application/json"}
     if headers is not None:
         message["headers"] = headers
     message["payload"] = _ref("components", "schemas", payload.__name__)
@@ -408,7 +420,9 @@ def document() -> dict[str, Any]:
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for channel in CHANNELS:
-        example: dict[str, Any] = {"name": channel.key, "payload": _builtins(channel.example)}
+        sent_by_clients = channel.kind != "notification"
+        payload = _sent(channel.example) if sent_by_clients else _builtins(channel.example)
+        example: dict[str, Any] = {"name": channel.key, "payload": payload}
         if channel.kind == "event":
             example["headers"] = {MSG_ID_HEADER: channel.msg_id}
         messages[channel.key] = _message(
@@ -432,7 +446,7 @@ def document() -> dict[str, Any]:
         operations[f"{action}{channel.key[0].upper()}{channel.key[1:]}"] = {
             "action": action,
             "channel": _ref("channels", channel.key),
-            "summary": channel.summary,
+            **_summarised(channel.summary),
             "messages": [_ref("channels", channel.key, "messages", channel.key)],
         }
     for endpoint in ENDPOINTS:
@@ -440,7 +454,7 @@ def document() -> dict[str, Any]:
         codes = ", ".join(str(code) for code in endpoint.codes)
         messages[request_key] = _message(
             request_key, f"{endpoint.subject} request", f"Request to {endpoint.subject}.", endpoint.request,
-            [{"name": request_key, "payload": _builtins(endpoint.request_example)}],
+            [{"name": request_key, "payload": _sent(endpoint.request_example)}],
         )
         messages[reply_key] = _message(
             reply_key, f"{endpoint.subject} reply", f"Answer of {endpoint.subject}.", endpoint.reply,
@@ -479,7 +493,7 @@ def document() -> dict[str, Any]:
         operations[f"answer{endpoint.key[0].upper()}{endpoint.key[1:]}"] = {
             "action": "receive",
             "channel": _ref("channels", endpoint.key),
-            "summary": endpoint.summary,
+            **_summarised(endpoint.summary),
             "messages": [_ref("channels", endpoint.key, "messages", request_key)],
             "bindings": {"nats": {"queue": MICRO_QUEUE_GROUP, "bindingVersion": NATS_BINDING_VERSION}},
             "reply": {
