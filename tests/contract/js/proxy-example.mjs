@@ -16,7 +16,8 @@ const { engine, reservation_id } = selected.json();
 // 2. Open a playback session on that engine (its own HTTP API).
 const pid = crypto.randomUUID();
 const opened = await fetch(`http://${engine.host}:${engine.port}/ace/getstream?format=json&id=${contentId}&pid=${pid}`);
-const session = (await opened.json()).response;
+const { response: session, error } = await opened.json();
+if (!session) throw new Error(`getstream: ${error}`); // the reservation lapses by itself
 
 // 3. stream.started through JetStream: Nats-Msg-Id (msgID) makes a retried publish land once.
 const streamId = `js-${pid}`;
