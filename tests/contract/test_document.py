@@ -104,10 +104,14 @@ def test_the_schemas_reject_what_the_decoders_reject(contract):
     assert errors.is_valid({"error": "no_capacity", "code": 503, "retry_after_s": 2.0})
 
 
-def test_the_asyncapi_parser_finds_no_errors(node):
-    parsed = run_node(node, "validate.mjs", str(DOCUMENT), timeout=120)
+def test_the_asyncapi_parser_finds_no_errors(node, tmp_path):
+    # A copy with one wrong value shows the check would see an error (one parser start for both).
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(DOCUMENT.read_text().replace("    action: receive\n", "    action: listen\n", 1))
+    parsed = run_node(node, "validate.mjs", str(DOCUMENT), str(broken), timeout=120)
     diagnostics = [json.loads(line) for line in parsed.stdout.splitlines() if line.startswith("{")]
-    assert parsed.returncode == 0 and not [d for d in diagnostics if d["severity"] == 0], parsed.stdout + parsed.stderr
+    errors = {d["file"] for d in diagnostics if d["severity"] == 0}
+    assert errors == {str(broken)}, parsed.stdout + parsed.stderr
 
 
 json_values = st.recursive(

@@ -1,17 +1,20 @@
-// Parse an AsyncAPI document with the AsyncAPI project's own parser and print its diagnostics
-// as JSON lines; exit 1 when any has error severity (0), 2 when the document cannot be read.
+// Parse AsyncAPI documents with the AsyncAPI project's own parser and print every diagnostic as a
+// JSON line naming its file; exit 1 when any has error severity (0) or a document cannot be parsed.
 import { readFile } from "node:fs/promises";
 import { Parser, DiagnosticSeverity } from "@asyncapi/parser";
 
-const path = process.argv[2];
-if (!path) {
-  console.error("usage: node validate.mjs FILE");
+const files = process.argv.slice(2);
+if (files.length === 0) {
+  console.error("usage: node validate.mjs FILE...");
   process.exit(2);
 }
 const parser = new Parser();
-const { document, diagnostics } = await parser.parse(await readFile(path, "utf8"), { source: path });
-for (const d of diagnostics) {
-  console.log(JSON.stringify({ severity: d.severity, code: d.code, message: d.message, path: d.path }));
+let failed = false;
+for (const file of files) {
+  const { document, diagnostics } = await parser.parse(await readFile(file, "utf8"), { source: file });
+  for (const d of diagnostics) {
+    console.log(JSON.stringify({ file, severity: d.severity, code: d.code, message: d.message, path: d.path }));
+  }
+  failed ||= document === undefined || diagnostics.some((d) => d.severity === DiagnosticSeverity.Error);
 }
-const errors = diagnostics.filter((d) => d.severity === DiagnosticSeverity.Error);
-process.exit(errors.length > 0 || document === undefined ? 1 : 0);
+process.exit(failed ? 1 : 0);
