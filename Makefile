@@ -12,7 +12,12 @@ UV_VERSION := 0.13.9
 # without it, pins already in the lock are kept where they still fit.
 LOCK_FLAGS ?=
 
-.PHONY: install lock run test chaos bench mutate images clean
+# Node packages of the contract tests (the AsyncAPI parser, the NATS client of the README's
+# JavaScript example), exactly as package-lock.json says; install scripts are not run (none is needed).
+JS := tests/contract/js
+JS_STAMP := $(JS)/node_modules/.package-lock.json
+
+.PHONY: install js lock run test chaos bench mutate images clean contract
 
 install: $(STAMP)
 
@@ -25,6 +30,15 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --no-index -e .
 	$(BIN)/python -m pip check
 	touch $(STAMP)
+
+js: $(JS_STAMP)
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	npm ci --prefix $(JS) --no-audit --no-fund --ignore-scripts
+
+# Write asyncapi.yaml (the NATS contract) from the code; a test fails while the committed one differs.
+contract: install
+	$(BIN)/aceorch contract
 
 # Regenerate the lock on purpose (after editing dependencies in pyproject.toml);
 # tests/test_lock.py fails while the two disagree. The build backend's and pip's
@@ -42,7 +56,7 @@ run: install
 # Every tier. The tests wait on real processes more than they compute, so they run on every
 # core (pytest-xdist, each worker with its own port range); the `alone` ones (chaos scenarios,
 # long ones: they measure under a load they make themselves) then run one at a time.
-test: install
+test: install js
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not alone" -n auto --maxprocesses 4 --dist worksteal
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone
 
@@ -61,4 +75,4 @@ images:
 	bash deploy/images.sh
 
 clean:
-	rm -rf $(VENV) data build .pytest_cache mutants
+	rm -rf $(VENV) data build .pytest_cache mutants $(JS)/node_modules

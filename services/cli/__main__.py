@@ -6,6 +6,7 @@
     aceorch stream start [CONTENT] [--stream-id ID]
     aceorch stream end STREAM_ID
     aceorch demo [--viewers N] [--duration S]
+    aceorch contract [--output FILE] [--check]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
+from services.cli import contract
 from services.cli.client import CliError, default_nats_url
 
 KEY_TYPES = ("content_id", "infohash", "url", "magnet")
@@ -57,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     end.set_defaults(run="stream_end")
 
     _add_demo(commands, client)
+    contract.add_parser(commands)
     return parser
 
 
@@ -105,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from services.cli.up import up
 
         return up(args)
+    if args.run == "contract":
+        return contract.contract(args)
     from services.cli import commands, demo
 
     handlers = {

@@ -11,6 +11,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OpenAPIType, Schema, SecurityScheme
 from litestar.static_files import create_static_files_router
 
+from shared import asyncapi
 from shared.config import Config
 from shared.policy.web import allowed_hosts
 from services.gateway.bodies import STRICT_BODIES
@@ -81,8 +82,15 @@ def dashboard_routes() -> list:
     async def openapi(request: Request) -> dict:
         return request.app.openapi_schema.to_schema()
 
+    asyncapi_yaml = asyncapi.render().encode()
+
+    # The NATS side's contract, as /openapi.json is the HTTP side's (built from the same code as asyncapi.yaml).
+    @get("/asyncapi.yaml", include_in_schema=False)
+    async def asyncapi_document() -> Response[bytes]:
+        return Response(asyncapi_yaml, media_type="application/yaml")
+
     static = create_static_files_router(path="/static", directories=[STATIC_DIR], include_in_schema=False)
-    return [dashboard, openapi, static]
+    return [dashboard, openapi, asyncapi_document, static]
 
 
 def _openapi_config() -> OpenAPIConfig:
