@@ -174,7 +174,8 @@ class Channel:
             if not self.first_bytes.done():
                 self._fail_start(StartError(502, f"no engine delivered the stream ({self.exclude and 'left ' + ', '.join(self.exclude) or 'closed before it started'})"))
             for viewer in list(self.viewers):
-                viewer.finish()
+                if viewer.cursor is not None:  # the others still wait for the first bytes: they get an error reply
+                    viewer.finish()
             metrics.CHANNELS.dec()
             self.hub.forget(self)
 

@@ -232,6 +232,11 @@ class ProxyApp:
             return
         if viewer.closed:
             return  # the viewer left while the stream started (a zap)
+        if channel.task.done():  # started and already over (its engines failed) before we got to write
+            conn.viewer = None
+            viewer.lost()
+            conn.reply(request.path, error_response(502, "the stream ended before it could be relayed"))
+            return
         metrics.REQUESTS.labels(path=request.path, code="200").inc()
         viewer.on_first_byte = lambda: metrics.FIRST_BYTE.observe(time.monotonic() - began)
         conn.transport.write(STREAM_HEAD)

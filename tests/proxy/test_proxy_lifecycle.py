@@ -1,0 +1,145 @@
+"""Stop semantics, zapping and hostile requests: nothing is stopped too early, nothing is left behind."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+
+import httpx
+
+from proxy_stack import Watcher
+from support import wait_until
+
+
+def nothing_left(stack):
+    """No started stream, no reservation or stream on any engine record, no acesim session."""
+
+    async def check():
+        if await stack.streams("started"):
+            return False
+        for cid in stack.engines:
+            record = await stack.engine_record(cid)
+            if record and (record.get("streams") or record.get("reservations")):
+                return False
+        return await stack.sim_sessions() == 0
+
+    return check
+
+
+async def test_one_viewer_leaving_keeps_the_stream_and_the_last_one_ends_it_after_the_linger(stack_factory):
+    stack = await stack_factory(PROXY_LINGER_S=1.0)
+    [engine] = await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    url = f"{stack.url}/ace/getstream?id=shared-channel"
+    first, second = Watcher(url), Watcher(url)
+    await asyncio.gather(first.got(188 * 100), second.got(188 * 100))
+    [stream] = await stack.streams("started")
+    await first.close()
+    count = second.count
+    await second.got(count + 188 * 300)  # keeps flowing well past the linger
+    assert [s["stream_id"] for s in await stack.streams("started")] == [stream["stream_id"]]
+    assert len((await stack.sim_state(engine))["sessions"]) == 1
+    await second.close()
+    ended = await wait_until(_ended(stack, stream["stream_id"]), timeout=10, what="stream.ended after the linger")
+    assert ended["reason"] == "viewers_left"
+    await wait_until(nothing_left(stack), timeout=10, what="engine session stopped, nothing left")
+
+
+def _ended(stack, stream_id):
+    async def check():
+        return next((s for s in await stack.streams("ended") if s["stream_id"] == stream_id), None)
+
+    return check
+
+
+async def test_a_viewer_returning_within_the_linger_keeps_the_same_stream(stack_factory):
+    stack = await stack_factory(PROXY_LINGER_S=3.0)
+    await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    url = f"{stack.url}/ace/getstream?id=quick-return"
+    viewer = Watcher(url)
+    await viewer.got(188 * 50)
+    [stream] = await stack.streams("started")
+    await viewer.close()
+    again = Watcher(url)
+    await again.got(188 * 50)
+    assert [s["stream_id"] for s in await stack.streams("started")] == [stream["stream_id"]]
+    await again.close()
+
+
+async def test_zapping_between_channels_leaves_nothing_behind(stack_factory):
+    stack = await stack_factory(PROXY_LINGER_S=0.3)
+    await stack.add_engines(2)
+    stack.url, stack.proxy = await stack.start_proxy()
+    rng = random.Random(7)
+
+    async def zapper(n: int) -> None:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for _ in range(6):
+                channel = f"zap-{rng.randrange(4)}"
+                async with client.stream("GET", f"{stack.url}/ace/getstream?id={channel}") as response:
+                    assert response.status_code == 200
+                    if rng.random() < 0.5:
+                        await anext(response.aiter_raw())  # watch a moment, or leave before the first byte
+
+    await asyncio.wait_for(asyncio.gather(*(zapper(n) for n in range(4))), timeout=60)
+    await wait_until(nothing_left(stack), timeout=15, what="no stream, reservation or session left")
+    assert stack.proxy.alive()
+
+
+async def test_a_viewer_hanging_up_before_the_first_byte_leaves_nothing_behind(stack_factory):
+    stack = await stack_factory(PROXY_LINGER_S=0.2)
+    await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    host, port = stack.url.removeprefix("http://").split(":")
+    for i in range(5):
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"GET /ace/getstream?id=gone-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await wait_until(nothing_left(stack), timeout=15, what="no stream, reservation or session left")
+
+
+async def test_hostile_requests_get_a_clear_4xx_and_start_nothing(stack_factory):
+    stack = await stack_factory()
+    await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    http = stack.http
+    cases = {
+        "/ace/getstream": 400,  # no content named
+        "/ace/getstream?id=": 400,
+        "/ace/getstream?id=%00evil": 400,
+        "/ace/getstream?infohash=xyz": 400,
+        "/ace/getstream?id=a&infohash=" + "0" * 40: 400,
+        "/ace/getstream?url=javascript:alert(1)": 400,
+        "/ace/getstream?id=" + "a" * 5000: 414,
+        "/nope": 404,
+    }
+    for path, status in cases.items():
+        reply = await http.get(stack.url + path)
+        assert reply.status_code == status, (path, reply.text)
+        assert reply.json()["code"] == status and reply.json()["error"]
+    assert (await http.post(stack.url + "/ace/getstream?id=x")).status_code == 405
+    huge = await http.get(stack.url + "/ace/getstream?id=x", headers={"X-Junk": "j" * 20000})
+    assert huge.status_code == 431
+    # slowloris: a head that never ends is cut off (the proxy's head timeout is 10 s)
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=15) as sock:
+        sock.sendall(b"GET /ace/getstream?id=slow HTTP/1.1\r\nHost: x\r\n")
+        assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 408")
+    assert await stack.streams("started") == []
+    assert await stack.sim_sessions() == 0
+    assert stack.proxy.alive()
+
+
+async def test_unknown_content_answers_fast_with_the_engines_refusal(stack_factory):
+    stack = await stack_factory()
+    [engine] = await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    reply = await stack.http.get(f"{stack.url}/ace/getstream?url=http://example.invalid/none.torrent")
+    assert reply.status_code in (404, 502), reply.text
+    assert reply.json()["code"] == reply.status_code
+    # No stream and no engine session; the selection's reservation lapses by itself (RESERVATION_TTL_S):
+    # the contract has no message that releases a reservation without a stream.
+    assert await stack.streams("started") == [] and await stack.streams("ended") == []
+    assert await stack.sim_sessions() == 0
+    assert (await stack.engine_record(engine))["streams"] == []
