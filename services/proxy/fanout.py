@@ -59,7 +59,8 @@ class Aligner:
         whole = len(data) - len(data) % PACKET
         packets, self._carry = data[:whole], data[whole:]
         if packets and not _aligned(packets):
-            good = self._good_prefix(packets)
+            # The packet before the first bad head is the one that was cut short: drop it too.
+            good = max(0, self._good_prefix(packets) - PACKET)
             self._synced = False
             self._carry = b""
             rest = self.feed(packets[good:] + data[whole:])  # re-sync on what follows
