@@ -95,6 +95,15 @@ class ProxyStack:
         msg = await self.nc.request(names.STREAM_LIST, json.dumps(payload).encode(), timeout=5)
         return json.loads(msg.data)["streams"]
 
+    async def started(self, count: int) -> list[dict]:
+        """The started streams, once there are `count` of them (the state-keeper applies events a moment later)."""
+
+        async def enough():
+            streams = await self.streams("started")
+            return streams if len(streams) == count else None
+
+        return await wait_until(enough, timeout=10, what=f"{count} started stream(s)")
+
     async def sim_state(self, cid: str) -> dict:
         port = self.engines[cid]
         return (await self.http.get(f"http://127.0.0.1:{port}/__sim/state")).json()

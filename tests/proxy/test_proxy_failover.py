@@ -23,7 +23,7 @@ async def test_viewers_keep_their_connections_when_the_engine_fails(stack_factor
     url = f"{stack.url}/ace/getstream?id=failing-{failure}"
     viewers = [Watcher(url, keep=False) for _ in range(3)]
     await asyncio.gather(*(viewer.got(188 * 100) for viewer in viewers))
-    [old] = await stack.streams("started")
+    [old] = await stack.started(1)
     reply = await stack.fault(old["container_id"], FAULTS[failure])
     if reply.status_code == 400:
         pytest.skip(f"this acesim has no {FAULTS[failure]!r} fault yet")
@@ -56,10 +56,17 @@ async def test_viewers_get_a_clean_end_when_no_engine_is_left(stack_factory):
     stack.url, stack.proxy = await stack.start_proxy()
     viewer = Watcher(f"{stack.url}/ace/getstream?id=last-engine", keep=False)
     await viewer.got(188 * 100)
-    [old] = await stack.streams("started")
+    [old] = await stack.started(1)
     assert (await stack.fault(engine, "crash")).status_code == 200
     await wait_until(lambda: viewer.ended.is_set(), timeout=20, what="the viewer's connection closed")
-    assert await stack.streams("started") == []
+    await wait_until(_none_started(stack), timeout=10, what="no started stream left")
     ended = [s for s in await stack.streams("ended") if s["stream_id"] == old["stream_id"]]
     assert [s["reason"] for s in ended] == ["failover"]  # its one attempt found no other engine
     assert (await stack.status())["sessions"] == []
+
+
+def _none_started(stack):
+    async def check():
+        return await stack.streams("started") == []
+
+    return check

@@ -17,7 +17,7 @@ async def test_thirty_viewers_on_three_channels_share_three_engine_sessions(stac
     channels = ["alpha", "bravo", "charlie"]
     viewers = [Watcher(f"{stack.url}/ace/getstream?id={channels[i % 3]}") for i in range(30)]
     await asyncio.gather(*(viewer.got(188 * 400) for viewer in viewers))
-    started = await stack.streams("started")
+    started = await stack.started(3)
     assert sorted(s["content_key"] for s in started) == channels
     sessions = [s for cid in engines for s in (await stack.sim_state(cid))["sessions"]]
     assert len(sessions) == 3

@@ -34,7 +34,7 @@ async def test_one_viewer_leaving_keeps_the_stream_and_the_last_one_ends_it_afte
     url = f"{stack.url}/ace/getstream?id=shared-channel"
     first, second = Watcher(url), Watcher(url)
     await asyncio.gather(first.got(188 * 100), second.got(188 * 100))
-    [stream] = await stack.streams("started")
+    [stream] = await stack.started(1)
     await first.close()
     count = second.count
     await second.got(count + 188 * 300)  # keeps flowing well past the linger
@@ -60,7 +60,7 @@ async def test_a_viewer_returning_within_the_linger_keeps_the_same_stream(stack_
     url = f"{stack.url}/ace/getstream?id=quick-return"
     viewer = Watcher(url)
     await viewer.got(188 * 50)
-    [stream] = await stack.streams("started")
+    [stream] = await stack.started(1)
     await viewer.close()
     again = Watcher(url)
     await again.got(188 * 50)
