@@ -42,8 +42,10 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         await membership.start()
         loop = asyncio.get_running_loop()
         try:
+            # SO_REUSEPORT: replicas on one host (Compose's --scale with host networking) share PROXY_PORT and
+            # the kernel spreads viewer connections over them; each replica keeps its own channels.
             server = await loop.create_server(lambda: ViewerProtocol(app), config.proxy_host, config.proxy_port,
-                                              backlog=1024)
+                                              backlog=1024, reuse_port=True)
         except OSError as exc:
             await membership.stop()
             await engines.stop()

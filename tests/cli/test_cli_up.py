@@ -1,6 +1,6 @@
 """`aceorch up` as a user runs it: the whole system as child processes, then Ctrl-C.
 
-Real everything: nats-server from the venv, the six services, local acesim
+Real everything: nats-server from the venv, the seven services, local acesim
 engines started by the provisioner; the test talks to it over HTTP (the
 gateway) and NATS, like a proxy, and through the CLI's client commands.
 """
@@ -44,6 +44,7 @@ class UpRun:
             **SCALED_DOWN,
             "NATS_PORT": str(self.nats_port),
             "GATEWAY_PORT": str(self.gateway_port),
+            "PROXY_PORT": str(free_port()),
             "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
             **env,
         }
@@ -127,7 +128,7 @@ async def test_up_runs_the_system_and_ctrl_c_leaves_no_process(tmp_path, process
     log = up.log()
     assert "SIGINT: stopping" in log and "all stopped" in log, log[-3000:]
     _assert_stop_order(log)
-    assert len(tree.seen) >= 9, tree.commands  # nats-server, six services, two engines at least
+    assert len(tree.seen) >= 9, tree.commands  # nats-server, seven services, two engines at least
     assert any("deploy.acesim" in cmd for cmd in tree.commands.values()), tree.commands
     assert tree.survivors() == {}
 
