@@ -5,7 +5,7 @@ and know, per socket, when the kernel stops taking them (pause_writing) so a
 slow viewer is skipped, not waited for, and can be cut off at once. The
 transport gives exactly that; every response says `Connection: close`.
 
-Bounded: the request head must arrive within HEAD_TIMEOUT_S and fit
+Bounded: the request head must arrive within PROXY_HEADER_TIMEOUT_S and fit
 MAX_HEAD_BYTES (slowloris, huge headers → 408/431), queries MAX_QUERY (414).
 Errors are JSON `{"error": ..., "code": N}`.
 """
@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from shared.config import Config
 from shared.errors import describe
 from services.proxy import metrics
 from services.proxy.channel import Hub, Viewer
@@ -31,7 +32,6 @@ from services.proxy.wire import WireError, content_of, parse_query
 
 log = logging.getLogger("proxy")
 
-HEAD_TIMEOUT_S = 10.0
 MAX_HEAD_BYTES = 16 * 1024
 # The kernel's send buffer of a viewer socket: bounded, so a viewer that stops reading is caught by the
 # channel's buffer (and dropped) within seconds, instead of the kernel autotuning megabytes for it.
@@ -94,7 +94,7 @@ class ViewerProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
-        self._timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._head_timeout)
+        self._timer = asyncio.get_running_loop().call_later(self.app.config.proxy_header_timeout_s, self._head_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._handling:
@@ -115,7 +115,8 @@ class ViewerProtocol(asyncio.Protocol):
     def _head_timeout(self) -> None:
         self._timer = None
         if not self._handling:
-            self.reply("?", error_response(408, f"request head not received within {HEAD_TIMEOUT_S:g}s"))
+            timeout = self.app.config.proxy_header_timeout_s
+            self.reply("?", error_response(408, f"request head not received within {timeout:g}s (PROXY_HEADER_TIMEOUT_S)"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -151,7 +152,7 @@ class ViewerProtocol(asyncio.Protocol):
 class ProxyApp:
     """Routes a request head to its handler; handlers run as tasks the app holds."""
 
-    def __init__(self, hub: Hub, config) -> None:
+    def __init__(self, hub: Hub, config: Config) -> None:
         self.hub = hub
         self.config = config
         self.tasks: set[asyncio.Task] = set()

@@ -38,7 +38,7 @@ def _none_started(stack):
 
 
 async def test_a_viewer_that_stops_reading_is_dropped_and_the_others_keep_going(stack_factory):
-    stack = await stack_factory(PROXY_BUFFER_BYTES=188 * 400)
+    stack = await stack_factory(PROXY_BUFFER_BYTES=188 * 64)
     await stack.add_engines(1)
     stack.url, stack.proxy = await stack.start_proxy()
     url = f"{stack.url}/ace/getstream?id=slowpoke"

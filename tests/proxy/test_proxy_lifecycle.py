@@ -27,15 +27,27 @@ def nothing_left(stack):
     return check
 
 
-async def test_one_viewer_leaving_keeps_the_stream_and_the_last_one_ends_it_after_the_linger(stack_factory):
-    stack = await stack_factory(PROXY_LINGER_S=1.0)
+def _ended(stack, stream_id):
+    async def check():
+        return next((s for s in await stack.streams("ended") if s["stream_id"] == stream_id), None)
+
+    return check
+
+
+async def test_a_viewer_leaving_never_stops_a_watched_stream_and_the_last_one_ends_it_after_the_linger(stack_factory):
+    stack = await stack_factory(PROXY_LINGER_S=1.5)
     [engine] = await stack.add_engines(1)
     stack.url, stack.proxy = await stack.start_proxy()
     url = f"{stack.url}/ace/getstream?id=shared-channel"
-    first, second = Watcher(url), Watcher(url)
-    await asyncio.gather(first.got(188 * 100), second.got(188 * 100))
+    first = Watcher(url)
+    await first.got(188 * 50)
     [stream] = await stack.started(1)
     await first.close()
+    back = Watcher(url)  # back within the linger: the same stream, the same engine session
+    await back.got(188 * 50)
+    second = Watcher(url)
+    await second.got(188 * 50)
+    await back.close()
     count = second.count
     await second.got(count + 188 * 300)  # keeps flowing well past the linger
     assert [s["stream_id"] for s in await stack.streams("started")] == [stream["stream_id"]]
@@ -46,63 +58,34 @@ async def test_one_viewer_leaving_keeps_the_stream_and_the_last_one_ends_it_afte
     await wait_until(nothing_left(stack), timeout=10, what="engine session stopped, nothing left")
 
 
-def _ended(stack, stream_id):
-    async def check():
-        return next((s for s in await stack.streams("ended") if s["stream_id"] == stream_id), None)
-
-    return check
-
-
-async def test_a_viewer_returning_within_the_linger_keeps_the_same_stream(stack_factory):
-    stack = await stack_factory(PROXY_LINGER_S=3.0)
-    await stack.add_engines(1)
-    stack.url, stack.proxy = await stack.start_proxy()
-    url = f"{stack.url}/ace/getstream?id=quick-return"
-    viewer = Watcher(url)
-    await viewer.got(188 * 50)
-    [stream] = await stack.started(1)
-    await viewer.close()
-    again = Watcher(url)
-    await again.got(188 * 50)
-    assert [s["stream_id"] for s in await stack.streams("started")] == [stream["stream_id"]]
-    await again.close()
-
-
-async def test_zapping_between_channels_leaves_nothing_behind(stack_factory):
+async def test_zapping_and_hanging_up_before_the_first_byte_leave_nothing_behind(stack_factory):
     stack = await stack_factory(PROXY_LINGER_S=0.3)
     await stack.add_engines(2)
     stack.url, stack.proxy = await stack.start_proxy()
     rng = random.Random(7)
 
-    async def zapper(n: int) -> None:
+    async def zapper() -> None:
         async with httpx.AsyncClient(timeout=10) as client:
             for _ in range(6):
                 channel = f"zap-{rng.randrange(4)}"
                 async with client.stream("GET", f"{stack.url}/ace/getstream?id={channel}") as response:
                     assert response.status_code == 200
                     if rng.random() < 0.5:
-                        await anext(response.aiter_raw())  # watch a moment, or leave before the first byte
+                        await anext(response.aiter_raw())  # watch a moment, or leave at once
 
-    await asyncio.wait_for(asyncio.gather(*(zapper(n) for n in range(4))), timeout=60)
+    await asyncio.wait_for(asyncio.gather(*(zapper() for _ in range(4))), timeout=60)
+    host, port = stack.url.removeprefix("http://").split(":")
+    for i in range(5):  # players that hang up before the engine sent anything
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(f"GET /ace/getstream?id=gone-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await wait_until(nothing_left(stack), timeout=15, what="no stream, reservation or session left")
     assert stack.proxy.alive()
 
 
-async def test_a_viewer_hanging_up_before_the_first_byte_leaves_nothing_behind(stack_factory):
-    stack = await stack_factory(PROXY_LINGER_S=0.2)
-    await stack.add_engines(1)
-    stack.url, stack.proxy = await stack.start_proxy()
-    host, port = stack.url.removeprefix("http://").split(":")
-    for i in range(5):
-        with socket.create_connection((host, int(port))) as sock:
-            sock.sendall(f"GET /ace/getstream?id=gone-{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    await wait_until(nothing_left(stack), timeout=15, what="no stream, reservation or session left")
-
-
-async def test_hostile_requests_get_a_clear_4xx_and_start_nothing(stack_factory):
+async def test_hostile_and_refused_requests_get_a_clear_error_and_start_nothing(stack_factory):
     stack = await stack_factory()
-    await stack.add_engines(1)
-    stack.url, stack.proxy = await stack.start_proxy()
+    [engine] = await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy(PROXY_HEADER_TIMEOUT_S=1)
     http = stack.http
     cases = {
         "/ace/getstream": 400,  # no content named
@@ -121,21 +104,14 @@ async def test_hostile_requests_get_a_clear_4xx_and_start_nothing(stack_factory)
     assert (await http.post(stack.url + "/ace/getstream?id=x")).status_code == 405
     huge = await http.get(stack.url + "/ace/getstream?id=x", headers={"X-Junk": "j" * 20000})
     assert huge.status_code == 431
-    # slowloris: a head that never ends is cut off (the proxy's head timeout is 10 s)
     host, port = stack.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=15) as sock:
+    with socket.create_connection((host, int(port)), timeout=10) as sock:  # slowloris: a head that never ends
         sock.sendall(b"GET /ace/getstream?id=slow HTTP/1.1\r\nHost: x\r\n")
         assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 408")
-    assert await stack.streams("started") == []
-    assert await stack.sim_sessions() == 0
-    assert stack.proxy.alive()
+    assert await stack.streams("started") == [] and await stack.sim_sessions() == 0
 
-
-async def test_unknown_content_answers_fast_with_the_engines_refusal(stack_factory):
-    stack = await stack_factory()
-    [engine] = await stack.add_engines(1)
-    stack.url, stack.proxy = await stack.start_proxy()
-    reply = await stack.http.get(f"{stack.url}/ace/getstream?url=http://example.invalid/none.torrent")
+    # Content the engine refuses (acesim knows no url= content): its error, at once.
+    reply = await http.get(f"{stack.url}/ace/getstream?url=http://example.invalid/none.torrent")
     assert reply.status_code in (404, 502), reply.text
     assert reply.json()["code"] == reply.status_code
     # No stream and no engine session; the selection's reservation lapses by itself (RESERVATION_TTL_S):
@@ -143,3 +119,18 @@ async def test_unknown_content_answers_fast_with_the_engines_refusal(stack_facto
     assert await stack.streams("started") == [] and await stack.streams("ended") == []
     assert await stack.sim_sessions() == 0
     assert (await stack.engine_record(engine))["streams"] == []
+    assert stack.proxy.alive()
+
+
+async def test_a_stopped_proxy_ends_its_streams_and_stops_their_engine_sessions(stack_factory):
+    stack = await stack_factory()
+    await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    viewer = Watcher(f"{stack.url}/ace/getstream?id=until-shutdown", keep=False)
+    await viewer.got(188 * 50)
+    [stream] = await stack.started(1)
+    assert stack.proxy.stop() == 0
+    ended = await wait_until(_ended(stack, stream["stream_id"]), timeout=10, what="stream.ended on shutdown")
+    assert ended["reason"] == "proxy_stopped"
+    await wait_until(nothing_left(stack), timeout=10, what="engine session stopped")
+    await wait_until(lambda: viewer.ended.is_set(), timeout=5, what="the viewer's connection closed")
