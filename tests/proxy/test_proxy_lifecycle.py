@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import socket
 
@@ -110,16 +111,27 @@ async def test_hostile_and_refused_requests_get_a_clear_error_and_start_nothing(
         assert (await asyncio.to_thread(sock.recv, 4096)).startswith(b"HTTP/1.1 408")
     assert await stack.streams("started") == [] and await stack.sim_sessions() == 0
 
-    # Content the engine refuses (acesim knows no url= content): its error, at once.
-    reply = await http.get(f"{stack.url}/ace/getstream?url=http://example.invalid/none.torrent")
-    assert reply.status_code in (404, 502), reply.text
-    assert reply.json()["code"] == reply.status_code
+    # Content the engine refuses: its error, at once.
+    async with http.stream("GET", f"{stack.url}/ace/getstream?{await _refused_query(stack, engine)}") as reply:
+        body = json.loads(await reply.aread()) if reply.status_code != 200 else None
+    assert reply.status_code == 404 and body["code"] == 404, (reply.status_code, body)
     # No stream and no engine session; the selection's reservation lapses by itself (RESERVATION_TTL_S):
     # the contract has no message that releases a reservation without a stream.
     assert await stack.streams("started") == [] and await stack.streams("ended") == []
     assert await stack.sim_sessions() == 0
     assert (await stack.engine_record(engine))["streams"] == []
     assert stack.proxy.alive()
+
+
+async def _refused_query(stack, engine: str) -> str:
+    """A getstream query this acesim refuses: an `offline…` id where it knows the rule, else a url=
+    (earlier versions played any id and knew no url= content)."""
+    port = stack.engines[engine]
+    probe = await stack.http.get(f"http://127.0.0.1:{port}/ace/getstream", params={"format": "json", "id": "offline-x"})
+    if probe.json()["error"]:
+        return "id=offline-channel"
+    await stack.http.get(probe.json()["response"]["command_url"], params={"method": "stop"})  # leave no session
+    return "url=http://example.invalid/none.torrent"
 
 
 async def test_a_stopped_proxy_ends_its_streams_and_stops_their_engine_sessions(stack_factory):
