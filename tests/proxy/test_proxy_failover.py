@@ -51,7 +51,7 @@ async def test_viewers_keep_their_connections_when_the_engine_fails(stack_factor
 
 
 async def test_viewers_get_a_clean_end_when_no_engine_is_left(stack_factory):
-    stack = await stack_factory(FAILOVER_ATTEMPTS=1)
+    stack = await stack_factory(FAILOVER_ATTEMPTS=1, PROXY_START_TIMEOUT_S=3)
     [engine] = await stack.add_engines(1)
     stack.url, stack.proxy = await stack.start_proxy()
     viewer = Watcher(f"{stack.url}/ace/getstream?id=last-engine", keep=False)
