@@ -172,7 +172,8 @@ class Channel:
             if self._linger is not None:
                 self._linger.cancel()
             if not self.first_bytes.done():
-                self._fail_start(StartError(502, f"no engine delivered the stream ({self.exclude and 'left ' + ', '.join(self.exclude) or 'closed before it started'})"))
+                left = f"engines left: {', '.join(self.exclude)}" if self.exclude else "closed before it started"
+                self._fail_start(StartError(502, f"no engine delivered the stream ({left})"))
             for viewer in list(self.viewers):
                 if viewer.cursor is not None:  # the others still wait for the first bytes: they get an error reply
                     viewer.finish()

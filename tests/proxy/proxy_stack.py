@@ -1,9 +1,8 @@
 """A real stack for proxy tests: nats-server, state-keeper, prober, acesim engines and the proxy.
 
-Engines are registered by publishing `engine.registered` (as the provisioner
-does); the prober makes them healthy; viewers are httpx streams or ffprobe.
-Each engine can be its own acesim process (`separate=True`) so a test can
-kill the one serving a stream.
+Engines (one acesim process) are registered by publishing `engine.registered`
+(as the provisioner does); the prober makes them healthy; viewers are httpx
+streams (`Watcher`) or ffprobe.
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ class ProxyStack:
     url: str = ""
     proxy: Process | None = None
     engines: dict[str, int] = field(default_factory=dict)  # container_id → port
-    engine_procs: dict[str, Process] = field(default_factory=dict)
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10))
 
     async def start_proxy(self, **overrides: object) -> tuple[str, Process]:
@@ -53,24 +51,19 @@ class ProxyStack:
         await wait_until(lambda: _answers(url, proc), timeout=20, what=f"proxy on {url}")
         return url, proc
 
-    async def add_engines(self, count: int, separate: bool = False) -> list[str]:
-        """`count` healthy engines (one acesim process, or one each); their container ids."""
+    async def add_engines(self, count: int) -> list[str]:
+        """`count` healthy engines in one acesim process (a crash fault kills one of them only); their ids."""
         first = free_port_range(count)
-        ports = list(range(first, first + count))
-        groups = [[p] for p in ports] if separate else [ports]
+        self.processes.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{first + count - 1}",
+                                        "--cache-dir", str(self.tmp / f"cache-{first}")])
         added = []
-        for group in groups:
-            spec = ["--port", str(group[0])] if len(group) == 1 else ["--ports", f"{group[0]}-{group[-1]}"]
-            proc = self.processes.start("acesim", [sys.executable, "-m", "deploy.acesim", *spec,
-                                                   "--cache-dir", str(self.tmp / f"cache-{group[0]}")])
-            for port in group:
-                wait_for_port(port, timeout=20)
-                cid = f"sim-{port}"
-                self.engines[cid] = port
-                self.engine_procs[cid] = proc
-                event = EngineRegistered(container_id=cid, host="127.0.0.1", port=port, runtime="external")
-                await self.nc.jetstream().publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": f"reg-{cid}"})
-                added.append(cid)
+        for port in range(first, first + count):
+            wait_for_port(port, timeout=20)
+            cid = f"sim-{port}"
+            self.engines[cid] = port
+            event = EngineRegistered(container_id=cid, host="127.0.0.1", port=port, runtime="external")
+            await self.nc.jetstream().publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": f"reg-{cid}"})
+            added.append(cid)
         for cid in added:
             await self.wait_engine(cid, lambda r: r["health_status"] == "healthy", what=f"{cid} healthy")
         return added
