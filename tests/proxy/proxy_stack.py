@@ -43,8 +43,8 @@ class ProxyStack:
     engines: dict[str, int] = field(default_factory=dict)  # container_id → port
     http: httpx.AsyncClient = field(default_factory=lambda: httpx.AsyncClient(timeout=10))
 
-    async def start_proxy(self, **overrides: object) -> tuple[str, Process]:
-        port = free_port()
+    async def start_proxy(self, port: int | None = None, **overrides: object) -> tuple[str, Process]:
+        port = port or free_port()
         env = {**self.env, "PROXY_PORT": str(port), **{k: str(v) for k, v in overrides.items()}}
         proc = self.processes.service("proxy", env)
         url = f"http://127.0.0.1:{port}"
