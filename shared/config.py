@@ -152,6 +152,7 @@ class Config:
     failover_attempts: int = 3
     proxy_buffer_bytes: int = 4 * 1024 * 1024
     proxy_start_timeout_s: float = 30.0
+    proxy_header_timeout_s: float = 10.0
 
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -209,6 +210,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "failover_attempts": NON_NEGATIVE_INT,
     "proxy_buffer_bytes": _number(int, 188 * 64),
     "proxy_start_timeout_s": POSITIVE_FLOAT,
+    "proxy_header_timeout_s": POSITIVE_FLOAT,
 }
 
 

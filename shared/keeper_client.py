@@ -27,6 +27,8 @@ from shared.schemas import (
     GetRequest,
     ListRequest,
     ReleaseRequest,
+    SelectReply,
+    SelectRequest,
     decoder,
     encode,
 )
@@ -38,12 +40,14 @@ PUBLISH_ATTEMPTS = 5
 _decode_claim = decoder(ClaimReply)
 _decode_list = decoder(EngineList)
 _decode_engine = decoder(EngineRecord)
+_decode_select = decoder(SelectReply)
 
 
 class KeeperError(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_s = retry_after_s  # said by a 503 no_capacity: when asking again may help
 
 
 class KeeperClient:
@@ -83,6 +87,10 @@ class KeeperClient:
                 return None
             raise
 
+    async def select(self, request: SelectRequest) -> SelectReply:
+        """An engine and a reservation; KeeperError 503 (with `retry_after_s`) when none has capacity."""
+        return _decode_select(await self._ask(names.ENGINE_SELECT, encode(request)))
+
     async def engines(self) -> list[EngineRecord]:
         return _decode_list(await self._ask(names.ENGINE_LIST, encode(ListRequest()))).engines
 
@@ -93,12 +101,17 @@ class KeeperClient:
             raise KeeperError(503, f"{subject}: no answer from the state-keeper ({type(exc).__name__})") from None
         code = (msg.headers or {}).get(ERROR_CODE_HEADER)
         if code:
-            raise KeeperError(int(code), f"{subject}: {_error_text(msg.data)}")
+            text, retry_after_s = _error_of(msg.data)
+            raise KeeperError(int(code), f"{subject}: {text}", retry_after_s)
         return msg.data
 
 
-def _error_text(data: bytes) -> str:
+def _error_of(data: bytes) -> tuple[str, float | None]:
+    """The error body's text and `retry_after_s` (None when absent or not a number)."""
     try:
-        return str(json.loads(data)["error"])
+        body = json.loads(data)
+        text = str(body["error"])
     except (ValueError, KeyError, TypeError):
-        return data.decode(errors="replace")[:200] or "error without a body"
+        return data.decode(errors="replace")[:200] or "error without a body", None
+    retry = body.get("retry_after_s")
+    return text, float(retry) if isinstance(retry, (int, float)) and not isinstance(retry, bool) else None

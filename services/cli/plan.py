@@ -28,6 +28,7 @@ SERVICES = (
     ("provisioner", "provisioner"),
     ("janitor", "janitor"),
     ("reaper", "reaper"),
+    ("proxy", "proxy"),
     ("gateway", "gateway"),
 )
 EXIT_CONFIG_ERROR = 2
@@ -222,6 +223,7 @@ def prepare(options: UpOptions) -> Config:
     metrics = metrics_ports(os.environ)
     check_port_free(options.nats_port, "NATS", "NATS_PORT or --nats-port")
     check_port_free(options.gateway_port, "the gateway", "GATEWAY_PORT or --gateway-port")
+    check_port_free(config.proxy_port, "the stream proxy", "PROXY_PORT")
     for name, port in metrics.items():
         check_port_free(port, f"metrics of the {name}", "METRICS_PORT")
     return config

@@ -135,6 +135,8 @@ class Supervisor:
             self.out.say("no gateway: inspect engines with `aceorch engines`")
             return
         if await self._gateway_answers():
+            if any(child.name == "proxy" for child in self.services):
+                self.out.say(f"watch: http://127.0.0.1:{self.config.proxy_port}/ace/getstream?id=<content id>")
             self.out.say(f"dashboard: http://127.0.0.1:{self.options.gateway_port}/  (Ctrl-C stops everything)")
 
     async def _gateway_answers(self, within_s: float | None = None) -> bool:

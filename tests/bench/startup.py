@@ -99,6 +99,7 @@ async def bench(results: Results) -> None:
         "ENGINE_PORT_RANGE": f"{first}-{first + 39}",
         "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
+        "PROXY_PORT": str(free_port()),
     }
     argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", str(workdir / "data"),
             "--nats-port", str(free_port()), "--gateway-port", str(gateway)]

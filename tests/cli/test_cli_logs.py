@@ -55,7 +55,8 @@ async def test_up_with_a_stuck_reader_keeps_answering_and_stops_on_sigint(tmp_pa
     first = free_port_range(20)
     env = {
         **os.environ, **SCALED_DOWN, "PYTHONUNBUFFERED": "1",
-        "NATS_PORT": str(nats_port), "GATEWAY_PORT": str(gateway_port), "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
+        "NATS_PORT": str(nats_port), "GATEWAY_PORT": str(gateway_port), "PROXY_PORT": str(free_port()),
+        "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
     }
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)

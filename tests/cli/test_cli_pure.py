@@ -176,7 +176,7 @@ def test_nats_argv_is_loopback_with_jetstream_under_the_data_dir(tmp_path):
 def test_services_stop_in_reverse_start_order():
     names = [name for _, name in SERVICES]
     assert names[0] == "state-keeper" and names[-1] == "gateway"
-    assert [name for _, name in reversed(SERVICES)] == ["gateway", "reaper", "janitor", "provisioner", "prober", "state-keeper"]
+    assert [name for _, name in reversed(SERVICES)] == ["gateway", "proxy", "reaper", "janitor", "provisioner", "prober", "state-keeper"]
 
 
 def test_restart_delay_backs_off_to_a_ceiling():

@@ -1,6 +1,6 @@
 """`aceorch up` as a user runs it: the whole system as child processes, then Ctrl-C.
 
-Real everything: nats-server from the venv, the six services, local acesim
+Real everything: nats-server from the venv, the seven services, local acesim
 engines started by the provisioner; the test talks to it over HTTP (the
 gateway) and NATS, like a proxy, and through the CLI's client commands.
 """
@@ -38,12 +38,13 @@ class UpRun:
     """One `aceorch up` child with its ports and log."""
 
     def __init__(self, processes, tmp_path, data_dir, **env):
-        self.nats_port, self.gateway_port = free_port(), free_port()
+        self.nats_port, self.gateway_port, self.proxy_port = free_port(), free_port(), free_port()
         first = free_port_range(20)
         self.env = {
             **SCALED_DOWN,
             "NATS_PORT": str(self.nats_port),
             "GATEWAY_PORT": str(self.gateway_port),
+            "PROXY_PORT": str(self.proxy_port),
             "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
             **env,
         }
@@ -127,7 +128,7 @@ async def test_up_runs_the_system_and_ctrl_c_leaves_no_process(tmp_path, process
     log = up.log()
     assert "SIGINT: stopping" in log and "all stopped" in log, log[-3000:]
     _assert_stop_order(log)
-    assert len(tree.seen) >= 9, tree.commands  # nats-server, six services, two engines at least
+    assert len(tree.seen) >= 9, tree.commands  # nats-server, seven services, two engines at least
     assert any("deploy.acesim" in cmd for cmd in tree.commands.values()), tree.commands
     assert tree.survivors() == {}
 
@@ -142,6 +143,7 @@ async def test_up_runs_the_system_and_ctrl_c_leaves_no_process(tmp_path, process
 async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     engines = await up.healthy_engines(2)
     await wait_until(lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=30, what="dashboard URL")
+    assert f"watch: http://127.0.0.1:{up.proxy_port}/ace/getstream?id=" in up.log()
     assert all(e["runtime"] == "local" and e["host"] == "127.0.0.1" for e in engines)
 
     nc = await nats.connect(up.nats_url)
@@ -178,8 +180,28 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     assert done.startswith("demo: done, ") and done.split()[2] == done.split()[5] and int(done.split()[2]) >= 3, out
     assert not [s for s in await up.get("/streams", status="started") if s["content_key"].startswith("demo-")]
 
+    await _watch_through_the_proxy(up)
     tree.scan()
     assert await up.stop(signal.SIGINT) == 0
+
+
+async def _watch_through_the_proxy(up: UpRun) -> None:
+    """What a user does first: a player on the proxy's URL gets MPEG-TS; leaving ends the stream."""
+    url = f"http://127.0.0.1:{up.proxy_port}/ace/getstream?id=first-watch"
+    received = b""
+    async with httpx.AsyncClient(timeout=30) as http:
+        async with http.stream("GET", url) as response:
+            assert response.status_code == 200 and response.headers["content-type"] == "video/mp2t"
+            async for chunk in response.aiter_raw():
+                received += chunk
+                if len(received) >= 188 * 100:
+                    break
+    assert received[0] == 0x47 and received[188] == 0x47
+
+    async def ended() -> bool:
+        return any(s["content_key"] == "first-watch" for s in await up.get("/streams", status="ended"))
+
+    await wait_until(ended, timeout=30, what="the proxied stream ended after the viewer left")
 
 
 async def _shared_session_survives_one_viewer_leaving(up: UpRun) -> None:
@@ -224,7 +246,7 @@ async def _without_streams(up: UpRun, container_id: str):
 
 
 def _assert_stop_order(log: str) -> None:
-    order = ["gateway", "reaper", "janitor", "provisioner", "prober", "state-keeper", "nats"]
+    order = ["gateway", "proxy", "reaper", "janitor", "provisioner", "prober", "state-keeper", "nats"]
     positions = [log.index(f"| {name} stopped (exit") for name in order]
     assert positions == sorted(positions), positions
     assert log.index("acestream-1 stopped") < log.index("| nats stopped")

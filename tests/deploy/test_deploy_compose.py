@@ -25,7 +25,7 @@ from support import ROOT, free_port, free_port_range, wait_for_service, wait_unt
 pytestmark = pytest.mark.docker
 
 ENGINE_PORTS = 20
-SCALED = {"prober": 2, "state-keeper": 2}
+SCALED = {"prober": 2, "state-keeper": 2, "proxy": 2}  # proxy replicas share PROXY_PORT (SO_REUSEPORT)
 
 
 def docker_problem() -> str | None:
@@ -92,6 +92,7 @@ def stack(images, tmp_path):
         "NATS_HTTP_PORT": str(free_port()),
         "NATS_URL": f"nats://127.0.0.1:{nats_port}",
         "GATEWAY_PORT": str(free_port()),
+        "PROXY_PORT": str(free_port()),
         "ENGINE_PORT_RANGE": f"{first}-{first + ENGINE_PORTS - 1}",
         "ENGINE_POOL": f"compose-{suffix}",
         "MIN_REPLICAS": "2",

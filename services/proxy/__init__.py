@@ -1,0 +1,1 @@
+"""The stream proxy: viewers watch through the NATS contract (DESIGN §10)."""

@@ -1,0 +1,9 @@
+"""`python -m services.proxy`: the stream proxy viewers watch through (DESIGN §10)."""
+
+import sys
+
+from shared.service import run
+from services.proxy.server import serve
+
+if __name__ == "__main__":
+    sys.exit(run("proxy", serve))

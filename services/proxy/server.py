@@ -1,0 +1,66 @@
+"""The proxy's body: engines view, membership, channels, and the viewer HTTP server until `stop`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+
+from shared import names
+from shared.bus import Bus
+from shared.config import Config
+from shared.keeper_client import KeeperClient
+from shared.kv import KvView
+from shared.membership import Membership, new_member_id
+from shared.schemas import EngineRecord, decode_engine
+from services.proxy.channel import Hub
+from services.proxy.http import ProxyApp, ViewerProtocol
+from services.proxy.upstream import Upstream
+
+log = logging.getLogger("proxy")
+
+SHUTDOWN_S = 5.0  # to stop every engine session and publish their stream.ended
+MAX_ENGINE_CONNECTIONS = 1000
+
+
+def engine_client() -> httpx.AsyncClient:
+    """Engines are reached directly (no proxy variables); playbacks hold a connection each."""
+    limits = httpx.Limits(max_connections=MAX_ENGINE_CONNECTIONS, max_keepalive_connections=20)
+    return httpx.AsyncClient(limits=limits, trust_env=False, follow_redirects=False)
+
+
+async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
+    member_id = new_member_id("proxy-")
+    membership = Membership(bus, names.PROXY_GROUP, member_id, config.stat_interval_s)
+    engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
+    async with engine_client() as http:
+        upstream = Upstream(bus.nc, KeeperClient(bus.nc, bus.js), http, engines, bus.streams, member_id)
+        hub = Hub(config, upstream)
+        app = ProxyApp(hub, config)
+        await engines.start()
+        await membership.start()
+        loop = asyncio.get_running_loop()
+        try:
+            # SO_REUSEPORT: replicas on one host (Compose's --scale with host networking) share PROXY_PORT and
+            # the kernel spreads viewer connections over them; each replica keeps its own channels.
+            server = await loop.create_server(lambda: ViewerProtocol(app), config.proxy_host, config.proxy_port,
+                                              backlog=1024, reuse_port=True)
+        except OSError as exc:
+            await membership.stop()
+            await engines.stop()
+            log.error("proxy could not listen on %s:%d: %s (in use? set PROXY_PORT)",
+                      config.proxy_host, config.proxy_port, exc.strerror)
+            raise SystemExit(1) from None
+        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/status, /metrics); %d replica(s)",
+                 member_id, config.proxy_host, config.proxy_port, len(membership.members))
+        try:
+            await membership.run(stop)
+        finally:
+            server.close()
+            await hub.close(SHUTDOWN_S)
+            for task in list(app.tasks):
+                task.cancel()
+            await asyncio.gather(*app.tasks, return_exceptions=True)
+            await membership.stop()
+            await engines.stop()
