@@ -39,8 +39,12 @@ lock:
 run: install
 	$(BIN)/aceorch up
 
+# Every tier. The tests wait on real processes more than they compute, so they run on every
+# core (pytest-xdist, each worker with its own port range); the `alone` ones (chaos scenarios,
+# long ones: they measure under a load they make themselves) then run one at a time.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not alone" -n auto --maxprocesses 4 --dist worksteal
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone
 
 chaos: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability

@@ -22,7 +22,7 @@ DOCKERD_WAIT=${ACEORCH_DOCKERD_WAIT:-60}
 
 # Packages the test tiers need. Installed without recommends to stay small;
 # fonts-liberation gives chromium screenshots readable Latin text.
-PACKAGES=(docker.io docker-compose debootstrap chromium fonts-liberation iproute2 curl ca-certificates)
+PACKAGES=(docker.io docker-compose debootstrap chromium fonts-liberation iproute2 curl ca-certificates ffmpeg)
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (apt-get, dockerd)"
 

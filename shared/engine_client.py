@@ -138,6 +138,39 @@ async def probe(client: httpx.AsyncClient, host: str, port: int, timeout_s: floa
     return ProbeResult(ok=error is None, latency_ms=latency_ms, error=error, version=version)
 
 
+# What an engine's stat (or command) URL answers for a playback session it no longer has (DESIGN §10).
+SESSION_GONE_ERROR = "unknown playback session id"
+
+
+class _SessionReply(msgspec.Struct):
+    error: object = None
+
+
+_decode_session = msgspec.json.Decoder(_SessionReply).decode
+
+
+def says_session_gone(status_code: int, body: bytes) -> bool:
+    """The engine answered a stat URL that it does not know the session; any other answer
+    (figures, another error, an HTTP error, garbage) proves nothing about it."""
+    if status_code != 200:
+        return False
+    try:
+        reply = _decode_session(body)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return False
+    return isinstance(reply.error, str) and SESSION_GONE_ERROR in reply.error.lower()
+
+
+async def session_gone(client: httpx.AsyncClient, stat_url: str, timeout_s: float) -> bool:
+    """True only when the engine behind `stat_url` answers that the session is gone. An engine that
+    does not answer (down, hung, unreachable, a bad URL) may still play it: that is the prober's to judge."""
+    try:
+        status_code, body = await get_capped(client, stat_url, timeout_s)
+    except (httpx.HTTPError, httpx.InvalidURL, TimeoutError, ResponseTooLarge):
+        return False
+    return says_session_gone(status_code, body)
+
+
 def _refused(exc: BaseException) -> bool:
     """Nothing listens there: anyio wraps the ConnectionRefusedError in "All connection attempts failed"."""
     seen: BaseException | None = exc

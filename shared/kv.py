@@ -545,3 +545,29 @@ class RecordViews:
     async def stop(self) -> None:
         await self.engines.stop()
         await self.streams.stop()
+
+
+async def wait_for_value(view: KvView[T], key: str, check: Callable[[T], bool], timeout_s: float) -> T | None:
+    """The view's value of `key` once `check` holds for it, or None after `timeout_s`.
+
+    Woken by the view's own changes (a listener), so it costs nothing while it waits.
+    """
+    found = view.get(key)
+    if found is not None and check(found.value):
+        return found.value
+    seen = asyncio.Event()
+    shown: list[T] = []
+
+    def on_change(changed: str, value: T | None) -> None:
+        if changed == key and value is not None and check(value):
+            shown.append(value)
+            seen.set()
+
+    view.listeners.append(on_change)
+    try:
+        await asyncio.wait_for(seen.wait(), max(timeout_s, 0.0))
+    except asyncio.TimeoutError:
+        return None
+    finally:
+        view.listeners.remove(on_change)
+    return shown[0]

@@ -22,6 +22,11 @@ and nothing of it is left behind. While this replica is disconnected from
 NATS, or its watch is re-syncing after a reconnect, nobody is expired:
 silence then says nothing about the others. Watch restarts (one per
 reconnect) are serialised, and none starts after `stop`.
+
+An observer (`watch_only=True`: the state-keeper watching the proxies) follows a
+group without being a member: it sends no heartbeat and is not listed.
+`watched_for()` says how long it has followed the group without a gap; only
+after a TTL of that does a missing member mean a dead one.
 """
 
 from __future__ import annotations
@@ -70,10 +75,13 @@ def new_member_id(prefix: str = "") -> str:
 
 
 class Membership:
-    """The live members of `group`, this replica included; `listeners` hear every change."""
+    """The live members of `group`, this replica included (unless `watch_only`); `listeners` hear every change."""
 
-    def __init__(self, bus: Bus, group: str, member_id: str, interval_s: float, clock=time.monotonic) -> None:
+    def __init__(
+        self, bus: Bus, group: str, member_id: str, interval_s: float, clock=time.monotonic, watch_only: bool = False
+    ) -> None:
         self.bus = bus
+        self.watch_only = watch_only
         self.group = group
         self.me = member_id
         self.ttl_s = TTL_INTERVALS * interval_s
@@ -82,8 +90,9 @@ class Membership:
         self._clock = clock
         self._seen: dict[str, float] = {}  # member → local monotonic time its last heartbeat was sent
         self._revisions: dict[str, int] = {}  # member → revision of its last heartbeat (to delete a dead one's)
-        self._members: tuple[str, ...] = (member_id,)
+        self._members: tuple[str, ...] = () if watch_only else (member_id,)
         self._synced = False
+        self._synced_at = (0.0, 0)  # (our clock, the connection's reconnect count) when the watch last synced
         self._watcher = None
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
@@ -104,7 +113,8 @@ class Membership:
 
     async def start(self, timeout_s: float = 10.0) -> None:
         """Announce this member and wait for the current member list."""
-        await self._heartbeat()
+        if not self.watch_only:
+            await self._heartbeat()
         await self._restart_watch()
         await asyncio.wait_for(self._ready.wait(), timeout_s)
 
@@ -113,14 +123,16 @@ class Membership:
         try:
             await self._renew_and_expire(stop)
         finally:
-            await self._leave()  # the others take over now
+            if not self.watch_only:
+                await self._leave()  # the others take over now
 
     async def _renew_and_expire(self, stop: asyncio.Event) -> None:
         next_renewal = self._clock() + self.renew_s
         while not stop.is_set():
             now = self._clock()
             if now >= next_renewal:
-                await self._heartbeat()
+                if not self.watch_only:
+                    await self._heartbeat()
                 next_renewal = now + self.renew_s
             self._expire(now)
             # Wake for the next renewal or the next expiry, whichever is first.
@@ -216,6 +228,7 @@ class Membership:
             if entry is None:
                 snapshot = False
                 self._synced = True
+                self._synced_at = (self._clock(), self.bus.nc.stats["reconnects"])
                 self._ready.set()
                 self._refresh()
                 continue
@@ -271,6 +284,14 @@ class Membership:
 
     # ------------------------------------------------------------ liveness
 
+    def watched_for(self) -> float:
+        """Seconds this replica has followed the group without a gap: 0 while disconnected, and
+        from the latest reconnect's re-sync on (a member may have died unheard in between)."""
+        synced_at, reconnects = self._synced_at
+        if not self._synced or not self.bus.nc.is_connected or self.bus.nc.stats["reconnects"] != reconnects:
+            return 0.0
+        return self._clock() - synced_at
+
     def _expire(self, now: float) -> None:
         if not self._synced or not self.bus.nc.is_connected:
             return  # our own silence, not theirs
@@ -283,7 +304,7 @@ class Membership:
             self._refresh()
 
     def _refresh(self) -> None:
-        members = tuple(sorted(set(self._seen) | {self.me}))
+        members = tuple(sorted(set(self._seen) | (set() if self.watch_only else {self.me})))
         if members == self._members:
             return
         self._members = members

@@ -35,6 +35,11 @@ ENGINE_RELEASE: Final = "engine.release"
 STREAM_LIST: Final = "stream.list"
 
 SERVICE_NAME: Final = "state-keeper"
+
+# The `provisioner` micro service: one engine now, for proxies that ask (the reference's
+# POST /provision/acestream); answered once the engine is registered and healthy.
+ENGINE_PROVISION: Final = "engine.provision"
+PROVISIONER_SERVICE: Final = "provisioner"
 EVENTS_STREAM: Final = "ACE_EVENTS"
 EVENTS_CONSUMER: Final = "state-keeper"
 

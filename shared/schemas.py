@@ -72,6 +72,9 @@ class EngineRecord(Struct):
     cache_size_bytes: int | None = None
     created_at: Timestamp | None = None
     version: str | None = None
+    # Whether a VPN forwards a public port to the engine (more peers); none does yet. Proxies written
+    # for the reference orchestrator read it from /engines.
+    forwarded: bool = False
     # Sequences in ACE_EVENTS of the last registration and health report applied: the order of
     # events is the state-keeper's to keep, not the reporters' clocks' (a prober's 2099 stamp
     # would otherwise outrank every later report).
@@ -260,6 +263,46 @@ class StreamList(Struct):
 class ErrorReply(Struct, omit_defaults=True):
     error: str
     code: int
+    retry_after_s: float | None = None
+
+
+# -- engine.provision (the provisioner's micro service; the reference's POST /provision/acestream)
+
+ProvisionRefusal: TypeAlias = Literal[
+    "max_replicas_reached",  # the pool is at MAX_REPLICAS: wait for a slot or an engine to go
+    "start_failed",  # the engine did not start or answer within ENGINE_START_TIMEOUT_S
+    "backoff",  # starts failed lately: the next one waits (start_backoff_s)
+    "busy",  # another replica held the scaling lock for too long, or too many requests are pending
+    "bad_request",  # the request does not decode
+    "internal",  # our bug (logged by the provisioner)
+]
+
+
+class ProvisionRequest(Struct, forbid_unknown_fields=True):
+    """The reference's body; accepted for compatibility: engines get the pool's labels and settings."""
+
+    labels: Labels = {}
+    env: Labels = {}
+
+
+class ProvisionReply(Struct):
+    """A new engine, registered and answering."""
+
+    container_id: Key
+    container_name: str
+    host: str  # where the orchestrator reaches it (as in its record)
+    port: Port
+    host_port: Port  # where it answers on the engine's host
+    container_port: Port  # where it listens inside its container
+    runtime: Runtime
+
+
+class ProvisionError(Struct, omit_defaults=True):
+    """An `engine.provision` error body: ErrorReply's fields plus why (`reason`)."""
+
+    error: str
+    code: int
+    reason: ProvisionRefusal
     retry_after_s: float | None = None
 
 

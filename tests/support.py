@@ -56,6 +56,7 @@ def free_port_range(count: int, start: int = 20000, stop: int = 32700) -> int:
     The default range stays below Linux's ephemeral ports (32768+), where outgoing
     connections would otherwise take ports from under an engine that starts later.
     """
+    start, stop = _worker_share(start, stop)
     rng = random.Random()
     for _ in range(200):
         first = rng.randrange(start, stop - count)
@@ -66,6 +67,18 @@ def free_port_range(count: int, start: int = 20000, stop: int = 32700) -> int:
             _HANDED_OUT.append(block)
             return first
     raise RuntimeError(f"no {count} consecutive free loopback ports in {start}-{stop}")
+
+
+def _worker_share(start: int, stop: int) -> tuple[int, int]:
+    """This pytest-xdist worker's own slice of [start, stop): two workers never pick the same port
+    (each checks a port is bindable, but both could check before either binds)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or count <= 1:
+        return start, stop
+    share = (stop - start) // count
+    first = start + int(worker[2:]) * share
+    return first, first + share
 
 
 def _bindable(port: int) -> bool:

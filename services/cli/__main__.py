@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     engines = commands.add_parser("engines", parents=[client], help="list engines as a table")
     engines.set_defaults(run="engines")
 
+    streams = commands.add_parser("streams", parents=[client], help="list started streams with peers and speed")
+    streams.add_argument("--all", action="store_true", help="ended streams too (kept for STREAM_TTL_S)")
+    streams.set_defaults(run="streams")
+
     select = commands.add_parser("select", parents=[client], help="ask for an engine (reserves it briefly)")
     select.add_argument("content", nargs="?", help="content key to select for (shares its engine when it plays)")
     select.add_argument("--key-type", choices=KEY_TYPES, default="content_id")
@@ -105,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {
         "engines": commands.engines,
+        "streams": commands.streams,
         "select": commands.select_engine,
         "stream_start": commands.stream_start,
         "stream_end": commands.stream_end,

@@ -1,4 +1,4 @@
-"""Client commands: `engines`, `select`, `stream start`, `stream end`.
+"""Client commands: `engines`, `streams`, `select`, `stream start`, `stream end`.
 
 Each is a coroutine taking the parsed arguments and returning an exit code;
 output goes to stdout, one readable block (or JSON with --json).
@@ -13,12 +13,13 @@ import httpx
 import msgspec
 
 from shared import names
-from shared.schemas import EngineList, ListRequest, decoder, utcnow
+from shared.schemas import EngineList, ListRequest, StreamList, StreamListRequest, decoder, utcnow
 from services.cli.client import connected, request
 from services.cli.proxy import EndResult, end_stream, keeper_answers, new_stream_id, select, start_stream
-from services.cli.table import engines_table
+from services.cli.table import engines_table, streams_table
 
 decode_engines = decoder(EngineList)
+decode_streams = decoder(StreamList)
 
 
 def _dump(obj: object) -> None:
@@ -32,6 +33,17 @@ async def engines(args: argparse.Namespace) -> int:
         _dump(listing.engines)
     else:
         print(engines_table(listing.engines, utcnow()))
+    return 0
+
+
+async def streams(args: argparse.Namespace) -> int:
+    query = StreamListRequest(status=None if args.all else "started")
+    async with connected(args.nats_url) as nc:
+        listing = await request(nc, names.STREAM_LIST, query, decode=decode_streams)
+    if args.json:
+        _dump(listing.streams)
+    else:
+        print(streams_table(listing.streams, utcnow()))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Pure rendering for the CLI: relative times, byte sizes, the engines table.
+"""Pure rendering for the CLI: relative times, byte sizes, the engines and streams tables.
 
 No I/O and no clock of its own: callers pass `now`, so every branch is a
 table test.
@@ -12,9 +12,11 @@ from datetime import datetime
 
 from shared.policy.engines import effective_state, live_reservations
 from shared.policy.naming import name_number
-from shared.schemas import EngineRecord
+from shared.schemas import EngineRecord, PlaybackStats, StreamRecord
 
 ENGINE_COLUMNS = ("NAME", "ID", "ADDRESS", "HEALTH", "STATE", "STREAMS", "LAST USED", "CACHE")
+STREAM_COLUMNS = ("STREAM", "ENGINE", "CONTENT", "STATUS", "PEERS", "DOWN/UP", "PROXY", "STARTED")
+CONTENT_WIDTH = 24
 ID_WIDTH = 12  # docker's short id length
 
 
@@ -89,3 +91,34 @@ def engines_table(records: Sequence[EngineRecord], now: datetime) -> str:
         return "no engines registered"
     rows = [engine_row(record, now) for record in sorted(records, key=by_name)]
     return render_table(ENGINE_COLUMNS, rows)
+
+
+def speed_cell(stats: PlaybackStats | None) -> str:
+    """'640/12 KiB/s' (down/up, as the engine reports them), '-' before any figures."""
+    if stats is None or (stats.speed_down is None and stats.speed_up is None):
+        return "-"
+    down = "?" if stats.speed_down is None else str(stats.speed_down)
+    up = "?" if stats.speed_up is None else str(stats.speed_up)
+    return f"{down}/{up} KiB/s"
+
+
+def stream_row(record: StreamRecord, now: datetime) -> tuple[str, ...]:
+    stats = record.stats
+    status = record.status if record.status == "started" else f"ended ({record.reason or 'no reason'})"
+    content = record.content_key or "-"
+    return (
+        record.stream_id,
+        short_id(record.container_id) if record.container_id else "-",
+        content if len(content) <= CONTENT_WIDTH else content[: CONTENT_WIDTH - 3] + "...",
+        status,
+        "-" if stats is None or stats.peers is None else str(stats.peers),
+        speed_cell(stats),
+        record.proxy or "-",
+        ago(record.started_at, now),
+    )
+
+
+def streams_table(records: Sequence[StreamRecord], now: datetime) -> str:
+    if not records:
+        return "no streams"
+    return render_table(STREAM_COLUMNS, [stream_row(r, now) for r in sorted(records, key=lambda r: r.stream_id)])

@@ -8,7 +8,7 @@ from litestar import Litestar, MediaType, Request, Response, get
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPIType, Schema, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 from shared.config import Config
@@ -26,6 +26,7 @@ from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
+from services.gateway.reference import reference_routes
 from services.gateway.routes import ops_routes, read_routes, write_routes
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -54,6 +55,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
         route_handlers=[
             *read_routes(fleet),
             *write_routes(fleet, mutating),
+            *reference_routes(fleet, config, mutating),
             *ops_routes(fleet, feed, metrics, readiness, live),
             *dashboard_routes(),
         ],
@@ -103,3 +105,20 @@ def _tighten_schema(app: Litestar) -> None:
     select = schema.paths["/engines/select"].post
     if select is not None and select.request_body is not None:
         select.request_body.required = False
+    for component in schema.components.schemas.values():
+        _numbers_once(component)
+
+
+def _numbers_once(node: object) -> None:
+    """`int | float` (an engine's `livepos` values) comes out as oneOf integer, number: an integer matches
+    both, so every reply carrying one would break the schema's own oneOf. JSON Schema's number already
+    includes the integers; the integer branch goes."""
+    if not isinstance(node, Schema):
+        return
+    if node.one_of:
+        types = {getattr(option, "type", None) for option in node.one_of}
+        if OpenAPIType.INTEGER in types and OpenAPIType.NUMBER in types:
+            node.one_of = [o for o in node.one_of if getattr(o, "type", None) != OpenAPIType.INTEGER]
+    for child in (*(node.one_of or ()), *(node.any_of or ()), *(node.properties or {}).values(),
+                  node.additional_properties, node.items):
+        _numbers_once(child)

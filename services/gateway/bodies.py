@@ -9,7 +9,7 @@ from litestar import Request
 
 from shared.compat import StreamEndedBody, StreamStartedBody
 from shared.decode_errors import describe_decode_error
-from shared.schemas import Key, Labels, Port, SelectRequest, ShortText
+from shared.schemas import Key, Labels, Port, ProvisionRequest, SelectRequest, ShortText
 from services.gateway.fleet import ApiError
 
 T = TypeVar("T")
@@ -52,7 +52,7 @@ class Ready(msgspec.Struct, frozen=True, kw_only=True):
 
 # ---------------------------------------------------------------- strict decoding
 
-STRICT_BODIES = (SelectRequest, RegisterEngineBody, StreamStartedBody, StreamEndedBody)
+STRICT_BODIES = (SelectRequest, RegisterEngineBody, StreamStartedBody, StreamEndedBody, ProvisionRequest)
 _STRICT_DECODERS = {kind: msgspec.json.Decoder(kind | None).decode for kind in STRICT_BODIES}
 
 

@@ -39,8 +39,33 @@ class Readiness:
         nc = self.bus.nc
         if not nc.is_connected:
             return ["nats", "state-keeper"]  # nothing behind NATS can answer either
-        try:
-            await nc.request(f"$SRV.PING.{names.SERVICE_NAME}", b"", timeout=PING_TIMEOUT_S)
-        except (nats.errors.Error, OSError, asyncio.TimeoutError):
-            return ["state-keeper"]
-        return []
+        return [] if await answers_ping(self.bus, names.SERVICE_NAME) else ["state-keeper"]
+
+
+class Presence:
+    """Whether any replica of the micro service `service` answers `$SRV.PING` (asked at most once per CACHE_S)."""
+
+    def __init__(self, bus: Bus, service: str) -> None:
+        self.bus = bus
+        self.service = service
+        self._alive = False
+        self._checked_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def alive(self) -> bool:
+        async with self._lock:
+            if time.monotonic() - self._checked_at >= CACHE_S:
+                self._alive = await answers_ping(self.bus, self.service)
+                self._checked_at = time.monotonic()
+            return self._alive
+
+
+async def answers_ping(bus: Bus, service: str) -> bool:
+    """One `$SRV.PING.<service>`: True if any replica answered within PING_TIMEOUT_S."""
+    if not bus.nc.is_connected:
+        return False
+    try:
+        await bus.nc.request(f"$SRV.PING.{service}", b"", timeout=PING_TIMEOUT_S)
+    except (nats.errors.Error, OSError, asyncio.TimeoutError):
+        return False
+    return True

@@ -123,7 +123,7 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         await fleet.publish(names.ENGINE_REMOVED, event, f"engine.removed.{container_id}.{uuid.uuid4().hex}")
         return EngineAccepted(container_id=container_id, detail="deregistered")
 
-    @post("/events/stream_started", tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
+    @post(["/events/stream_started", "/api/v1/events/stream_started"], tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
     async def stream_started(request: Request, data: StreamStartedBody) -> StreamAccepted:
         """Our `stream.started` fields, or the reference orchestrator's shape (engine/stream/session/labels)."""
         data = await _required(request, StreamStartedBody)
@@ -134,7 +134,7 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         await fleet.publish(names.STREAM_STARTED, event, f"stream.started.{event.stream_id}")
         return StreamAccepted(stream_id=event.stream_id, container_id=event.container_id)
 
-    @post("/events/stream_ended", tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
+    @post(["/events/stream_ended", "/api/v1/events/stream_ended"], tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
     async def stream_ended(request: Request, data: StreamEndedBody) -> StreamAccepted:
         """`{stream_id, container_id?, reason?}`; without stream_id, the engine's newest stream ends."""
         data = await _required(request, StreamEndedBody)

@@ -45,10 +45,11 @@ from shared.bus import Bus
 from shared.config import Config
 from shared.engine_client import new_client, probe
 from shared.errors import describe
-from shared.kv import KvView
+from shared.kv import KvView, wait_for_value
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.policy.engines import effective_state
 from shared.policy.pool import PoolPolicy, engines_to_start, managed, start_backoff_s
+from shared.policy.provisioning import HEALTHY_WAIT_S, max_replicas_eta_s
 from shared.runtime import EngineSpec, Runtime, RuntimeFailure, make_runtime, placeholder
 from shared.schemas import (
     EngineDemand,
@@ -61,6 +62,7 @@ from shared.schemas import (
     utcnow,
 )
 from services.provisioner import metrics
+from services.provisioner.endpoint import ProvisionEndpoint, Refused
 from services.provisioner.lock import KvLock
 
 log = logging.getLogger("provisioner")
@@ -73,6 +75,7 @@ READY_POLL_S = 0.25
 PUBLISH_ATTEMPTS = 3
 ADOPT_RETRY_S = 5.0
 EVENTS_RETRY_S = 1.0
+BUSY_RETRY_S = 1.0  # a provision request that found the lock held too long: the holder is nearly done
 RECENT_S = 30.0  # longer than a registration or a removal takes to show in the records
 
 decode_demand = decoder(EngineDemand)
@@ -232,6 +235,43 @@ class Provisioner:
         for spec, started in created:
             self.spawn(self.await_ready(spec, started))
 
+    async def provision_one(self) -> tuple[EngineSpec, bool]:
+        """One engine now, on a proxy's request (`engine.provision`): (its spec, healthy yet).
+
+        Started under the scaling lock like any other, so the ceiling holds across
+        replicas; refused (`Refused`) at MAX_REPLICAS, during a start backoff, or when
+        it does not start. Returns once the engine answered get_status, is registered
+        and (within HEALTHY_WAIT_S) healthy in the records.
+        """
+        backoff = self.not_before - time.monotonic()
+        if backoff > 0:
+            raise Refused("backoff", f"{self.failures} engine start(s) failed in a row; the next may start "
+                          f"in {backoff:.0f}s", backoff)
+        async with self.lock.hold(min(LOCK_WAIT_S, self.config.engine_start_timeout_s)) as held:
+            if not held:
+                raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
+            records = self.engines.values()
+            pool, unregistered = self.census(records, await self.runtime.list_managed())
+            existing = len(managed(pool)) + unregistered
+            if existing >= self.policy.max_replicas:
+                eta = max_replicas_eta_s(
+                    pool, utcnow(), self.policy, self.config.max_streams_per_engine, self.config.autoscale_interval_s
+                )
+                raise Refused("max_replicas_reached", f"the pool holds {existing} engines ({unregistered} starting), "
+                              f"MAX_REPLICAS is {self.policy.max_replicas}", eta)
+            log.info("starting 1 engine on request (%d managed, %d starting, max %d)",
+                     len(managed(pool)), unregistered, self.policy.max_replicas)
+            created = await self.create(1)
+        if not created:
+            raise Refused("start_failed", "could not create an engine (the provisioner's log says why)",
+                          max(self.not_before - time.monotonic(), 1.0))
+        spec, started = created[0]
+        if not await self.await_ready(spec, started):
+            raise Refused("start_failed", f"{spec.container_name} did not answer get_status within "
+                          f"{self.config.engine_start_timeout_s:g}s", max(self.not_before - time.monotonic(), 1.0))
+        healthy = await wait_for_value(self.engines, spec.container_id, _is_healthy, HEALTHY_WAIT_S)
+        return spec, healthy is not None
+
     def census(self, records: Iterable[EngineRecord], live: list[EngineSpec]) -> tuple[list[EngineRecord], int]:
         """(records that stand for an engine, engines that exist without a record yet)."""
         live_ids = {spec.container_id for spec in live}
@@ -292,8 +332,8 @@ class Provisioner:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def await_ready(self, spec: EngineSpec, started: float) -> None:
-        """Register the engine once it answers get_status; remove it if it dies or stays silent."""
+    async def await_ready(self, spec: EngineSpec, started: float) -> bool:
+        """Register the engine once it answers get_status (True); remove it if it dies or stays silent."""
         died = self.starting[spec.container_id]
         deadline = started + self.config.engine_start_timeout_s
         last_error = "no answer"
@@ -303,7 +343,7 @@ class Provisioner:
                 if remaining <= 0:
                     await self.discard(spec, f"no answer to get_status within {self.config.engine_start_timeout_s:g}s "
                                              f"(last: {last_error})")
-                    return
+                    return False
                 timeout_s = min(self.config.health_check_timeout_s, remaining)
                 result = await probe(self.http, spec.host, spec.port, timeout_s)
                 if result.ok:
@@ -314,7 +354,7 @@ class Provisioner:
                         "started %s on port %d (%s, %.1fs)",
                         spec.container_name, spec.port, spec.runtime, time.monotonic() - started,
                     )
-                    return
+                    return True
                 last_error = result.error or "no answer"
                 await _stopped_within(died, min(READY_POLL_S, max(remaining, 0)))
             await self.discard(spec, "exited before answering get_status")
@@ -324,6 +364,7 @@ class Provisioner:
         finally:
             self.starting.pop(spec.container_id, None)
             metrics.STARTING.set(len(self.starting))
+        return False
 
     async def discard(self, spec: EngineSpec, reason: str) -> None:
         self.start_failed(f"{spec.container_name} on port {spec.port}: {reason}")
@@ -455,6 +496,10 @@ class Provisioner:
             metrics.REMOVED.labels(what).inc(amount)
 
 
+def _is_healthy(record: EngineRecord) -> bool:
+    return record.health_status == "healthy"
+
+
 def _lately(memory: dict[str, float], container_id: str) -> bool:
     """Whether `memory` (container_id → monotonic time) holds it from the last RECENT_S; older entries go."""
     now = time.monotonic()
@@ -483,10 +528,13 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     await engines.start()
     http = new_client(max_connections=max(config.provision_concurrency * 2, 8))
     provisioner = Provisioner(config, bus, runtime, engines, http)
+    endpoint = ProvisionEndpoint(provisioner)
     try:
         if await provisioner.adopt(stop):
+            await endpoint.start()  # after adoption: a request's census must see the adopted engines
             await provisioner.run(stop)
     finally:
+        await endpoint.stop()
         await http.aclose()
         await engines.stop()
         await runtime.close()

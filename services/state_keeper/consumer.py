@@ -216,14 +216,7 @@ class EventConsumer:
         decode = EVENT_DECODERS.get(msg.subject)
         if decode is None:
             raise Rejected("unknown_subject", f"no handler for subject {msg.subject}")
-        if len(msg.data) > MAX_EVENT_BYTES:
-            raise Rejected("too_large", f"{len(msg.data)} bytes exceeds the {MAX_EVENT_BYTES}-byte event limit")
-        try:
-            return decode(msg.data)
-        except msgspec.ValidationError as exc:
-            raise Rejected("invalid", describe_decode_error(exc, msg.data, EVENT_TYPES[msg.subject], "event")) from None
-        except msgspec.DecodeError as exc:
-            raise Rejected("malformed_json", describe_decode_error(exc, msg.data, what="event")) from None
+        return decode_message(msg.data, decode, EVENT_TYPES[msg.subject])
 
     async def _terminate(self, msg: Msg, reason: str, message: str) -> None:
         self.stats.event_rejected(reason)
@@ -253,6 +246,18 @@ class EventConsumer:
         except (nats.errors.Error, OSError) as exc:
             # Not acked means redelivered after ack_wait: the handlers are idempotent.
             log.warning("could not settle message: %s", exc)
+
+
+def decode_message(data: bytes, decode: Callable[[bytes], object], kind: type) -> object:
+    """A message from the bus, strictly decoded as `kind`, or `Rejected` saying what is wrong with it."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise Rejected("too_large", f"{len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte event limit")
+    try:
+        return decode(data)
+    except msgspec.ValidationError as exc:
+        raise Rejected("invalid", describe_decode_error(exc, data, kind, "event")) from None
+    except msgspec.DecodeError as exc:
+        raise Rejected("malformed_json", describe_decode_error(exc, data, what="event")) from None
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

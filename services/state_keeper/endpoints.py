@@ -166,10 +166,11 @@ class Endpoints:
 
     async def select(self, data: bytes) -> SelectReply:
         request = _decode(SelectRequest, data)
-        vanished: set[str] = set()  # engines deleted since our view last heard of them
+        # The proxy's exclusions, then engines deleted since our view last heard of them (at most 64 + 20).
+        unwanted: set[str] = set(request.exclude)
         for _ in range(SELECT_ATTEMPTS):
             now = utcnow()
-            choice = self.candidates.choose(now, request.content_key, self.store.contents.playing, vanished)
+            choice = self.candidates.choose(now, request.content_key, self.store.contents.playing, unwanted)
             if choice is None:
                 return await self._no_capacity(request, now)
             container_id = choice.engine.container_id
@@ -183,7 +184,7 @@ class Endpoints:
             finally:
                 self.candidates.add_in_flight(container_id, -1, utcnow())
             if outcome.after is None:
-                vanished.add(container_id)
+                unwanted.add(container_id)
                 continue
             if reservation_id in outcome.after.reservations:
                 self.stats.selection("shared" if choice.shared else "selected")

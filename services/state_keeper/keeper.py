@@ -23,6 +23,7 @@ from services.state_keeper.endpoints import Endpoints
 from services.state_keeper.events import EventApplier
 from services.state_keeper.stats import Stats
 from services.state_keeper.store import Store
+from services.state_keeper.upkeep import StreamUpkeep
 
 log = logging.getLogger("state-keeper")
 
@@ -45,11 +46,13 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     consumer = EventConsumer(bus, applier, stats, config.unknown_engine_retry_s)
     endpoints = Endpoints(store, config, stats)
     service = await endpoints.start()
+    upkeep = StreamUpkeep(store, config, stats)
     log.info("state-keeper ready: %d engines, %d streams known", len(store.engines.items()), len(store.streams.items()))
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(consumer.run(stop))
             group.create_task(housekeeping(store, applier, config, stop))
+            group.create_task(upkeep.run(stop))
     finally:
         await service.stop()
         await endpoints.finish()

@@ -17,6 +17,9 @@ _SELECTIONS = PromCounter("aceorch_selections", "engine.select replies, by resul
 _CONFLICTS = PromCounter(
     "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer of the same record (retried)", ["record"]
 )
+_STREAM_STATS = PromCounter(
+    "aceorch_stream_stats", "stream.stats reports, by result (applied, ignored, or why rejected)", ["result"]
+)
 _REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by endpoint", ["endpoint"])
 
 
@@ -39,6 +42,7 @@ class Stats:
         self.selections: Counter[str] = Counter()
         self.bad_requests: Counter[str] = Counter()
         self.conflicts: Counter[str] = Counter()
+        self.stream_stats: Counter[str] = Counter()
 
     def event_applied(self, subject: str) -> None:
         self.applied[subject] += 1
@@ -56,6 +60,11 @@ class Stats:
         self.conflicts[record] += count
         _CONFLICTS.labels(record).inc(count)
 
+    def stream_stats_report(self, result: str) -> None:
+        """A stream.stats report: `applied`, `ignored` (unknown or ended stream, late) or a rejection reason."""
+        self.stream_stats[result] += 1
+        _STREAM_STATS.labels(result).inc()
+
     def bad_request(self, endpoint: str) -> None:
         self.bad_requests[endpoint] += 1
         _REQUESTS_REJECTED.labels(endpoint).inc()
@@ -67,4 +76,5 @@ class Stats:
             "selections": dict(self.selections),
             "bad_requests": dict(self.bad_requests),
             "conflicts": dict(self.conflicts),
+            "stream_stats": dict(self.stream_stats),
         }

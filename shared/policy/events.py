@@ -153,6 +153,7 @@ def apply_stream_started_to_stream(
         is_live=event.is_live,
         status="started",
         started_at=start_time(event.started_at, now),
+        proxy=event.proxy,
     )
     if existing is None:
         return started

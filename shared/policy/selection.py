@@ -55,6 +55,7 @@ def select_engine(
     playing: Mapping[str, set[str]] | None = None,
     tiebreak: Callable[[str], object] = str,
     in_flight: Mapping[str, int] | None = None,
+    exclude: Collection[str] = (),
 ) -> Selection | None:
     """Pick an engine, or None when there is no capacity.
 
@@ -64,11 +65,15 @@ def select_engine(
     that rank them differently spread their picks instead of racing for one.
     `in_flight` counts this replica's selections still writing their reservation,
     as load, so concurrent requests spread out.
+    `exclude` names engines never offered, not even to share their content (a failing-over
+    proxy's engine that just stalled or crashed).
     This is the definition; `CandidateIndex` gives the same answer without a scan.
     """
     extra = in_flight or {}
     candidates = []
     for record in engines:
+        if record.container_id in exclude:
+            continue
         busy = _free_load(record, now, policy, extra.get(record.container_id, 0))
         if busy is not None:
             candidates.append((_rank_key(record, busy, tiebreak), record))

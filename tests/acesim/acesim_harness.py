@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import random
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -13,33 +11,16 @@ from pathlib import Path
 import httpx
 import pytest
 
+import support
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 
 
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # Same option the server uses, so a TIME_WAIT leftover doesn't count as taken.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_range(count: int) -> int:
-    """First port of `count` consecutive free ports.
-
-    Drawn below Linux's ephemeral range (32768+) so outgoing client sockets
-    don't grab them between the check and acesim's bind. Checked one port at
-    a time so the test process never holds 1,000 sockets at once.
-    """
-    for _ in range(100):
-        first = random.randint(10_000, 32_000 - count)
-        if all(_port_is_free(port) for port in range(first, first + count)):
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports found")
+    """First port of `count` consecutive free ports, never handed out before in this run and
+    from this pytest-xdist worker's own share (tests/support.py)."""
+    return support.free_port_range(count)
 
 
 @dataclass

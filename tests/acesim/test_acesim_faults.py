@@ -42,7 +42,7 @@ def test_slow_delays_answers(engine: SimProcess, client: httpx.Client) -> None:
     started = time.monotonic()
     client.get(engine.url("/__sim/state"))
     assert time.monotonic() - started < 0.5  # /__sim/ is never slowed
-    assert client.get(engine.url("/__sim/state")).json()["fault"] == {"mode": "slow", "ms": 600, "code": 500}
+    assert client.get(engine.url("/__sim/state")).json()["fault"] == {"mode": "slow", "ms": 600, "code": 500, "s": 5.0}
 
 
 def test_error_replies_with_the_chosen_code(engine: SimProcess, client: httpx.Client) -> None:
@@ -77,7 +77,8 @@ def test_crash_exits_the_single_engine_process_with_1(engine: SimProcess, client
 
 
 def test_bad_fault_requests_are_rejected(engine: SimProcess, client: httpx.Client) -> None:
-    for query in ("mode=explode", "", "mode=slow&ms=x", "mode=error&code=99", "mode=refuse&for_s=-1"):
+    for query in ("mode=explode", "", "mode=slow&ms=x", "mode=error&code=99", "mode=refuse&for_s=-1",
+                  "mode=prebuf&s=-1", "mode=prebuf&s=soon"):
         reply = client.get(engine.url(f"/__sim/fault?{query}"))
         assert reply.status_code == 400, query
         assert reply.json()["ok"] is False

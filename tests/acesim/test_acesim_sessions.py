@@ -61,8 +61,3 @@ def test_port_ranges() -> None:
     for bad in ("2-1", "a-b", "0-5", "65535-65536"):
         with pytest.raises(argparse.ArgumentTypeError):
             acesim.parse_port_range(bad)
-
-
-def test_ts_chunk_is_whole_packets() -> None:
-    assert len(acesim.STREAM_CHUNK) % 188 == 0
-    assert acesim.STREAM_CHUNK[::188] == b"\x47" * (len(acesim.STREAM_CHUNK) // 188)

@@ -165,7 +165,8 @@ def test_stat_fields_and_prebuf_then_dl(engine: SimProcess, client: httpx.Client
     assert stat["status"] == "prebuf"
     for name in ("peers", "speed_down", "speed_up", "downloaded", "uploaded"):
         assert isinstance(stat[name], int), name
-    assert set(stat["livepos"]) == {"pos", "live_first", "live_last", "first_ts", "last_ts", "buffer_pieces"}
+    livepos = {"pos", "first", "last", "live_first", "live_last", "first_ts", "last_ts", "is_live", "buffer_pieces"}
+    assert set(stat["livepos"]) == livepos
     assert all(isinstance(value, str) and value.isdigit() for value in stat["livepos"].values())
     time.sleep(2.3)
     assert client.get(response["stat_url"]).json()["response"]["status"] == "dl"

@@ -14,8 +14,8 @@ from shared.schemas import Claim, EngineRecord
 from services.cli.__main__ import build_parser
 from services.cli.demo import parse_span
 from services.cli.logs import Output, prefix_line
-from services.cli.table import ago, engines_table, human_bytes, render_table
-from shared.schemas import StreamRecord
+from services.cli.table import ago, engines_table, human_bytes, render_table, speed_cell, streams_table
+from shared.schemas import PlaybackStats, StreamRecord
 from services.cli.commands import end_report
 from services.cli.plan import RESTART_LIMIT, STABLE_AFTER_S, metrics_ports, plan_restart, restart_delay
 from services.cli.proxy import EndResult, Playing, decide_shared
@@ -90,6 +90,46 @@ def test_engines_table_lists_engines_in_name_order():
 
 def test_engines_table_says_when_there_are_none():
     assert engines_table([], NOW) == "no engines registered"
+
+
+def test_streams_table_shows_peers_and_speed_once_the_proxy_reported_them():
+    figures = PlaybackStats(status="dl", peers=12, speed_down=640, speed_up=31, reported_at=NOW)
+    records = [
+        StreamRecord(stream_id="s2", container_id="0123456789abcdef0123", content_key="news", proxy="proxy-1",
+                     started_at=NOW - timedelta(seconds=42)),
+        StreamRecord(stream_id="s1", container_id="local-40002", content_key="x" * 40, proxy="proxy-1",
+                     started_at=NOW - timedelta(minutes=3), stats=figures),
+        StreamRecord(stream_id="s3", status="ended", reason="proxy_lost", ended_at=NOW),
+    ]
+    lines = streams_table(records, NOW).splitlines()
+    assert lines[0].split() == ["STREAM", "ENGINE", "CONTENT", "STATUS", "PEERS", "DOWN/UP", "PROXY", "STARTED"]
+    assert lines[1].split() == ["s1", "local-40002", "x" * 21 + "...", "started", "12", "640/31", "KiB/s",
+                                "proxy-1", "3m", "ago"]
+    assert lines[2].split() == ["s2", "0123456789ab", "news", "started", "-", "-", "proxy-1", "42s", "ago"]
+    assert lines[3].split() == ["s3", "-", "-", "ended", "(proxy_lost)", "-", "-", "-", "Never"]
+
+
+@pytest.mark.parametrize(
+    ("figures", "text"),
+    [
+        (None, "-"),
+        (PlaybackStats(peers=3), "-"),
+        (PlaybackStats(speed_down=0, speed_up=0), "0/0 KiB/s"),
+        (PlaybackStats(speed_down=5), "5/? KiB/s"),
+    ],
+)
+def test_speed_cell(figures, text):
+    assert speed_cell(figures) == text
+
+
+def test_streams_table_says_when_there_are_none():
+    assert streams_table([], NOW) == "no streams"
+
+
+def test_the_streams_command_lists_started_ones_unless_asked_for_all():
+    assert build_parser().parse_args(["streams"]).all is False
+    args = build_parser().parse_args(["streams", "--all", "--json"])
+    assert (args.run, args.all, args.json) == ("streams", True, True)
 
 
 def test_prefix_line_pads_names_and_colors_only_when_asked():

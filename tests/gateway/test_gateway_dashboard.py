@@ -15,6 +15,8 @@ import httpx
 import pytest
 from playwright.async_api import async_playwright
 
+from shared import names
+from shared.schemas import PlaybackStats, StreamStats, encode
 from support import ROOT
 
 pytestmark = pytest.mark.browser
@@ -63,9 +65,19 @@ async def test_dashboard_shows_health_colours_and_turns_a_hung_engine_red_live(m
     assert await _cell(page, ids[0], "Last used") == "Never"
     assert await _cell(page, ids[0], "Last check") != "Never"
 
-    await _start_stream(stack, ids[0], ports[0])
+    stream_id = await _start_stream(stack, ids[0], ports[0])
     await page.wait_for_selector("#stream-rows tr.stream")
     assert await page.text_content("#kpi-streams") == "1"
+    assert await _stream_cell(page, stream_id, "Peers") == "—", "no figures yet"
+    # A proxy's figures (stream.stats) reach the row live.
+    figures = PlaybackStats(status="dl", peers=17, speed_down=640, speed_up=33, reported_at=datetime.now(timezone.utc))
+    await stack.nc.publish(names.STREAM_STATS, encode(StreamStats(stream_id=stream_id, stats=figures)))
+    await page.wait_for_function(
+        f"document.querySelector('tr.stream[data-id=\"{stream_id}\"] td[data-label=\"Peers\"]').textContent === '17'"
+    )
+    assert await _stream_cell(page, stream_id, "Speed") == "640 KiB/sup 33 KiB/s"
+    listed = (await stack.http.get("/streams", params={"status": "started"})).json()
+    assert [(s["stream_id"], s["stats"]["peers"], s["stats"]["speed_up"]) for s in listed] == [(stream_id, 17, 33)]
     await page.wait_for_function(
         f"document.querySelector('tr.engine[data-id=\"{ids[0]}\"] td[data-label=\"Last used\"]').textContent === 'just now'"
     )
@@ -152,7 +164,11 @@ async def _cell(page, cid: str, label: str) -> str:
     return (await page.text_content(f'tr.engine[data-id="{cid}"] td[data-label="{label}"] .ago')).strip()
 
 
-async def _start_stream(stack, cid: str, port: int) -> None:
+async def _stream_cell(page, stream_id: str, label: str) -> str:
+    return (await page.text_content(f'tr.stream[data-id="{stream_id}"] td[data-label="{label}"]')).strip()
+
+
+async def _start_stream(stack, cid: str, port: int) -> str:
     async with httpx.AsyncClient() as engine_http:
         session = (await engine_http.get(f"http://127.0.0.1:{port}/ace/getstream?id=ch-news&format=json")).json()["response"]
     started = await stack.http.post("/events/stream_started", json={
@@ -161,3 +177,4 @@ async def _start_stream(stack, cid: str, port: int) -> None:
         "command_url": session["command_url"],
     })
     assert started.status_code == 202, started.text
+    return started.json()["stream_id"]

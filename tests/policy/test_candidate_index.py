@@ -80,8 +80,8 @@ class IndexMachine(RuleBasedStateMachine):
     )
     def choose(self, content, hosts, exclude):
         expected = select_engine(
-            [r for cid, r in self.records.items() if cid not in exclude], self.now, self.policy,
-            content_key=content, playing=hosts, tiebreak=tiebreak, in_flight=self.in_flight,
+            self.records.values(), self.now, self.policy,
+            content_key=content, playing=hosts, tiebreak=tiebreak, in_flight=self.in_flight, exclude=exclude,
         )
         got = self.index.choose(self.now, content, hosts, exclude)
         summary = lambda s: None if s is None else (s.engine.container_id, s.shared)  # noqa: E731

@@ -114,3 +114,20 @@ def test_retry_after_is_the_soonest_reservation_expiry_clamped():
     assert retry_after_s([full], NOW) == 4.0
     assert retry_after_s([engine("b", health_status="unhealthy")], NOW) == 5.0
     assert retry_after_s([engine("c", reservations={"r": later(0.2)})], NOW) == 1.0
+
+
+def test_an_excluded_engine_is_never_chosen_even_when_it_is_the_best():
+    engines = [engine("best"), engine("busy", streams=["s1", "s2"])]
+    assert chosen(engines, exclude={"best"}) == "busy"
+    assert chosen(engines, exclude={"best", "busy"}) is None
+
+
+def test_an_excluded_engine_is_not_shared_even_when_it_plays_the_content():
+    engines = [engine("stalled", streams=["s1"]), engine("other", streams=["s2", "s3"])]
+    selection = select_engine(engines, NOW, POLICY, content_key="ch1", playing={"ch1": {"stalled"}},
+                              exclude=["stalled"])
+    assert selection.engine.container_id == "other" and selection.shared is False
+
+
+def test_excluding_an_unknown_engine_changes_nothing():
+    assert chosen([engine("a"), engine("b", streams=["s"])], exclude={"gone"}) == "a"

@@ -9,6 +9,8 @@ import signal
 import time
 from collections import Counter
 
+import pytest
+
 from prober_fleet import Observations, engine_id
 from support import wait_until
 
@@ -47,6 +49,7 @@ async def watch_window(observations: Observations, keys: list[str]) -> tuple[flo
     return rate, holes, f"rate {rate:.2f}, {len(holes)} holes (e.g. {list(holes.items())[:5]}), failed probes {failed}"
 
 
+@pytest.mark.slow  # 300 engines probed by 3 replicas: a rate measured under the load it makes, so alone
 async def test_replicas_share_the_fleet_and_cover_for_a_killed_one(fleet):
     await fleet.start_state_keeper()
     ports = fleet.start_engines(ENGINES)

@@ -123,3 +123,30 @@ async def test_overlapping_watch_restarts_leave_nothing_behind_after_stop(bus):
 
 async def _none_present(bus, members) -> bool:
     return not any([await beat_present(bus, m) for m in members])
+
+
+async def test_an_observer_follows_the_members_without_being_one(bus, nats_server):
+    """The state-keeper watching the proxies: it sends no heartbeat, is never listed, and says how
+    long it has watched without a gap (from the re-sync after a reconnect, not from its start)."""
+    stop = asyncio.Event()
+    proxy = Membership(bus, GROUP, "proxy", INTERVAL_S)
+    await proxy.start()
+    observer = Membership(bus, GROUP, "observer", INTERVAL_S, watch_only=True)
+    await observer.start()
+    runs = [asyncio.create_task(proxy.run(stop)), asyncio.create_task(observer.run(stop))]
+    try:
+        assert observer.members == ("proxy",) and proxy.members == ("proxy",)
+        assert not await beat_present(bus, "observer")
+        await wait_until(lambda: observer.watched_for() >= 0.5, timeout=5, what="the observer watching")
+        reconnects, restarted = bus.nc.stats["reconnects"], time.monotonic()
+        nats_server.restart()
+        await wait_until(lambda: bus.nc.stats["reconnects"] > reconnects, timeout=15, what="the reconnect")
+        await wait_until(lambda: observer.watched_for() > 0, timeout=15, what="the observer watching again")
+        assert observer.watched_for() < time.monotonic() - restarted, "counted from the re-sync, not the start"
+        await wait_until(lambda: observer.members == ("proxy",), timeout=10, what="the proxy seen again")
+    finally:
+        stop.set()
+        await asyncio.gather(*runs)
+        await observer.stop()
+        await proxy.stop()
+    assert not await beat_present(bus, "observer"), "an observer leaves no heartbeat behind"

@@ -276,6 +276,14 @@
       content.textContent = s.content_key || "—";
       if (s.key_type) content.appendChild(el("span", "minor", s.key_type));
       setAgo(td("Started").appendChild(el("span", "ago")), s.started_at);
+      const stats = s.stats || {};
+      const peers = td("Peers");
+      peers.className = "num";
+      peers.textContent = stats.peers == null ? "—" : String(stats.peers);
+      const speed = td("Speed");
+      speed.className = "num";
+      speed.textContent = stats.speed_down == null ? "—" : `${stats.speed_down} KiB/s`;
+      if (stats.speed_up != null) speed.appendChild(el("span", "minor", `up ${stats.speed_up} KiB/s`));
       const type = td("Type");
       if (s.is_live === true) type.appendChild(el("span", "badge live", "live"));
       else if (s.is_live === false) type.appendChild(el("span", "badge vod", "VOD"));
