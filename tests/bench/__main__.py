@@ -10,7 +10,7 @@ import time
 import traceback
 
 from shared.service import run_loop
-from tests.bench import footprint, http_api, ingest, probing, selection, startup
+from tests.bench import footprint, http_api, ingest, probing, relay, selection, startup
 from tests.bench.harness import Results, machine
 
 SUITE = (
@@ -18,6 +18,7 @@ SUITE = (
     ("ingest", ingest.bench),
     ("probing", probing.bench),
     ("http", http_api.bench),
+    ("relay", relay.bench),
     ("startup", startup.bench),
     ("footprint", footprint.bench),
 )
