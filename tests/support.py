@@ -38,7 +38,8 @@ def nats_server_binary() -> str:
 
 
 def free_port() -> int:
-    """A free loopback port for a server a test starts, never handed out twice in this run.
+    """A free loopback port for a server a test starts, not handed out again in this run
+    until its range wraps around (thousands of ports later).
 
     Taken below Linux's ephemeral range (32768+): a port the kernel picked for us (bind to
     0) is also one it may give the next outgoing connection of any process before our
@@ -47,7 +48,7 @@ def free_port() -> int:
     return free_port_range(1, start=10000, stop=19999)
 
 
-_HANDED_OUT: list[range] = []
+_NEXT: dict[tuple[int, int], int] = {}  # per range: where the next block is looked for
 
 
 def free_port_range(count: int, start: int = 20000, stop: int = 32700) -> int:
@@ -55,17 +56,26 @@ def free_port_range(count: int, start: int = 20000, stop: int = 32700) -> int:
 
     The default range stays below Linux's ephemeral ports (32768+), where outgoing
     connections would otherwise take ports from under an engine that starts later.
+    Blocks are taken one after the other from a random place (so two test runs at once
+    rarely meet), wrapping around once: what is left stays in one piece, and a late
+    test still finds 1,000 ports together.
     """
     start, stop = _worker_share(start, stop)
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(start, stop - count)
-        block = range(first, first + count)
-        if any(block.start < other.stop and other.start < block.stop for other in _HANDED_OUT):
+    if count > stop - start:
+        raise RuntimeError(f"{count} ports do not fit in {start}-{stop}")
+    first = _NEXT.setdefault((start, stop), random.randrange(start, stop - count))
+    scanned = 0
+    while scanned < stop - start:
+        if first + count > stop:  # wrap around to the start of the range
+            scanned += stop - first
+            first = start
             continue
-        if all(_bindable(port) for port in block):
-            _HANDED_OUT.append(block)
+        taken = next((port for port in range(first, first + count) if not _bindable(port)), None)
+        if taken is None:
+            _NEXT[(start, stop)] = first + count
             return first
+        scanned += taken + 1 - first
+        first = taken + 1
     raise RuntimeError(f"no {count} consecutive free loopback ports in {start}-{stop}")
 
 
