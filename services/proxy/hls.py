@@ -123,6 +123,8 @@ class HlsSession:
     async def playlist(self) -> str:
         """The engine's playlist with segment URIs through this proxy (StartError when the engine failed)."""
         async with self._lock:
+            if self.leaving.is_set():  # failed (or ending) while this request waited for the lock
+                raise StartError(502, f"the HLS session ended ({self.reason})")
             if self._cached is not None and time.monotonic() - self._cached[0] < PLAYLIST_CACHE_S:
                 return self._cached[1]
             text = await self._fetch()

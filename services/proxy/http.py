@@ -220,7 +220,8 @@ class ProxyApp:
             conn.reply(request.path, error_response(exc.status, str(exc), exc.retry_after_s))
             return
         except TimeoutError:
-            conn.reply(request.path, error_response(504, f"no engine session within {timeout:g}s (PROXY_START_TIMEOUT_S)"))
+            conn.reply(request.path, error_response(
+                504, f"no engine session within {timeout:g}s (PROXY_START_TIMEOUT_S)"))
             return
         body = text.encode() if request.method == "GET" else b""
         head = _head(200, "application/vnd.apple.mpegurl", len(text.encode()), {"Cache-Control": "no-cache"})
@@ -232,8 +233,8 @@ class ProxyApp:
         session = self.hls.by_token(token)
         url = session.segment_url(number) if session is not None else None
         if url is None:
-            reason = "unknown or ended HLS session" if session is None else f"segment {number} is not (or no longer) listed"
-            conn.reply("/ace/hls", error_response(404, reason))
+            gone = f"segment {number} is not (or no longer) listed" if session else "unknown or ended HLS session"
+            conn.reply("/ace/hls", error_response(404, gone))
             return
         transport = conn.transport
         assert transport is not None and session is not None
@@ -249,6 +250,8 @@ class ProxyApp:
                 raise ConnectionResetError("the viewer hung up")
             if request.method == "GET":
                 transport.write(chunk)
+            if session.session is not None:
+                session.session.bytes += len(chunk)
             if not conn.writable.is_set():  # the viewer reads slower than the engine sends: wait for it
                 drained = asyncio.ensure_future(conn.writable.wait())
                 await asyncio.wait([drained, conn.closed], return_when=asyncio.FIRST_COMPLETED)

@@ -54,7 +54,8 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
             log.error("proxy could not listen on %s:%d: %s (in use? set PROXY_PORT)",
                       config.proxy_host, config.proxy_port, exc.strerror)
             raise SystemExit(1) from None
-        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/manifest.m3u8?id=..., /ace/status, /metrics); %d replica(s)",
+        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/manifest.m3u8?id=..., /ace/status, "
+                 "/metrics); %d replica(s)",
                  member_id, config.proxy_host, config.proxy_port, len(membership.members))
         try:
             await membership.run(stop)

@@ -87,7 +87,8 @@ class Upstream:
 
     # ------------------------------------------------------------ start
 
-    async def open(self, content: Content, exclude: list[str], deadline: float, path: str = "/ace/getstream") -> Session:
+    async def open(self, content: Content, exclude: list[str], deadline: float,
+                   path: str = "/ace/getstream") -> Session:
         """Select an engine, open a playback session on it (`path`: getstream, or manifest.m3u8 for HLS),
         announce `stream.started`."""
         choice = await self.select(content, exclude, deadline)

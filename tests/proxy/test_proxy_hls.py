@@ -28,7 +28,8 @@ async def test_hls_viewers_share_one_engine_session_through_proxy_urls_until_the
 
     probe = await asyncio.to_thread(
         subprocess.run,
-        ["ffprobe", "-v", "error", "-show_programs", "-show_streams", "-of", "json", "-rw_timeout", "10000000", manifest],
+        ["ffprobe", "-v", "error", "-show_programs", "-show_streams", "-of", "json", "-rw_timeout", "10000000",
+         manifest],
         capture_output=True, text=True, timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
@@ -70,10 +71,15 @@ async def test_hls_viewers_share_one_engine_session_through_proxy_urls_until_the
     assert stack.proxy.alive()
 
 
-async def test_an_hls_session_whose_engine_dies_answers_a_clean_error_and_ends(stack_factory):
+async def test_bad_or_refused_hls_content_and_an_engine_that_dies_get_clean_errors(stack_factory):
     stack = await stack_factory()
     [engine] = await stack.add_engines(1)
     stack.url, stack.proxy = await stack.start_proxy()
+    cases = {"": 400, "?infohash=xyz": 400, "?id=a&url=http://x/y": 400, "?id=offline-channel": 404}
+    for query, status in cases.items():
+        reply = await stack.http.get(f"{stack.url}/ace/manifest.m3u8{query}")
+        assert reply.status_code == status and reply.json()["code"] == status, (query, reply.text)
+    assert (await stack.status())["hls"] == []  # the refused one left no session behind
     manifest = f"{stack.url}/ace/manifest.m3u8?id=dies"
     assert (await stack.http.get(manifest)).status_code == 200
     [stream] = await stack.started(1)
