@@ -27,6 +27,7 @@ from shared.config import Config
 from shared.errors import describe
 from services.proxy import metrics
 from services.proxy.channel import Hub, Viewer
+from services.proxy.hls import SEGMENT_PREFIX, Hls, parse_segment_path, relay_segment
 from services.proxy.upstream import StartError
 from services.proxy.wire import WireError, content_of, parse_query
 
@@ -40,7 +41,7 @@ STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\nContent-Type: video/mp2t\r\nCache-Control: no-cache\r\n"
     b"Connection: close\r\nServer: aceorch-proxy\r\n\r\n"
 )
-KNOWN_PATHS = ("/ace/getstream", "/ace/manifest.m3u8", "/ace/status", "/healthz", "/metrics")
+KNOWN_PATHS = ("/ace/getstream", "/ace/manifest.m3u8", "/ace/hls", "/ace/status", "/healthz", "/metrics")
 
 
 class Request:
@@ -89,6 +90,8 @@ class ViewerProtocol(asyncio.Protocol):
         self._head = bytearray()
         self._handling = False
         self._timer: asyncio.TimerHandle | None = None
+        self.writable = asyncio.Event()  # the socket takes more (an HLS segment is written with awaits)
+        self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -125,19 +128,23 @@ class ViewerProtocol(asyncio.Protocol):
 
     def reply(self, path: str, response: bytes) -> None:
         """Send a whole response and close."""
-        self._handling = True
-        self._cancel_timer()
-        status = response[9:12].decode()
-        metrics.REQUESTS.labels(path=path if path in KNOWN_PATHS else "other", code=status).inc()
+        self.reply_started(path, response[9:12].decode())
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(response)
             self.transport.close()
 
+    def reply_started(self, path: str, status: str = "200") -> None:
+        self._handling = True
+        self._cancel_timer()
+        metrics.REQUESTS.labels(path=path if path in KNOWN_PATHS else "other", code=status).inc()
+
     def pause_writing(self) -> None:
+        self.writable.clear()
         if self.viewer is not None:
             self.viewer.paused = True
 
     def resume_writing(self) -> None:
+        self.writable.set()
         if self.viewer is not None:
             self.viewer.resume()
 
@@ -152,8 +159,9 @@ class ViewerProtocol(asyncio.Protocol):
 class ProxyApp:
     """Routes a request head to its handler; handlers run as tasks the app holds."""
 
-    def __init__(self, hub: Hub, config: Config) -> None:
+    def __init__(self, hub: Hub, hls: Hls, config: Config) -> None:
         self.hub = hub
+        self.hls = hls
         self.config = config
         self.tasks: set[asyncio.Task] = set()
         self.routes: dict[str, Callable[[ViewerProtocol, Request], Awaitable[None]]] = {
@@ -170,7 +178,7 @@ class ProxyApp:
         except WireError as exc:
             conn.reply("?", error_response(exc.status, str(exc)))
             return
-        route = self.routes.get(request.path)
+        route = self.segment if request.path.startswith(SEGMENT_PREFIX) else self.routes.get(request.path)
         if route is None:
             conn.reply(request.path, error_response(404, f"no such path: {request.path[:100]}"))
             return
@@ -196,11 +204,68 @@ class ProxyApp:
 
     async def status(self, conn: ViewerProtocol, request: Request) -> None:
         channels = [channel.status() for channel in self.hub.channels.values()]
-        conn.reply(request.path, json_response(200, {"proxy": self.hub.upstream.member_id, "sessions": channels}))
+        hls = [session.status() for session in self.hls.sessions.values()]
+        conn.reply(request.path, json_response(
+            200, {"proxy": self.hub.upstream.member_id, "sessions": channels, "hls": hls}))
 
     async def manifest(self, conn: ViewerProtocol, request: Request) -> None:
-        content_of(parse_query(request.query))  # bad ids are still told apart from the missing feature
-        conn.reply(request.path, error_response(501, "HLS is not served by this proxy yet; use /ace/getstream"))
+        content = content_of(parse_query(request.query))
+        session = self.hls.session_for(content)
+        timeout = self.config.proxy_start_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(session.ready)
+            text = await session.playlist()
+        except StartError as exc:
+            conn.reply(request.path, error_response(exc.status, str(exc), exc.retry_after_s))
+            return
+        except TimeoutError:
+            conn.reply(request.path, error_response(
+                504, f"no engine session within {timeout:g}s (PROXY_START_TIMEOUT_S)"))
+            return
+        body = text.encode() if request.method == "GET" else b""
+        head = _head(200, "application/vnd.apple.mpegurl", len(text.encode()), {"Cache-Control": "no-cache"})
+        conn.reply(request.path, head + body)
+
+    async def segment(self, conn: ViewerProtocol, request: Request) -> None:
+        """`/ace/hls/<token>/<n>.ts`: a segment of an HLS session, streamed from its engine."""
+        token, number = parse_segment_path(request.path)
+        session = self.hls.by_token(token)
+        url = session.segment_url(number) if session is not None else None
+        if url is None:
+            gone = f"segment {number} is not (or no longer) listed" if session else "unknown or ended HLS session"
+            conn.reply("/ace/hls", error_response(404, gone))
+            return
+        transport = conn.transport
+        assert transport is not None and session is not None
+
+        def send_head(length: int | None) -> None:
+            conn.reply_started("/ace/hls")
+            lines = ["HTTP/1.1 200 OK", "Content-Type: video/mp2t", "Connection: close", "Server: aceorch-proxy"]
+            lines += [f"Content-Length: {length}"] if length is not None else []
+            transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+
+        async def write(chunk: bytes) -> None:
+            if conn.closed.done():
+                raise ConnectionResetError("the viewer hung up")
+            if request.method == "GET":
+                transport.write(chunk)
+            if session.session is not None:
+                session.session.bytes += len(chunk)
+            if not conn.writable.is_set():  # the viewer reads slower than the engine sends: wait for it
+                drained = asyncio.ensure_future(conn.writable.wait())
+                await asyncio.wait([drained, conn.closed], return_when=asyncio.FIRST_COMPLETED)
+                drained.cancel()
+
+        try:
+            await relay_segment(self.hls.upstream.http, url, send_head, write, transport.abort)
+        except StartError as exc:
+            conn.reply("/ace/hls", error_response(exc.status, str(exc)))
+            return
+        except ConnectionResetError:
+            return
+        session.segments += 1
+        transport.close()
 
     async def getstream(self, conn: ViewerProtocol, request: Request) -> None:
         content = content_of(parse_query(request.query))

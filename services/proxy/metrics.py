@@ -2,7 +2,7 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-END_REASONS = ("viewers_left", "failover", "failover_exhausted", "proxy_stopped", "start not acknowledged")
+END_REASONS = ("viewers_left", "failover", "failover_exhausted", "proxy_stopped", "start not acknowledged", "engine_failed")
 
 REQUESTS = Counter("ace_proxy_requests", "Viewer HTTP requests by path and status", ["path", "code"])
 VIEWERS = Gauge("ace_proxy_viewers", "Viewer connections receiving a stream now")
@@ -13,6 +13,7 @@ DROPPED = Counter("ace_proxy_viewers_dropped", "Viewers disconnected because the
 FAILOVERS = Counter("ace_proxy_failovers", "Streams moved to another engine, by reason", ["reason"])
 STREAMS_STARTED = Counter("ace_proxy_streams_started", "stream.started published")
 STREAMS_ENDED = Counter("ace_proxy_streams_ended", "stream.ended published, by reason", ["reason"])
+HLS_BYTES = Counter("ace_proxy_hls_segment_bytes", "HLS segment bytes relayed from engines to viewers")
 STAT_ERRORS = Counter("ace_proxy_stat_errors", "Stat URL reads that failed or made no sense")
 FIRST_BYTE = Histogram(
     "ace_proxy_first_byte_seconds",

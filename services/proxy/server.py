@@ -15,6 +15,7 @@ from shared.kv import KvView
 from shared.membership import Membership, new_member_id
 from shared.schemas import EngineRecord, decode_engine
 from services.proxy.channel import Hub
+from services.proxy.hls import Hls
 from services.proxy.http import ProxyApp, ViewerProtocol
 from services.proxy.upstream import Upstream
 
@@ -37,7 +38,8 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     async with engine_client() as http:
         upstream = Upstream(bus.nc, KeeperClient(bus.nc, bus.js), http, engines, bus.streams, member_id)
         hub = Hub(config, upstream)
-        app = ProxyApp(hub, config)
+        hls = Hls(config, upstream)
+        app = ProxyApp(hub, hls, config)
         await engines.start()
         await membership.start()
         loop = asyncio.get_running_loop()
@@ -52,13 +54,14 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
             log.error("proxy could not listen on %s:%d: %s (in use? set PROXY_PORT)",
                       config.proxy_host, config.proxy_port, exc.strerror)
             raise SystemExit(1) from None
-        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/status, /metrics); %d replica(s)",
+        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/manifest.m3u8?id=..., /ace/status, "
+                 "/metrics); %d replica(s)",
                  member_id, config.proxy_host, config.proxy_port, len(membership.members))
         try:
             await membership.run(stop)
         finally:
             server.close()
-            await hub.close(SHUTDOWN_S)
+            await asyncio.gather(hub.close(SHUTDOWN_S), hls.close(SHUTDOWN_S))
             for task in list(app.tasks):
                 task.cancel()
             await asyncio.gather(*app.tasks, return_exceptions=True)

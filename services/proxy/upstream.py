@@ -87,13 +87,15 @@ class Upstream:
 
     # ------------------------------------------------------------ start
 
-    async def open(self, content: Content, exclude: list[str], deadline: float) -> Session:
-        """Select an engine, open a playback session on it, announce `stream.started`."""
+    async def open(self, content: Content, exclude: list[str], deadline: float,
+                   path: str = "/ace/getstream") -> Session:
+        """Select an engine, open a playback session on it (`path`: getstream, or manifest.m3u8 for HLS),
+        announce `stream.started`."""
         choice = await self.select(content, exclude, deadline)
         engine = choice.engine
         stream_id = new_stream_id()
         timeout = max(0.1, min(ENGINE_TIMEOUT_S, deadline - time.monotonic()))
-        playback = await self._getstream(engine, content, stream_id, timeout)
+        playback = await self._getstream(engine, content, stream_id, timeout, path)
         event = StreamStarted(
             stream_id=stream_id, container_id=engine.container_id, content_key=content.key,
             key_type=content.key_type, playback_session_id=playback.playback_session_id,
@@ -125,10 +127,11 @@ class Upstream:
                 log.debug("%s: %s; selecting again in %gs", content.label, exc, wait)
                 await asyncio.sleep(wait)
 
-    async def _getstream(self, engine: EngineRecord, content: Content, pid: str, timeout: float) -> EngineSession:
+    async def _getstream(self, engine: EngineRecord, content: Content, pid: str, timeout: float,
+                         path: str) -> EngineSession:
         param = "id" if content.key_type == "content_id" else content.key_type
         query = httpx.QueryParams({"format": "json", param: content.key, "pid": pid})
-        url = f"http://{_host(engine.host)}:{engine.port}/ace/getstream?{query}"
+        url = f"http://{_host(engine.host)}:{engine.port}{path}?{query}"
         try:
             status, body = await _get(self.http, url, timeout)
         except (httpx.TimeoutException, TimeoutError):

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import parse_qsl
+from collections.abc import Mapping
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import msgspec
 
@@ -158,3 +159,66 @@ def stats_of(body: bytes, now: datetime) -> PlaybackStats:
         )
     except msgspec.ValidationError as exc:
         raise WireError(502, f"stat figures out of range ({exc})") from None
+
+
+# ---------------------------------------------------------------- HLS playlists
+
+MAX_PLAYLIST_BYTES = 256 * 1024  # a live playlist lists a handful of segments in a few hundred bytes
+MAX_PLAYLIST_SEGMENTS = 512
+
+
+def playlist_text(body: bytes) -> str:
+    """An engine's playlist as text; WireError 502 unless it is a UTF-8 media playlist (#EXTM3U first)."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise WireError(502, "the engine's playlist is not UTF-8") from None
+    if not text.lstrip().startswith("#EXTM3U"):
+        raise WireError(502, "the engine's playlist does not start with #EXTM3U")
+    return text
+
+
+def segment_uris(text: str, playlist_url: str) -> list[str]:
+    """The absolute http(s) URL of every segment `text` lists, in order (relative URIs are resolved
+    against `playlist_url`); WireError 502 for a master playlist, too many segments or another scheme."""
+    found = [absolute for _, absolute in _segment_lines(text.splitlines(), playlist_url)]
+    if len(found) > MAX_PLAYLIST_SEGMENTS:
+        raise WireError(502, f"the engine's playlist lists {len(found)} segments, over {MAX_PLAYLIST_SEGMENTS}")
+    return found
+
+
+def rewrite_playlist(text: str, playlist_url: str, names: Mapping[str, str]) -> str:
+    """`text` with each segment URI replaced by `names[its absolute URL]`; tags, comments and blank
+    lines kept as they are. Every segment must have a name (KeyError otherwise: a caller's bug)."""
+    lines = text.splitlines()
+    for index, absolute in _segment_lines(lines, playlist_url):
+        lines[index] = names[absolute]
+    return "\n".join(lines) + "\n"
+
+
+def target_duration(text: str) -> float | None:
+    """#EXT-X-TARGETDURATION in seconds, None when absent or not a positive number."""
+    for line in text.splitlines():
+        if line.startswith("#EXT-X-TARGETDURATION:"):
+            try:
+                value = float(line.partition(":")[2].strip())
+            except ValueError:
+                return None
+            return value if 0 < value < float("inf") else None
+    return None
+
+
+def _segment_lines(lines: list[str], playlist_url: str) -> list[tuple[int, str]]:
+    """(line index, absolute URL) of every URI line: a non-blank line that is not a tag or comment."""
+    found = []
+    for index, line in enumerate(lines):
+        if line.startswith("#EXT-X-STREAM-INF"):
+            raise WireError(502, "the engine answered a master playlist (variant streams): not supported")
+        uri = line.strip()
+        if not uri or uri.startswith("#"):
+            continue
+        absolute = urljoin(playlist_url, uri)
+        if urlsplit(absolute).scheme not in ("http", "https"):
+            raise WireError(502, f"the engine's playlist names a segment that is not http(s): {uri[:80]!r}")
+        found.append((index, absolute))
+    return found
