@@ -57,7 +57,7 @@ class UpOptions:
 
 def metrics_ports(environ: Mapping[str, str]) -> dict[str, int]:
     """METRICS_PORT=P gives each service its own port, P, P+1 … in SERVICES order: one port
-    shared by six processes on one host would let one bind it and the other five die."""
+    shared by all the processes on one host would let one bind it and the others die."""
     raw = environ.get("METRICS_PORT", "")
     try:
         base = int(raw) if raw.strip() else 0

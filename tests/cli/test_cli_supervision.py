@@ -18,7 +18,7 @@ import httpx
 from shared.config import load_config
 from services.cli.children import Child
 from services.cli.logs import Output
-from services.cli.plan import RESTART_LIMIT, UpOptions
+from services.cli.plan import RESTART_LIMIT, SERVICES, UpOptions
 from services.cli.up import Supervisor
 from support import free_port, free_port_range, nats_server_binary, wait_for_port, wait_until
 from test_cli_up import UpRun
@@ -98,14 +98,15 @@ async def test_a_dead_nats_server_is_noticed_while_a_restart_waits(tmp_path):
 
 
 async def test_metrics_port_gives_every_service_its_own_port(tmp_path, processes):
-    first = free_port_range(6)
+    count = len(SERVICES)  # the state-keeper first … the gateway last
+    first = free_port_range(count)
     async with UpRun(processes, tmp_path, tmp_path / "data", METRICS_PORT=str(first)) as up:
         await wait_until(lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=90, what="dashboard")
         async with httpx.AsyncClient(timeout=5) as http:
-            for port in range(first, first + 6):
+            for port in range(first, first + count):
                 await wait_until(lambda: _serves_metrics(http, port), timeout=60, what=f"metrics on :{port}")
         assert "exited with code" not in up.log(), up.log()[-3000:]
-        assert f"state-keeper :{first}" in up.log() and f"gateway :{first + 5}" in up.log()
+        assert f"state-keeper :{first}" in up.log() and f"gateway :{first + count - 1}" in up.log()
         assert await up.stop(signal.SIGINT) == 0
 
 
