@@ -16,7 +16,9 @@ from support import NatsServer, Processes, collect_dropped_connections, free_por
 settings.register_profile("aceorch", deadline=timedelta(seconds=5))
 # For mutation runs (`make mutate` passes --hypothesis-profile=mutate): a mutant is caught once a test
 # fails, and shrinking the failing example of a stateful machine takes minutes per mutant.
-settings.register_profile("mutate", parent=settings.get_profile("aceorch"), phases=[Phase.explicit, Phase.reuse, Phase.generate])
+settings.register_profile(
+    "mutate", parent=settings.get_profile("aceorch"), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
 settings.load_profile("aceorch")
 
 

@@ -97,3 +97,28 @@ def test_among_equally_loaded_engines_playing_the_content_the_replicas_tiebreak_
     records = [engine("a", streams=["s1"]), engine("b", streams=["s2"])]
     assert _shared_choices(records, rank) == [("b", True), ("b", True)]
     assert _shared_choices(records) == [("a", True), ("a", True)]  # without a rank the id settles it
+    # Idle time does not count among them (it does between engines that would start the content afresh).
+    idle_a = [
+        engine("a", streams=["s1"], last_stream_usage=ago(3600)),
+        engine("b", streams=["s2"], last_stream_usage=ago(1)),
+    ]
+    assert _shared_choices(idle_a, rank) == [("b", True), ("b", True)]
+
+
+def test_the_index_takes_an_engine_back_when_its_claim_lapses_with_no_new_record():
+    index = CandidateIndex(POLICY)
+    index.update("a", engine("a", claim=claim("clean", expires_in=5), state="cleaning"), NOW)
+    assert index.choose(NOW) is None
+    assert index.choose(later(4.9)) is None
+    assert index.choose(later(5)).engine.container_id == "a"  # before its verdict goes stale at 35 s
+
+
+def test_the_index_takes_the_deletion_of_an_engine_it_never_had_in_its_stride():
+    # A view reports deletions it cannot match to a record it reported (a key written and deleted
+    # between two looks, a delete marker seen twice): forgetting nothing must not fail.
+    index = CandidateIndex(POLICY)
+    index.update("ghost", None, NOW)
+    index.update("a", engine("a"), NOW)
+    index.update("a", None, NOW)
+    index.update("a", None, NOW)
+    assert index.choose(NOW) is None
