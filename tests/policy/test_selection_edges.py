@@ -122,3 +122,25 @@ def test_the_index_takes_the_deletion_of_an_engine_it_never_had_in_its_stride():
     index.update("a", None, NOW)
     index.update("a", None, NOW)
     assert index.choose(NOW) is None
+
+
+def test_with_sharing_turned_off_the_index_starts_every_viewer_on_the_least_loaded_engine():
+    index = CandidateIndex(SelectionPolicy(share_content=False))
+    index.update("a", engine("a"), NOW)
+    index.update("b", engine("b", streams=["s1"]), NOW)
+    choice = index.choose(NOW, content_key="ch", playing={"ch": {"b"}})
+    assert (choice.engine.container_id, choice.shared) == ("a", False)
+
+
+def test_an_excluded_engine_is_passed_over_this_time_and_chosen_again_the_next():
+    index = CandidateIndex(POLICY)
+    index.update("a", engine("a"), NOW)
+    index.update("b", engine("b", streams=["s1"]), NOW)
+    index.update("c", engine("c", streams=["s1", "s2"]), NOW)
+    assert index.choose(NOW, exclude={"a"}).engine.container_id == "b"
+    assert index.choose(NOW, exclude={"a", "b"}).engine.container_id == "c"
+    assert index.choose(NOW, exclude={"a", "b", "c"}) is None
+    assert index.choose(NOW).engine.container_id == "a"  # the entries passed over are back in the heap
+    # Nor is an excluded engine shared, though it plays the content.
+    choice = index.choose(NOW, content_key="ch", playing={"ch": {"a"}}, exclude={"a"})
+    assert (choice.engine.container_id, choice.shared) == ("b", False)
