@@ -62,11 +62,14 @@ def test_re_ranking_an_engine_many_times_keeps_the_heaps_bounded_and_the_answers
     # once there are more than twice the engines plus 64, or a busy keeper's heaps would only grow.
     index = CandidateIndex(POLICY)
     index.update("b", engine("b", streams=["s1", "s2"]), NOW)
+    longest = 0
     for n in range(300):
         streams = ["s1", "s2"] if n % 2 else []
         index.update("a", engine("a", streams=streams, reservations={"r": later(1 + n / 100)}), NOW)
         assert len(index._ranked) <= 2 * 2 + 64 + 1 and len(index._deadlines) <= 2 * 2 + 64 + 1
+        longest = max(longest, len(index._deadlines))
         assert index.choose(NOW).engine.container_id == ("b" if n % 2 else "a")
+    assert longest == 2 * 2 + 64  # and not before: compacting on every change would cost a scan per change
     # a's last reservation lapses (its deadline survived the compactions): a at 2 streams ties b and wins on its id.
     assert index.choose(later(1 + 299 / 100)).engine.container_id == "a"
     # So did b's, set before the first compaction: its verdict goes stale (45 s after its probe 10 s ago).
@@ -144,3 +147,19 @@ def test_an_excluded_engine_is_passed_over_this_time_and_chosen_again_the_next()
     # Nor is an excluded engine shared, though it plays the content.
     choice = index.choose(NOW, content_key="ch", playing={"ch": {"a"}}, exclude={"a"})
     assert (choice.engine.container_id, choice.shared) == ("b", False)
+
+
+def test_lapses_re_rank_without_compacting_the_ranking_heap_before_its_threshold():
+    # A lapse pops its deadline and re-ranks: the ranking heap grows twice as fast as the deadlines'
+    # here, so it is the one that reaches twice the engines plus 64 and is compacted.
+    index = CandidateIndex(POLICY)
+    index.update("b", engine("b", health_status="unhealthy"), NOW)  # counted among the engines, never ranked
+    longest = 0
+    for n in range(200):
+        probed, lapse = later(n), later(n + 0.5)
+        index.update("a", engine("a", last_health_check=probed, reservations={"r": lapse}), probed)
+        longest = max(longest, len(index._ranked))
+        assert index.choose(lapse).engine.container_id == "a"
+        longest = max(longest, len(index._ranked))
+        assert len(index._ranked) <= 2 * 2 + 64 + 1
+    assert longest == 2 * 2 + 64
