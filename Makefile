@@ -67,8 +67,9 @@ bench: install
 	$(BIN)/python -m tests.bench
 
 # Mutation testing of shared/policy (slow: not part of `make test`); survivors are listed at the end.
+# The mutate profile (tests/conftest.py) skips shrinking: a failing example is enough to catch a mutant.
 mutate: install
-	$(BIN)/mutmut run --max-children 2
+	PYTEST_ADDOPTS=--hypothesis-profile=mutate $(BIN)/mutmut run --max-children 2
 	$(BIN)/mutmut results
 
 images:

@@ -7,13 +7,18 @@ from datetime import timedelta
 
 import nats
 import pytest
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 from support import NatsServer, Processes, collect_dropped_connections, free_port
 
 # Hypothesis' 200 ms default deadline fails examples on a shared 2-core machine whenever another
 # process takes the CPU; 5 s still flags a step that is pathologically slow.
 settings.register_profile("aceorch", deadline=timedelta(seconds=5))
+# For mutation runs (`make mutate` passes --hypothesis-profile=mutate): a mutant is caught once a test
+# fails, and shrinking the failing example of a stateful machine takes minutes per mutant.
+settings.register_profile(
+    "mutate", parent=settings.get_profile("aceorch"), phases=[Phase.explicit, Phase.reuse, Phase.generate]
+)
 settings.load_profile("aceorch")
 
 

@@ -167,8 +167,7 @@ async def test_engines_registered_after_a_nats_restart_are_probed(fleet, nats_se
 
     nats_server.restart()  # same port, same store
     await wait_until(lambda: nc.is_connected, timeout=20, what="the test client to reconnect")
-    await asyncio.sleep(2)  # let the services reconnect too
+    await wait_until(lambda: "nats: reconnected" in prober.log(), timeout=20, what="the prober to reconnect")
     await fleet.register([after])
     await fleet.wait_healthy([after], timeout=30)
-    assert "nats: reconnected" in prober.log()
     assert prober.alive()

@@ -11,6 +11,7 @@ from collections import defaultdict
 from services.prober.scheduler import ProbeScheduler
 from shared.engine_client import ProbeResult
 from shared.policy.partition import ProbeSchedule, Streak
+from support import wait_until
 
 SCHEDULE = ProbeSchedule(interval_s=0.2, recheck_s=0.1, jitter=0.1)
 
@@ -104,7 +105,7 @@ async def test_an_earlier_arrival_wakes_the_sleeping_loop():
     await asyncio.sleep(0.05)
     added = time.monotonic()
     scheduler.add("new", Streak(), added)
-    await asyncio.sleep(0.1)
+    await wait_until(lambda: fleet.probes["new"], timeout=5, what="the new target's first probe")
     stop.set()
     await task
     assert fleet.probes["new"] and fleet.probes["new"][0] - added < 0.05

@@ -37,5 +37,19 @@ async def consumer_drained(bus) -> bool:
     return info.num_pending == 0 and info.num_ack_pending == 0
 
 
+async def engine_views_caught_up(bus, replicas: int) -> bool:
+    """Every state-keeper's engines view has been sent the bucket's latest entry.
+
+    Each view is an ordered watch consumer on the bucket's stream: caught up when there are at
+    least `replicas` of them and none has anything pending. A request sent after this holds
+    reaches a replica behind those entries on its one connection, so its view has applied them."""
+    stream = f"KV_{names.ENGINES_BUCKET}"
+    last = (await bus.js.stream_info(stream)).state.last_seq
+    watches = await bus.js.consumers_info(stream)
+    return len(watches) >= replicas and all(
+        w.num_pending == 0 and w.delivered.stream_seq >= last for w in watches
+    )
+
+
 def new_id(prefix: str = "s") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from keeper_helpers import consumer_drained, publish, register_healthy
+from keeper_helpers import consumer_drained, engine_views_caught_up, publish, register_healthy
 from shared import names
 from shared.kv import KvView
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_engine, decode_stream
@@ -69,7 +69,8 @@ async def test_concurrent_selections_never_overfill_an_engine(start_keepers, bus
     await start_keepers(2, MAX_STREAMS_PER_ENGINE="3", RESERVATION_TTL_S="60")
     for i in range(10):
         await register_healthy(bus, nc, f"e{i}")
-    await asyncio.sleep(0.5)  # both replicas' views have every engine
+    # A replica whose view still lacks an engine or its verdict refuses requests it could grant.
+    await wait_until(lambda: engine_views_caught_up(bus, 2), what="both replicas' engine views caught up")
 
     replies = await asyncio.gather(*(request_json(nc, names.ENGINE_SELECT, {}, timeout=20) for _ in range(200)))
     granted = [body for body, headers in replies if "Nats-Service-Error-Code" not in headers]
