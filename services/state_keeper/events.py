@@ -11,8 +11,11 @@ engine's registrations and removals are ordered by it.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
@@ -64,6 +67,10 @@ class EventApplier:
     health: HealthPolicy
     publish_idle: object  # async (EngineIdle) -> None
     max_clock_skew_s: float = 30.0  # MAX_CLOCK_SKEW_S
+    # An engine's registrations and removals, one at a time in the order they arrive (the consumer
+    # starts handlers in sequence order): a removal and the next life's registration of the same id
+    # (a local engine's replacement on the same port) applied at once left the old life's record.
+    _lifecycles: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)  # id → (lock, [users])
 
     async def apply(self, event: object, seq: int) -> None:
         """Apply one event; `seq` is its sequence in ACE_EVENTS (`msg.metadata.sequence.stream`)."""
@@ -96,16 +103,39 @@ class EventApplier:
 
     # ------------------------------------------------------------ engines
 
+    @contextlib.asynccontextmanager
+    async def _lifecycle(self, container_id: str) -> AsyncIterator[None]:
+        lock, users = self._lifecycles.setdefault(container_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._lifecycles[container_id]  # nobody holds or awaits it: only busy engines are kept
+
     async def engine_registered(self, event: EngineRegistered, seq: int) -> None:
+        async with self._lifecycle(event.container_id):
+            await self._engine_registered(event, seq)
+
+    async def _engine_registered(self, event: EngineRegistered, seq: int) -> None:
         """Create or refresh the record unless the engine's removal is newer (see `apply_engine_registered`).
 
         The tombstone is read before the write (a redelivery after the removal writes nothing)
         and again after it: a removal applied concurrently writes its tombstone before it deletes,
-        so either its delete finds our record or our second look finds its tombstone.
+        so either its delete finds our record or our second look finds its tombstone. A removal
+        older than us whose tombstone is there but whose record is still of the life before it
+        (it failed half-way and waits for its redelivery) is finished first: the next life starts
+        from nothing, as it would have in sequence.
         """
         cid = event.container_id
         removal = await self.store.get_removal(cid)
         removed_seq = removal.removed_seq if removal else 0
+        if removal is not None and removed_seq < seq:
+            earlier = await self.store.get_engine(cid)
+            if earlier is not None and removal_applies(earlier.value, removed_seq):
+                await self.remove_engine(cid, removed_seq, removal.reason)
         now = utcnow()
         outcome = await self.store.update_engine(
             cid, lambda r: apply_engine_registered(r, event, now, seq, removed_seq), use_cache=False
@@ -151,6 +181,10 @@ class EventApplier:
             await self._missing(event.container_id, seq)
 
     async def engine_removed(self, event: EngineRemoved, seq: int) -> None:
+        async with self._lifecycle(event.container_id):
+            await self._engine_removed(event, seq)
+
+    async def _engine_removed(self, event: EngineRemoved, seq: int) -> None:
         """Leave a tombstone first (so a registration racing us sees it), then remove the engine."""
         removal = EngineRemoval(container_id=event.container_id, removed_seq=seq, removed_at=utcnow(),
                                 reason=event.reason)

@@ -12,7 +12,9 @@ from services.state_keeper.store import REMOVAL_PREFIX, Store
 from shared import names
 from shared.kv import read
 from shared.policy.health import HealthPolicy
-from shared.schemas import EngineRegistered, EngineRemoved, decode_engine, decode_removal
+from shared.schemas import (
+    EngineHealth, EngineRegistered, EngineRemoval, EngineRemoved, StreamStarted, decode_engine, decode_removal, decode_stream, utcnow,
+)
 from support import wait_until
 
 
@@ -82,6 +84,56 @@ async def test_a_registration_and_its_removal_applied_at_once_on_two_replicas_le
     finally:
         for replica in replicas:
             await replica.store.stop()
+
+
+async def test_a_removal_and_the_next_lifes_registration_at_once_leave_the_new_life_only(bus):
+    """A local engine's replacement reuses its id (the port): `engine.removed` of the dead one and
+    `engine.registered` of the new one arrive back to back and are applied at once. The result must
+    be what applying them in order gives: the old record gone with its health and streams, a new
+    record that has not been probed (`unknown`) and starts its life now."""
+    applier = await _applier(JitteryStore(bus, random.Random(11)))
+    try:
+        engines = [f"life{n}" for n in range(20)]
+        for n, cid in enumerate(engines):
+            await applier.apply(registration(cid), 10 * n + 1)
+            await applier.apply(EngineHealth(container_id=cid, ok=True, checked_at=utcnow()), 10 * n + 2)
+            await applier.apply(StreamStarted(stream_id=f"{cid}-s", container_id=cid), 10 * n + 3)
+        before = utcnow()
+        await asyncio.gather(*(
+            job for n, cid in enumerate(engines)
+            for job in (applier.apply(EngineRemoved(container_id=cid, reason="died"), 10 * n + 4),
+                        applier.apply(registration(cid, port=7001), 10 * n + 5))
+        ))
+        for cid in engines:
+            record = (await read(bus.engines, cid, decode_engine)).value
+            assert (record.port, record.health_status, record.streams) == (7001, "unknown", []), record
+            assert record.created_at >= before, "a new life, not the old record refreshed"
+            stream = (await read(bus.streams, f"{cid}-s", decode_stream)).value
+            assert (stream.status, stream.reason) == ("ended", "engine_removed: died")
+    finally:
+        await applier.store.stop()
+
+
+async def test_a_registration_after_a_half_done_removal_finishes_it_first(bus):
+    """The removal wrote its tombstone, then failed (its redelivery comes later): the next life's
+    registration must not refresh the old record, with the old health and streams, but finish the
+    removal and start from nothing — and the late redelivery then changes nothing."""
+    applier = await _applier(Store(bus, stream_ttl_s=600))
+    try:
+        await applier.apply(registration("half"), 1)
+        await applier.apply(EngineHealth(container_id="half", ok=True, checked_at=utcnow()), 2)
+        await applier.apply(StreamStarted(stream_id="half-s", container_id="half"), 3)
+        await applier.store.record_removal(EngineRemoval(container_id="half", removed_seq=4, removed_at=utcnow(),
+                                                         reason="died"))
+        await applier.apply(registration("half", port=7001), 5)
+        record = (await read(bus.engines, "half", decode_engine)).value
+        assert (record.port, record.health_status, record.streams, record.registered_seq) == (7001, "unknown", [], 5)
+        stream = (await read(bus.streams, "half-s", decode_stream)).value
+        assert (stream.status, stream.reason) == ("ended", "engine_removed: died")
+        await applier.apply(EngineRemoved(container_id="half", reason="died"), 4)  # the redelivery
+        assert (await read(bus.engines, "half", decode_engine)).value.registered_seq == 5
+    finally:
+        await applier.store.stop()
 
 
 async def test_removed_engines_stay_removed_through_a_real_state_keeper(start_keepers, bus, nc):
