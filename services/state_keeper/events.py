@@ -67,9 +67,11 @@ class EventApplier:
     health: HealthPolicy
     publish_idle: object  # async (EngineIdle) -> None
     max_clock_skew_s: float = 30.0  # MAX_CLOCK_SKEW_S
-    # An engine's registrations and removals, one at a time in the order they arrive (the consumer
-    # starts handlers in sequence order): a removal and the next life's registration of the same id
-    # (a local engine's replacement on the same port) applied at once left the old life's record.
+    # An engine's registrations, removals and health reports, one at a time in the order they arrive
+    # (the consumer starts handlers in sequence order). A removal and the next life's registration of
+    # the same id (a local engine's replacement on its port) applied at once left the old life's
+    # record; a report overtaken by the next one is dropped (see `observe`), which broke the streaks
+    # of the rise/fall thresholds.
     _lifecycles: dict[str, tuple[asyncio.Lock, list[int]]] = field(default_factory=dict)  # id → (lock, [users])
 
     async def apply(self, event: object, seq: int) -> None:
@@ -80,7 +82,8 @@ class EventApplier:
             case StreamEnded():
                 await self.stream_ended(event)
             case EngineHealth():
-                await self.engine_health(event, seq)
+                async with self._lifecycle(event.container_id):
+                    await self.engine_health(event, seq)
             case EngineRegistered():
                 await self.engine_registered(event, seq)
             case EngineRemoved():

@@ -261,6 +261,8 @@ async def bench(results: Results) -> None:
                         return False
 
                 await wait_for(answers, 30, "the proxy", period_s=0.2)
+                idle = stack.gauge.now("proxy")
+                stack.gauge.reset()
                 ratios = []
                 for round_no in range(RELAY_ROUNDS):  # alternating, so a busy stretch of the machine hits both
                     baseline = await relay_cost(stack, "baseline", f"http://127.0.0.1:{baseline_port}/", results,
@@ -279,6 +281,8 @@ async def bench(results: Results) -> None:
                 await failover_gap(proxy_url, client, "crash", results, ports)
                 await failover_gap(proxy_url, client, "stall", results, ports)
                 await memory_per_viewer(stack, proxy_url, results)
+                results.memory("proxy", idle, stack.gauge.peaks().get("proxy"),
+                               f"{MEMORY_VIEWERS} viewers on {MEMORY_CHANNELS} channels at {BITRATE}bit/s")
         finally:
             await bus.close()
 

@@ -136,6 +136,28 @@ async def test_a_registration_after_a_half_done_removal_finishes_it_first(bus):
         await applier.store.stop()
 
 
+async def test_health_reports_applied_at_once_keep_their_streaks_in_sequence(bus):
+    """fail, ok, fail for one engine, applied at once (one fetched batch): in sequence that is never two
+    failures in a row, so with fall = 2 the engine stays healthy. Applied in whatever order the writes
+    finish, the `ok` could be overtaken and dropped, and the engine turned unhealthy."""
+    applier = await _applier(JitteryStore(bus, random.Random(5)))
+    applier.health = HealthPolicy(fall=2, rise=2)
+    try:
+        engines = [f"streak{n}" for n in range(20)]
+        for n, cid in enumerate(engines):
+            await applier.apply(registration(cid), 10 * n + 1)
+            await applier.apply(EngineHealth(container_id=cid, ok=True, checked_at=utcnow()), 10 * n + 2)
+        await asyncio.gather(*(
+            applier.apply(EngineHealth(container_id=cid, ok=ok, checked_at=utcnow(), error=None if ok else "x"),
+                          10 * n + 3 + step)
+            for n, cid in enumerate(engines) for step, ok in enumerate((False, True, False))
+        ))
+        statuses = {cid: (await read(bus.engines, cid, decode_engine)).value.health_status for cid in engines}
+        assert set(statuses.values()) == {"healthy"}, statuses
+    finally:
+        await applier.store.stop()
+
+
 async def test_removed_engines_stay_removed_through_a_real_state_keeper(start_keepers, bus, nc):
     """Registrations and removals published back to back, applied by two replicas in parallel;
     then a genuine re-registration brings one back, and tombstones expire after STREAM_TTL_S."""
