@@ -86,7 +86,9 @@ def _schemas() -> dict[str, Any]:
         kinds.append(channel.payload)
     for endpoint in ENDPOINTS:
         kinds.extend((endpoint.request, endpoint.reply, endpoint.error))
-    _, components = msgspec.json.schema_components(list(dict.fromkeys(kinds)), ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components(
+        list(dict.fromkeys(kinds)), ref_template="#/components/schemas/{name}"
+    )
     for kind in (endpoint.request for endpoint in ENDPOINTS):
         components[kind.__name__]["additionalProperties"] = False  # forbid_unknown_fields
     return dict(sorted(components.items()))
@@ -116,8 +118,14 @@ def _error_headers(codes: tuple[int, ...]) -> dict[str, Any]:
     }
 
 
-def _message(name: str, title: str, summary: str, payload: type[Struct], examples: list[dict[str, Any]],
-             headers: dict[str, Any] | None = None) -> dict[str, Any]:
+def _message(
+    name: str,
+    title: str,
+    summary: str,
+    payload: type[Struct],
+    examples: list[dict[str, Any]],
+    headers: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     message: dict[str, Any] = {"name": name, "title": title, **_summarised(summary), "contentType": "application/json"}
     if headers is not None:
         message["headers"] = headers
@@ -141,7 +149,10 @@ def _one_way(channel: Channel, doc: dict[str, dict[str, Any]]) -> None:
     """An event, notification or stats subject: its message, channel and operation, added to `doc`."""
     key = channel.key
     client_sent = channel.kind != "notification"
-    example: dict[str, Any] = {"name": key, "payload": _sent(channel.example) if client_sent else _builtins(channel.example)}
+    example: dict[str, Any] = {
+        "name": key,
+        "payload": _sent(channel.example) if client_sent else _builtins(channel.example),
+    }
     if channel.kind == "event":
         example["headers"] = {MSG_ID_HEADER: channel.msg_id}
     headers = _event_headers() if channel.kind == "event" else None
@@ -181,10 +192,20 @@ def _request_reply(endpoint: Endpoint, doc: dict[str, dict[str, Any]]) -> None:
     """A micro endpoint: request, reply and error messages, its channel, the reply channel, the operation."""
     subject = endpoint.subject
     request, reply, error = (_camel(endpoint.key, part) for part in ("request", "reply", "error"))
-    doc["messages"][request] = _message(request, f"{subject} request", f"Request to {subject}.", endpoint.request,
-                                        [{"name": request, "payload": _sent(endpoint.request_example)}])
-    doc["messages"][reply] = _message(reply, f"{subject} reply", f"Answer of {subject}.", endpoint.reply,
-                                      [{"name": reply, "payload": _builtins(endpoint.reply_example)}])
+    doc["messages"][request] = _message(
+        request,
+        f"{subject} request",
+        f"Request to {subject}.",
+        endpoint.request,
+        [{"name": request, "payload": _sent(endpoint.request_example)}],
+    )
+    doc["messages"][reply] = _message(
+        reply,
+        f"{subject} reply",
+        f"Answer of {subject}.",
+        endpoint.reply,
+        [{"name": reply, "payload": _builtins(endpoint.reply_example)}],
+    )
     doc["messages"][error] = _error_message(endpoint, error)
     doc["channels"][endpoint.key] = {
         "address": subject,

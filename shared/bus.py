@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 import nats
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
@@ -85,8 +84,12 @@ class Bus:
                 if self.nc.is_closed or attempt == RECONNECT_CALLBACK_ATTEMPTS:
                     log.warning("after reconnect: %s failed: %s; giving up", name, describe(exc))
                     return
-                log.warning("after reconnect: %s failed: %s; %d attempts left", name, describe(exc),
-                            RECONNECT_CALLBACK_ATTEMPTS - attempt)
+                log.warning(
+                    "after reconnect: %s failed: %s; %d attempts left",
+                    name,
+                    describe(exc),
+                    RECONNECT_CALLBACK_ATTEMPTS - attempt,
+                )
                 await asyncio.sleep(min(0.5 * attempt, 5.0))
 
     def _closed(self) -> None:
@@ -103,7 +106,7 @@ class Bus:
             return
         try:
             await asyncio.wait_for(self.nc.drain(), timeout=5)
-        except (asyncio.TimeoutError, nats.errors.Error) as exc:
+        except (TimeoutError, nats.errors.Error) as exc:
             log.warning("drain did not finish cleanly: %s", exc)
             await self.nc.close()
 
@@ -145,7 +148,7 @@ async def connect(config: Config, name: str) -> Bus:
             ),
             timeout=config.nats_connect_timeout_s,
         )
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusError(
             f"cannot connect to NATS at {config.nats_url} ({type(exc).__name__}): is nats-server running? "
             "Set NATS_URL to its address."
@@ -238,8 +241,11 @@ async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Conf
                     f"JetStream at {config.nats_url} did not answer while creating the stream and buckets "
                     f"({attempt} attempts, last: {type(exc).__name__}): does the cluster have a meta leader?"
                 ) from None
-            log.warning("creating the stream and buckets failed (%s); %d attempts left",
-                        type(exc).__name__, LAYOUT_ATTEMPTS - attempt)
+            log.warning(
+                "creating the stream and buckets failed (%s); %d attempts left",
+                type(exc).__name__,
+                LAYOUT_ATTEMPTS - attempt,
+            )
             await asyncio.sleep(0.5 * attempt)
 
 

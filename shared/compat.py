@@ -204,4 +204,6 @@ def stream_ended_event(body: StreamEndedBody, directory: Directory, now: datetim
         raise UnknownEngine(f"engine {body.container_id} not found (and no stream_id given)")
     else:
         raise CompatError("stream_ended needs stream_id, or the container_id of the engine whose stream ended")
-    return StreamEnded(stream_id=stream_id, container_id=known_engine, reason=body.reason, ended_at=body.ended_at or now)
+    return StreamEnded(
+        stream_id=stream_id, container_id=known_engine, reason=body.reason, ended_at=body.ended_at or now
+    )

@@ -230,9 +230,7 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
 
 def _check_consistency(config: Config) -> None:
     if config.min_replicas > config.max_replicas:
-        raise ConfigError(
-            f"MIN_REPLICAS ({config.min_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})"
-        )
+        raise ConfigError(f"MIN_REPLICAS ({config.min_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})")
     if config.min_free_replicas > config.max_replicas:
         raise ConfigError(
             f"MIN_FREE_REPLICAS ({config.min_free_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})"

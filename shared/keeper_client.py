@@ -63,10 +63,13 @@ class KeeperClient:
             try:
                 await self._js.publish(subject, encode(event), headers={"Nats-Msg-Id": msg_id})
                 return True
-            except (asyncio.TimeoutError, nats.errors.Error) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 log.warning(
                     "%s %s: publish failed (%s), %d retries remaining",
-                    subject, msg_id, describe(exc), PUBLISH_ATTEMPTS - attempt,
+                    subject,
+                    msg_id,
+                    describe(exc),
+                    PUBLISH_ATTEMPTS - attempt,
                 )
                 await asyncio.sleep(0.5 * attempt)
         return False

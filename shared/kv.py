@@ -228,7 +228,7 @@ class _Replies:
                 waiting[1].cancel()
 
     async def _on_reply(self, msg) -> None:
-        waiting = self._waiting.get(msg.subject[len(self._prefix):])
+        waiting = self._waiting.get(msg.subject[len(self._prefix) :])
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
 
@@ -274,7 +274,9 @@ async def purge_markers(kv: KeyValue, before: float, limit: int = PURGE_BATCH) -
     """
     old = await _old_markers(kv, before, limit)
     for start in range(0, len(old), PURGE_CONCURRENCY):
-        await asyncio.gather(*(_purge_marker(kv, key, revision) for key, revision in old[start:start + PURGE_CONCURRENCY]))
+        await asyncio.gather(
+            *(_purge_marker(kv, key, revision) for key, revision in old[start : start + PURGE_CONCURRENCY])
+        )
     return len(old)
 
 
@@ -300,16 +302,20 @@ async def _old_markers(kv: KeyValue, before: float, limit: int) -> list[tuple[st
             done.set()
             return
         if _is_deletion(msg.headers):
-            found.append((msg.subject[len(kv._pre):], meta.sequence.stream))
+            found.append((msg.subject[len(kv._pre) :], meta.sequence.stream))
         else:
             await msg.ack()  # a value does not count against `limit`: thousands of old records can't hide the markers
         if meta.num_pending == 0 or len(found) >= limit:
             done.set()
 
     config = api.ConsumerConfig(
-        ack_policy=api.AckPolicy.EXPLICIT, max_ack_pending=limit, headers_only=True,
-        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=WATCH_INACTIVE_S,
-        mem_storage=True, num_replicas=1,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        max_ack_pending=limit,
+        headers_only=True,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=WATCH_INACTIVE_S,
+        mem_storage=True,
+        num_replicas=1,
     )
     sub = await js.subscribe(f"{kv._pre}>", stream=kv._stream, cb=on_message, manual_ack=True, config=config)
     try:
@@ -421,11 +427,11 @@ class KvView(Generic[T]):
             try:
                 await asyncio.wait_for(self.ready.wait(), timeout)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 snapshot = self._snapshot
                 now = snapshot.received if snapshot is not None else 0
                 if now == received:
-                    raise asyncio.TimeoutError(
+                    raise TimeoutError(
                         f"{self._kv._name}: watch made no progress for {timeout}s ({now} entries read)"
                     ) from None
                 received = now
@@ -475,7 +481,7 @@ class KvView(Generic[T]):
             self._snapshot_step(snapshot, meta.num_pending)
             return
         revision = meta.sequence.stream
-        key = msg.subject[len(self._kv._pre):]
+        key = msg.subject[len(self._kv._pre) :]
         if snapshot.initial:
             snapshot.highest = max(snapshot.highest, revision)
             if not deleted:  # a deleted key leaves `_items` through its marker, not the stale check
@@ -566,7 +572,7 @@ async def wait_for_value(view: KvView[T], key: str, check: Callable[[T], bool], 
     view.listeners.append(on_change)
     try:
         await asyncio.wait_for(seen.wait(), max(timeout_s, 0.0))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
     finally:
         view.listeners.remove(on_change)

@@ -20,7 +20,9 @@ def epoch_of(timestamp: float, interval_s: float) -> int:
     return math.floor(timestamp / interval_s)
 
 
-async def claim_epoch(leases: KeyValue, job: str, interval_s: float, holder: str, timestamp: float | None = None) -> bool:
+async def claim_epoch(
+    leases: KeyValue, job: str, interval_s: float, holder: str, timestamp: float | None = None
+) -> bool:
     """True if this replica won `job` for the current interval."""
     epoch = epoch_of(time.time() if timestamp is None else timestamp, interval_s)
     try:
@@ -36,6 +38,6 @@ async def sleep_to_next_epoch(interval_s: float, stop: asyncio.Event, jitter_s: 
     delay = (epoch_of(now, interval_s) + 1) * interval_s - now + random.uniform(0, jitter_s)
     try:
         await asyncio.wait_for(stop.wait(), timeout=delay)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False

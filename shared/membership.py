@@ -192,7 +192,7 @@ class Membership:
             headers[api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE] = str(revision)
         try:
             await self.bus.js.publish(self.subject_prefix + member, b"", headers=headers, timeout=2.0)
-        except (nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
             # For a dead member: another member deleted it first, or it renewed (alive after all).
             log.debug("heartbeat of %s not deleted: %s", member, exc)
             return False
@@ -251,8 +251,9 @@ class Membership:
                 sent = self._sent_at(entry, beat, snapshot)
                 if sent is None and member != self.me:
                     # Written longer than a TTL ago: a replica of an earlier run, whatever the key's presence says.
-                    log.info("member %s of %s left a heartbeat older than %gs; not a member", member, self.group,
-                             self.ttl_s)
+                    log.info(
+                        "member %s of %s left a heartbeat older than %gs; not a member", member, self.group, self.ttl_s
+                    )
                     self._seen.pop(member, None)
                     self._revisions[member] = entry.revision
                     self._forget_dead(member)

@@ -8,16 +8,14 @@ releases.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 
 # KV keys must be valid NATS subject tokens; ids become keys, so they share the rule.
-Key: TypeAlias = Annotated[
-    str, msgspec.Meta(pattern=r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$", max_length=255)
-]
+Key: TypeAlias = Annotated[str, msgspec.Meta(pattern=r"^[-/_=a-zA-Z0-9]+(\.[-/_=a-zA-Z0-9]+)*$", max_length=255)]
 Text: TypeAlias = Annotated[str, msgspec.Meta(max_length=4096)]
 ShortText: TypeAlias = Annotated[str, msgspec.Meta(max_length=255)]
 Port: TypeAlias = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -180,9 +178,7 @@ class EngineCleaned(Struct):
     error: Text | None = None
 
 
-Event: TypeAlias = (
-    StreamStarted | StreamEnded | EngineHealth | EngineRegistered | EngineRemoved | EngineCleaned
-)
+Event: TypeAlias = StreamStarted | StreamEnded | EngineHealth | EngineRegistered | EngineRemoved | EngineCleaned
 
 
 class StreamStats(Struct):
@@ -334,4 +330,4 @@ EVENT_DECODERS = {subject: decoder(kind) for subject, kind in EVENT_TYPES.items(
 
 def utcnow() -> datetime:
     """The only clock the services read; pure code gets `now` passed in."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

@@ -8,7 +8,6 @@ from datetime import timedelta
 import nats
 import pytest
 from hypothesis import Phase, settings
-
 from support import NatsServer, Processes, collect_dropped_connections, free_port
 
 # Hypothesis' 200 ms default deadline fails examples on a shared 2-core machine whenever another

@@ -24,6 +24,7 @@ import nats
 import pytest
 from nats.js.errors import NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE
+from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
 
 from shared import names
 from shared.config import load_config
@@ -38,7 +39,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class Pool:
                 keys = await leases.keys()
             except NoKeysError:
                 return -1
-            return max((int(k[len(prefix):]) for k in keys if k.startswith(prefix)), default=-1)
+            return max((int(k[len(prefix) :]) for k in keys if k.startswith(prefix)), default=-1)
 
         async def latest_at_least(epoch: int) -> bool:
             return await latest() >= epoch
@@ -220,9 +220,15 @@ class Pool:
         reply = (await self.http.get(f"{base}/ace/getstream", params={"id": content, "format": "json"})).json()
         response = reply["response"]
         await self.started(
-            f"stream-{content}", engine["container_id"], reservation_id,
-            content_key=content, key_type="content_id", playback_session_id=response["playback_session_id"],
-            stat_url=response["stat_url"], command_url=response["command_url"], is_live=True,
+            f"stream-{content}",
+            engine["container_id"],
+            reservation_id,
+            content_key=content,
+            key_type="content_id",
+            playback_session_id=response["playback_session_id"],
+            stat_url=response["stat_url"],
+            command_url=response["command_url"],
+            is_live=True,
         )
         deadline = time.monotonic() + seconds
         async with self.http.stream("GET", response["playback_url"]) as playback:
@@ -235,8 +241,15 @@ class Pool:
     # ------------------------------------------------------------ recording
 
     async def _record(self) -> None:
-        for subject in (names.ENGINE_CLEANED, names.ENGINE_REMOVED, names.ENGINE_REGISTERED, names.STREAM_STARTED,
-                        names.STREAM_ENDED, names.ENGINE_IDLE, names.ENGINE_DEMAND):
+        for subject in (
+            names.ENGINE_CLEANED,
+            names.ENGINE_REMOVED,
+            names.ENGINE_REGISTERED,
+            names.STREAM_STARTED,
+            names.STREAM_ENDED,
+            names.ENGINE_IDLE,
+            names.ENGINE_DEMAND,
+        ):
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_event))
         kv = await self.js.key_value(names.ENGINES_BUCKET)
         self._watcher = await kv.watchall()

@@ -184,7 +184,17 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store), *self.extra_args]
+        argv = [
+            nats_server_binary(),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-js",
+            "-sd",
+            str(self.store),
+            *self.extra_args,
+        ]
         self.process = self.processes.start("nats-server", argv)
         wait_for_port(self.port)
 

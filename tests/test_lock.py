@@ -141,8 +141,14 @@ def test_a_lock_that_fits_has_no_problems():
 @pytest.mark.parametrize(
     "change, problem",
     [
-        (lambda t: t.replace("nats-py==2.16.0", "nats-py==3.0.0"), "nats-py>=2.16,<3: the lock pins 3.0.0, outside the declared range"),
-        (lambda t: t.replace(f"pytest==9.2.0 --hash={H1} --hash={H1}\n", ""), "pytest>=8: declared in pyproject.toml but not in the lock"),
+        (
+            lambda t: t.replace("nats-py==2.16.0", "nats-py==3.0.0"),
+            "nats-py>=2.16,<3: the lock pins 3.0.0, outside the declared range",
+        ),
+        (
+            lambda t: t.replace(f"pytest==9.2.0 --hash={H1} --hash={H1}\n", ""),
+            "pytest>=8: declared in pyproject.toml but not in the lock",
+        ),
         (lambda t: t.replace(f"setuptools==84.2.1 --hash={H1}", "setuptools==84.2.1"), "setuptools==84.2.1: no --hash"),
         (lambda t: t.replace("msgspec==0.23.0", "msgspec>=0.23"), "msgspec>=0.23: not pinned to one exact version"),
         (lambda t: t.replace("pip==26.3", "pip==26.*"), "pip==26.*: not pinned to one exact version"),
@@ -157,5 +163,8 @@ def test_each_disagreement_is_named(change, problem):
 
 
 def test_a_requirement_pinned_only_for_another_platform_is_missing():
-    pyproject = {**PYPROJECT, "project": {**PYPROJECT["project"], "dependencies": ["msgspec>=0.19", "nats-py>=2.16,<3", "colorama>=0.4"]}}
+    pyproject = {
+        **PYPROJECT,
+        "project": {**PYPROJECT["project"], "dependencies": ["msgspec>=0.19", "nats-py>=2.16,<3", "colorama>=0.4"]},
+    }
     assert "colorama>=0.4: declared in pyproject.toml but not in the lock" in lock_problems(pyproject, GOOD)

@@ -26,8 +26,18 @@ async def test_the_proxy_example_drives_a_real_state_keeper(nats_server, process
 
 async def test_the_health_example_watches_a_hung_engine_flip(nats_server, processes, nc, tmp_path):
     first = free_port_range(10)
-    processes.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{first + 9}",
-                               "--cache-dir", str(tmp_path / "acesim")])
+    processes.start(
+        "acesim",
+        [
+            sys.executable,
+            "-m",
+            "deploy.acesim",
+            "--ports",
+            f"{first}-{first + 9}",
+            "--cache-dir",
+            str(tmp_path / "acesim"),
+        ],
+    )
     wait_for_port(first + 9)
     processes.service("state_keeper", base_env(nats_server.url))
     processes.service("prober", base_env(nats_server.url))

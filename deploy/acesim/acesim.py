@@ -38,9 +38,10 @@ import sys
 import tempfile
 import time
 import weakref
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from typing import Any, Callable, Coroutine
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 SIM_VERSION = "1.0"
@@ -162,19 +163,19 @@ def _pes_packet(pid: int, cc: int, payload: bytes, *, start: bool, af_fields: by
 
 def pts_bytes(pts: int, prefix: int = 0x2) -> bytes:
     pts %= PTS_WRAP
-    return bytes((
-        (prefix << 4) | ((pts >> 29) & 0x0E) | 1,
-        (pts >> 22) & 0xFF,
-        ((pts >> 14) & 0xFE) | 1,
-        (pts >> 7) & 0xFF,
-        ((pts << 1) & 0xFE) | 1,
-    ))
+    return bytes(
+        (
+            (prefix << 4) | ((pts >> 29) & 0x0E) | 1,
+            (pts >> 22) & 0xFF,
+            ((pts >> 14) & 0xFE) | 1,
+            (pts >> 7) & 0xFF,
+            ((pts << 1) & 0xFE) | 1,
+        )
+    )
 
 
 def read_pts(field: bytes) -> int:
-    return (
-        ((field[0] >> 1) & 0x07) << 30 | field[1] << 22 | (field[2] >> 1) << 15 | field[3] << 7 | field[4] >> 1
-    )
+    return ((field[0] >> 1) & 0x07) << 30 | field[1] << 22 | (field[2] >> 1) << 15 | field[3] << 7 | field[4] >> 1
 
 
 def pcr_bytes(pcr: int) -> bytes:
@@ -231,8 +232,8 @@ class SyntheticChannel(Channel):
         data = bytearray(self._template)
         for i, (pcr_at, pts_at) in enumerate(self._clocks):
             ticks = (n * FRAMES_PER_PERIOD + i) * FRAME_TICKS
-            data[pcr_at:pcr_at + 6] = pcr_bytes(ticks * 300)
-            data[pts_at:pts_at + 5] = pts_bytes(ticks + PTS_DELAY_TICKS)
+            data[pcr_at : pcr_at + 6] = pcr_bytes(ticks * 300)
+            data[pts_at : pts_at + 5] = pts_bytes(ticks + PTS_DELAY_TICKS)
         return bytes(data)
 
 
@@ -265,7 +266,7 @@ class MediaLoop:
         self.count = (len(data) - start) // TS
         if self.count < 2:
             raise MediaError("no MPEG-TS packets found (188-byte packets starting with 0x47)")
-        self.data = data[start:start + self.count * TS]
+        self.data = data[start : start + self.count * TS]
         self._cc: list[tuple[int, int]] = []  # (offset, pid) of packets with a payload
         self._pcr: list[int] = []  # offsets of PCR fields
         self._pts: list[int] = []  # offsets of PTS and DTS fields
@@ -273,7 +274,7 @@ class MediaLoop:
         pcr_pid, first, last = None, None, None
         for index in range(self.count):
             at = index * TS
-            packet = self.data[at:at + TS]
+            packet = self.data[at : at + TS]
             if packet[0] != 0x47:
                 raise MediaError(f"lost packet sync at packet {index}")
             pid = (packet[1] & 0x1F) << 8 | packet[2]
@@ -293,7 +294,7 @@ class MediaLoop:
                 continue
             self._cc.append((at + 3, pid))
             per_pid[pid] = per_pid.get(pid, 0) + 1
-            if packet[1] & 0x40 and packet[pos:pos + 3] == b"\x00\x00\x01" and pos + 19 <= TS:
+            if packet[1] & 0x40 and packet[pos : pos + 3] == b"\x00\x00\x01" and pos + 19 <= TS:
                 if packet[pos + 3] not in _PES_WITHOUT_HEADER:
                     flags = packet[pos + 7] >> 6
                     if flags & 0x02:
@@ -319,10 +320,10 @@ class MediaLoop:
         data = bytearray(self.data)
         shift = number * self.duration_pcr
         for at in self._pcr:
-            data[at:at + 6] = pcr_bytes(read_pcr(data[at:at + 6]) + shift)
+            data[at : at + 6] = pcr_bytes(read_pcr(data[at : at + 6]) + shift)
         for at in self._pts:
             prefix = data[at] >> 4
-            data[at:at + 5] = pts_bytes(read_pts(data[at:at + 5]) + shift // 300, prefix)
+            data[at : at + 5] = pts_bytes(read_pts(data[at : at + 5]) + shift // 300, prefix)
         carry = {pid: number * count & 0x0F for pid, count in self._per_pid.items()}
         for at, pid in self._cc:
             data[at] = (data[at] & 0xF0) | ((data[at] + carry[pid]) & 0x0F)
@@ -336,7 +337,7 @@ class MediaLoop:
         while count > 0:
             number, index = divmod(first, self.count)
             take = min(count, self.count - index)
-            out += self.loop(number)[index * TS:(index + take) * TS]
+            out += self.loop(number)[index * TS : (index + take) * TS]
             first += take
             count -= take
         return bytes(out)
@@ -462,9 +463,7 @@ def _head(status: int, headers: dict[str, str]) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-async def send_response(
-    writer: asyncio.StreamWriter, response: Response, keep_alive: bool, head_only: bool
-) -> None:
+async def send_response(writer: asyncio.StreamWriter, response: Response, keep_alive: bool, head_only: bool) -> None:
     headers = {
         "Server": SERVER_HEADER,
         "Date": formatdate(usegmt=True),
@@ -538,9 +537,7 @@ class Engine:
 
     async def listen(self) -> None:
         os.makedirs(self.cache_dir, exist_ok=True)
-        self._server = await asyncio.start_server(
-            self._serve_connection, self.host, self.port, backlog=LISTEN_BACKLOG
-        )
+        self._server = await asyncio.start_server(self._serve_connection, self.host, self.port, backlog=LISTEN_BACKLOG)
 
     def connection_tasks(self) -> list[asyncio.Task[Any]]:
         return [task for task in self._connections.values() if task is not None]
@@ -673,9 +670,7 @@ class Engine:
 
     # -- connections -------------------------------------------------------
 
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._connections[writer] = asyncio.current_task()
         try:
             while not self.crashed:
@@ -695,9 +690,7 @@ class Engine:
             self._connections.pop(writer, None)
             writer.close()
 
-    async def _handle(
-        self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bool:
+    async def _handle(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; False when the connection must close."""
         if request.path.startswith("/__sim/"):
             return await self._reply(request, writer, self.sim.control(self, request))
@@ -744,14 +737,14 @@ class Engine:
         if path == "/ace/manifest.m3u8":
             return self._start(request, hls=True)
         if path.startswith("/ace/m/") and path.endswith(".m3u8"):
-            infohash, key = _session_path(path[len("/ace/m/"):-len(".m3u8")])
+            infohash, key = _session_path(path[len("/ace/m/") : -len(".m3u8")])
             return self._playlist(infohash, key, request)
         if path.startswith("/ace/c/") and path.endswith(".ts"):
-            key, _, sequence = path[len("/ace/c/"):-len(".ts")].partition("/")
+            key, _, sequence = path[len("/ace/c/") : -len(".ts")].partition("/")
             return self._segment(key, sequence)
         for prefix, handler in (("/ace/stat/", self._stat), ("/ace/cmd/", self._command)):
             if path.startswith(prefix):
-                infohash, key = _session_path(path[len(prefix):])
+                infohash, key = _session_path(path[len(prefix) :])
                 return handler(infohash, key, request)
         return json_response({"error": "not found"}, 404)
 
@@ -783,19 +776,21 @@ class Engine:
             playback_url = f"{base}/ace/r/{infohash}/{key}"
         if request.query.get("format") != "json":
             return Response(302, content_type="text/plain", headers={"Location": playback_url})
-        return json_response({
-            "response": {
-                "playback_url": playback_url,
-                "stat_url": f"{base}/ace/stat/{infohash}/{key}",
-                "command_url": f"{base}/ace/cmd/{infohash}/{key}",
-                "infohash": infohash,
-                "playback_session_id": key,
-                "is_live": 1,
-                "is_encrypted": 0,
-                "client_session_id": next(self._client_session_ids),
-            },
-            "error": None,
-        })
+        return json_response(
+            {
+                "response": {
+                    "playback_url": playback_url,
+                    "stat_url": f"{base}/ace/stat/{infohash}/{key}",
+                    "command_url": f"{base}/ace/cmd/{infohash}/{key}",
+                    "infohash": infohash,
+                    "playback_session_id": key,
+                    "is_live": 1,
+                    "is_encrypted": 0,
+                    "client_session_id": next(self._client_session_ids),
+                },
+                "error": None,
+            }
+        )
 
     def _stat(self, infohash: str, key: str, request: Request) -> Response:
         session = self.find_session(infohash, key)
@@ -857,7 +852,7 @@ class Engine:
         return Response(200, body, content_type="video/mp2t")
 
     async def _play(self, request: Request, writer: asyncio.StreamWriter) -> bool:
-        infohash, key = _session_path(request.path[len("/ace/r/"):])
+        infohash, key = _session_path(request.path[len("/ace/r/") :])
         session = self.find_session(infohash, key)
         if session is None:
             return await self._reply(request, writer, dead_session(404))
@@ -879,9 +874,7 @@ class Engine:
             session.last_seen = time.monotonic()
         return False
 
-    async def _stream_until_ended(
-        self, session: Session, writer: asyncio.StreamWriter, chunked: bool
-    ) -> None:
+    async def _stream_until_ended(self, session: Session, writer: asyncio.StreamWriter, chunked: bool) -> None:
         """Send the channel period by period, each once it has begun.
 
         It starts JOIN_BACKLOG_S behind live.  A prebuf fault holds the first
@@ -925,8 +918,13 @@ class Engine:
             "port": self.port,
             "fault": self.fault.as_dict(),
             "sessions": [
-                {"infohash": s.infohash, "keys": list(s.keys), "started_at": s.started_at,
-                 "bytes": s.bytes, "players": s.players}
+                {
+                    "infohash": s.infohash,
+                    "keys": list(s.keys),
+                    "started_at": s.started_at,
+                    "bytes": s.bytes,
+                    "players": s.players,
+                }
                 for s in self.sessions.values()
             ],
             "cache_bytes": self.cache_bytes(),
@@ -1174,7 +1172,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", help="cache directory (with --ports: one subdirectory per port)")
     parser.add_argument("--startup-delay", type=float, default=0.0, help="seconds to wait before listening")
     parser.add_argument(
-        "--bitrate", type=parse_bitrate, default=DEFAULT_BITRATE,
+        "--bitrate",
+        type=parse_bitrate,
+        default=DEFAULT_BITRATE,
         help=f"bits/s of each stream, e.g. 1500000, 800k or 2M (default {DEFAULT_BITRATE})",
     )
     parser.add_argument("--media", help="an MPEG-TS file every content plays in a loop (paced by its own clock)")

@@ -1,12 +1,12 @@
 """`aceorch`: run the whole system (`up`) and talk to it like a proxy does.
 
-    aceorch up [--data-dir DIR] [--runtime local|docker] [--keep-engines]
-    aceorch engines [--json]
-    aceorch select [CONTENT]
-    aceorch stream start [CONTENT] [--stream-id ID]
-    aceorch stream end STREAM_ID
-    aceorch demo [--viewers N] [--duration S]
-    aceorch contract [--output FILE] [--check]
+aceorch up [--data-dir DIR] [--runtime local|docker] [--keep-engines]
+aceorch engines [--json]
+aceorch select [CONTENT]
+aceorch stream start [CONTENT] [--stream-id ID]
+aceorch stream end STREAM_ID
+aceorch demo [--viewers N] [--duration S]
+aceorch contract [--output FILE] [--check]
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_up(commands)
     client = argparse.ArgumentParser(add_help=False)
     client.add_argument(
-        "--nats-url", default=default_nats_url(), help="NATS server(s), comma-separated (default: $NATS_URL or %(default)s)"
+        "--nats-url",
+        default=default_nats_url(),
+        help="NATS server(s), comma-separated (default: $NATS_URL or %(default)s)",
     )
     client.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -48,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stream = commands.add_parser("stream", help="start or end a stream, as a proxy would")
     stream_commands = stream.add_subparsers(dest="stream_command", required=True, metavar="start|end")
-    start = stream_commands.add_parser("start", parents=[client], help="select an engine, open a session, publish stream.started")
+    start = stream_commands.add_parser(
+        "start", parents=[client], help="select an engine, open a session, publish stream.started"
+    )
     start.add_argument("content", nargs="?", help="content id (default: a random one)")
     start.add_argument("--stream-id", help="id for the stream (default: cli-<random>)")
     start.add_argument("--key-type", choices=KEY_TYPES, default="content_id")
@@ -85,8 +89,12 @@ def _add_demo(commands, client: argparse.ArgumentParser) -> None:
     demo.add_argument("--viewers", type=int, default=6, help="concurrent viewers (default 6)")
     demo.add_argument("--channels", type=int, default=8, help="distinct channels (default 8)")
     demo.add_argument("--duration", type=float, default=600.0, help="seconds to run (default 600)")
-    demo.add_argument("--watch", type=parse_span, default=(10.0, 40.0), help="seconds per viewing, MIN-MAX (default 10-40)")
-    demo.add_argument("--pause", type=parse_span, default=(2.0, 8.0), help="seconds between viewings, MIN-MAX (default 2-8)")
+    demo.add_argument(
+        "--watch", type=parse_span, default=(10.0, 40.0), help="seconds per viewing, MIN-MAX (default 10-40)"
+    )
+    demo.add_argument(
+        "--pause", type=parse_span, default=(2.0, 8.0), help="seconds between viewings, MIN-MAX (default 2-8)"
+    )
     demo.set_defaults(run="demo")
 
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from typing import Any
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import msgspec
 import nats
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from shared.schemas import encode
 
@@ -58,7 +59,7 @@ async def connected(url: str, name: str = "aceorch-cli") -> AsyncIterator[Client
             ),
             timeout=CONNECT_TIMEOUT_S,
         )
-    except (asyncio.TimeoutError, OSError, nats.errors.Error) as exc:
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise CliError(
             f"cannot connect to NATS at {url} ({type(exc).__name__}): is `aceorch up` running? "
             "Pass --nats-url or set NATS_URL."

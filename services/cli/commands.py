@@ -12,11 +12,11 @@ import json
 import httpx
 import msgspec
 
-from shared import names
-from shared.schemas import EngineList, ListRequest, StreamList, StreamListRequest, decoder, utcnow
 from services.cli.client import connected, request
 from services.cli.proxy import EndResult, end_stream, keeper_answers, new_stream_id, select, start_stream
 from services.cli.table import engines_table, streams_table
+from shared import names
+from shared.schemas import EngineList, ListRequest, StreamList, StreamListRequest, decoder, utcnow
 
 decode_engines = decoder(EngineList)
 decode_streams = decoder(StreamList)
@@ -70,8 +70,10 @@ async def stream_start(args: argparse.Namespace) -> int:
         _dump(playing)
         return 0
     engine = playing.engine
-    print(f"stream {playing.stream_id} started on {engine.container_name} ({engine.host}:{engine.port})"
-          f"{' [shared]' if playing.shared else ''}")
+    print(
+        f"stream {playing.stream_id} started on {engine.container_name} ({engine.host}:{engine.port})"
+        f"{' [shared]' if playing.shared else ''}"
+    )
     print(f"  content   {playing.content_key}")
     print(f"  playback  {playing.playback_url}")
     print(f"  end with  aceorch stream end {playing.stream_id}")
@@ -97,9 +99,13 @@ def end_report(stream_id: str, result: EndResult, keeper_up: bool) -> list[str]:
     else:
         lines = [f"stream {stream_id} ended on {record.container_id}"]
     if result.shared is None and record is not None and record.status == "started":
-        lines.append("  engine session left running: could not tell whether another viewer shares it "
-                     "(the engine's idle timeout ends it)")
+        lines.append(
+            "  engine session left running: could not tell whether another viewer shares it "
+            "(the engine's idle timeout ends it)"
+        )
     if not keeper_up:
-        lines.append("  no state-keeper answers now: the end is stored in JetStream and "
-                     "the state-keeper will apply it when it is back")
+        lines.append(
+            "  no state-keeper answers now: the end is stored in JetStream and "
+            "the state-keeper will apply it when it is back"
+        )
     return lines

@@ -15,7 +15,9 @@ def add_parser(commands) -> None:
         help=f"write the AsyncAPI document of the NATS contract ({FILE_NAME})",
         description="Generate the AsyncAPI 3.0 document of every subject, payload and reply from the code.",
     )
-    contract.add_argument("--output", default=FILE_NAME, help="where to write it, '-' for stdout (default: %(default)s)")
+    contract.add_argument(
+        "--output", default=FILE_NAME, help="where to write it, '-' for stdout (default: %(default)s)"
+    )
     contract.add_argument("--check", action="store_true", help="write nothing; exit 1 when the file differs")
     contract.set_defaults(run="contract")
 

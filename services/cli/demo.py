@@ -66,8 +66,10 @@ class Demo:
     def summary(self) -> None:
         print(f"demo: done, {self.started} streams started, {self.ended} ended")
         if self.unended:
-            print(f"demo: {len(self.unended)} ends not acknowledged by JetStream, those streams may stay "
-                  f"'started': {' '.join(self.unended)} (end them with `aceorch stream end ID`)")
+            print(
+                f"demo: {len(self.unended)} ends not acknowledged by JetStream, those streams may stay "
+                f"'started': {' '.join(self.unended)} (end them with `aceorch stream end ID`)"
+            )
 
     async def viewer(self, number: int) -> None:
         await self.pause(random.uniform(0, self.args.pause[1]))  # viewers arrive staggered
@@ -82,8 +84,10 @@ class Demo:
                 continue
             self.playing[number] = playing
             self.started += 1
-            print(f"viewer {number}: watching {channel} on {playing.engine.container_name}"
-                  f"{' (shared)' if playing.shared else ''} [{playing.stream_id}]")
+            print(
+                f"viewer {number}: watching {channel} on {playing.engine.container_name}"
+                f"{' (shared)' if playing.shared else ''} [{playing.stream_id}]"
+            )
             await self.watch(playing, random.uniform(*self.args.watch))
             await self.end(number, "viewer left")
             await self.pause(random.uniform(*self.args.pause))

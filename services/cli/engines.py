@@ -20,12 +20,12 @@ from pathlib import Path
 import nats
 from nats.js.errors import KeyNotFoundError
 
+from services.cli.proxy import publish_event
 from shared import names
 from shared.config import Config
 from shared.runtime import make_runtime
 from shared.runtime.base import EngineSpec
 from shared.schemas import EngineRemoved
-from services.cli.proxy import publish_event
 
 REMOVAL_REASON = "stopped by aceorch up"
 RECORDED_WITHIN_S = 5.0  # how long the state-keeper gets to delete the records before `up` goes on

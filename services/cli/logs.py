@@ -49,7 +49,10 @@ class Output:
     """
 
     def __init__(
-        self, names: list[str], stream: TextIO | None = None, color: bool | None = None,
+        self,
+        names: list[str],
+        stream: TextIO | None = None,
+        color: bool | None = None,
         max_pending: int = MAX_PENDING_LINES,
     ) -> None:
         self.stream = stream or sys.stdout
@@ -124,7 +127,7 @@ class Output:
         # so the interpreter can still exit while the reader is stopped.
         data = memoryview(text.encode(errors="replace"))
         while data:
-            data = data[os.write(self._fd, data):]
+            data = data[os.write(self._fd, data) :]
 
 
 def _fileno(stream: TextIO) -> int | None:

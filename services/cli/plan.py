@@ -66,8 +66,11 @@ def metrics_ports(environ: Mapping[str, str]) -> dict[str, int]:
     if base == 0:
         return {}
     if not 1 <= base <= 65535 - (len(SERVICES) - 1):
-        raise UpError(f"METRICS_PORT must be between 1 and {65535 - (len(SERVICES) - 1)} "
-                      f"(`up` uses it and the {len(SERVICES) - 1} ports above it), got {base}", EXIT_CONFIG_ERROR)
+        raise UpError(
+            f"METRICS_PORT must be between 1 and {65535 - (len(SERVICES) - 1)} "
+            f"(`up` uses it and the {len(SERVICES) - 1} ports above it), got {base}",
+            EXIT_CONFIG_ERROR,
+        )
     return {name: base + index for index, (_, name) in enumerate(SERVICES)}
 
 
@@ -92,11 +95,15 @@ def service_env(environ: Mapping[str, str], options: UpOptions, name: str | None
 def nats_argv(binary: str, options: UpOptions) -> list[str]:
     return [
         binary,
-        "--addr", "127.0.0.1",
-        "--port", str(options.nats_port),
-        "--server_name", "aceorch-embedded",
+        "--addr",
+        "127.0.0.1",
+        "--port",
+        str(options.nats_port),
+        "--server_name",
+        "aceorch-embedded",
         "--jetstream",
-        "--store_dir", str(options.data_dir / "nats"),
+        "--store_dir",
+        str(options.data_dir / "nats"),
     ]
 
 
@@ -109,7 +116,7 @@ STABLE_AFTER_S = 60.0  # a service that ran this long before exiting starts its 
 
 
 def restart_delay(restarts: int) -> float:
-    return float(min(2 ** restarts, 30))
+    return float(min(2**restarts, 30))
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,11 @@ import httpx
 import msgspec
 import nats
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 
+from services.cli.client import CliError, request
 from shared import names
 from shared.errors import describe
 from shared.kv import read
@@ -41,7 +43,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from services.cli.client import CliError, request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -76,7 +77,9 @@ def new_stream_id() -> str:
     return f"cli-{uuid.uuid4().hex[:16]}"
 
 
-async def select(nc: Client, content_key: str | None, key_type: KeyType | None = None, client: str = "aceorch-cli") -> SelectReply:
+async def select(
+    nc: Client, content_key: str | None, key_type: KeyType | None = None, client: str = "aceorch-cli"
+) -> SelectReply:
     payload = SelectRequest(content_key=content_key, key_type=key_type, client=client)
     return await request(nc, names.ENGINE_SELECT, payload, decode=decode_select)
 
@@ -111,7 +114,9 @@ async def start_stream(
         # cannot become a stream nobody will end; and free the engine session unless it is shared.
         if event.command_url and not choice.shared:
             await stop_session(http, event.command_url)
-        ended = StreamEnded(stream_id=stream_id, container_id=engine.container_id, reason="start not acknowledged", ended_at=utcnow())
+        ended = StreamEnded(
+            stream_id=stream_id, container_id=engine.container_id, reason="start not acknowledged", ended_at=utcnow()
+        )
         with contextlib.suppress(CliError):
             await publish_event(nc, names.STREAM_ENDED, ended, f"ended-{stream_id}", within_s=PUBLISH_TIMEOUT_S)
         raise
@@ -187,12 +192,17 @@ def decide_shared(
     be read) decides. None must be read as "maybe shared": don't stop.
     """
     for playing in local_streams:
-        if playing.stream_id != stream_id and (playing.container_id, playing.content_key) == (container_id, content_key):
+        if playing.stream_id != stream_id and (playing.container_id, playing.content_key) == (
+            container_id,
+            content_key,
+        ):
             return True
     if others is None:
         return None
     return any(
-        s.stream_id != stream_id and s.status == "started" and s.content_key == content_key
+        s.stream_id != stream_id
+        and s.status == "started"
+        and s.content_key == content_key
         and s.container_id in (None, container_id)
         for s in others
     )
@@ -204,7 +214,7 @@ async def _other_streams(js: JetStreamContext, container_id: str, stream_id: str
     if engine is _UNREADABLE:
         return None
     others = []
-    for other_id in (engine.streams if engine is not None else []):
+    for other_id in engine.streams if engine is not None else []:
         if other_id == stream_id:
             continue
         other = await _read_kv(js, names.STREAMS_BUCKET, other_id, decode_stream, missing=_UNREADABLE)
@@ -218,12 +228,14 @@ async def _other_streams(js: JetStreamContext, container_id: str, stream_id: str
 _UNREADABLE: Any = object()
 
 
-async def _read_kv(js: JetStreamContext, bucket: str, key: str, decode: Callable[[bytes], T], missing: Any = None) -> Any:
+async def _read_kv(
+    js: JetStreamContext, bucket: str, key: str, decode: Callable[[bytes], T], missing: Any = None
+) -> Any:
     """A record read straight from KV (no state-keeper involved): None when absent, `missing` when unreadable."""
     try:
         kv = await js.key_value(bucket)
         found = await read(kv, key, decode)
-    except (asyncio.TimeoutError, nats.errors.Error, OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (TimeoutError, nats.errors.Error, OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         log.debug("reading %s/%s failed: %r", bucket, key, exc)
         return missing
     return found.value if found is not None else None
@@ -275,7 +287,9 @@ async def _getstream(http: httpx.AsyncClient, engine: EngineRecord, content_key:
         reply = await http.get(url, params={"format": "json", param: content_key}, timeout=ENGINE_TIMEOUT_S)
         body = reply.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise CliError(f"engine {engine.container_name} ({engine.host}:{engine.port}) getstream failed: {exc!r}") from None
+        raise CliError(
+            f"engine {engine.container_name} ({engine.host}:{engine.port}) getstream failed: {exc!r}"
+        ) from None
     session = body.get("response") if isinstance(body, dict) else None
     if reply.status_code != 200 or not isinstance(session, dict) or body.get("error"):
         raise CliError(

@@ -25,7 +25,6 @@ from collections.abc import Awaitable
 
 import httpx
 
-from shared.config import Config
 from services.cli.children import Child, adopted_children, alive, become_subreaper, kill_pid, reap, terminate_pid
 from services.cli.engines import report_removed, stop_engines
 from services.cli.logs import Output
@@ -45,6 +44,7 @@ from services.cli.plan import (
     service_argv,
     service_env,
 )
+from shared.config import Config
 
 NATS_START_TIMEOUT_S = 20.0
 GATEWAY_HEAD_START_S = 5.0  # the longest the other services wait for the gateway to answer
@@ -96,7 +96,9 @@ class Supervisor:
     async def _start_nats(self) -> None:
         options = self.options
         (options.data_dir / "nats").mkdir(parents=True, exist_ok=True)
-        self.nats = Child("nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit, self.exited.set)
+        self.nats = Child(
+            "nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit, self.exited.set
+        )
         await self.nats.start()
         self.out.say(f"nats-server starting on 127.0.0.1:{options.nats_port} (store {options.data_dir / 'nats'})")
         loop = asyncio.get_running_loop()
@@ -119,7 +121,9 @@ class Supervisor:
         for package, name in sorted(present, key=lambda service: service[1] != "gateway"):
             if self.stop.is_set():
                 break
-            child = Child(name, service_argv(package), service_env(os.environ, self.options, name), self.out.emit, self.exited.set)
+            child = Child(
+                name, service_argv(package), service_env(os.environ, self.options, name), self.out.emit, self.exited.set
+            )
             await child.start()
             self.services.append(child)  # known at once, so a Ctrl-C meanwhile stops it too
             if name == "gateway":
@@ -186,8 +190,11 @@ class Supervisor:
         plan = plan_restart(child.restarts, uptime)
         child.restarts = plan.restarts
         if plan.delay_s is None:
-            self._fail(1, f"{child.name} keeps exiting (code {code} after {uptime:.1f}s, "
-                          f"{plan.restarts} quick restarts in a row); stopping everything")
+            self._fail(
+                1,
+                f"{child.name} keeps exiting (code {code} after {uptime:.1f}s, "
+                f"{plan.restarts} quick restarts in a row); stopping everything",
+            )
             return
         self.out.say(f"{child.name} exited with code {code} after {uptime:.1f}s; restarting in {plan.delay_s:g}s")
         self.restarting[child.name] = asyncio.get_running_loop().create_task(self._restart(child, plan.delay_s))
@@ -261,14 +268,20 @@ class Supervisor:
             return
         stopped = []
         for engine, error in await stop_engines(self.config):
-            self.out.say(f"{engine.container_name} stopped" if error is None else f"{engine.container_name}: could not stop it: {error}")
+            self.out.say(
+                f"{engine.container_name} stopped"
+                if error is None
+                else f"{engine.container_name}: could not stop it: {error}"
+            )
             if error is None:
                 stopped.append(engine.container_id)
         if self.nats is not None and not self.nats.running:
             return  # nothing can record it now; the next run's provisioner reports them gone
         still = await report_removed(self.config.nats_url, stopped)
         if still:
-            self.out.say(f"{len(still)} engine record(s) not removed yet: the state-keeper applies engine.removed when it next starts")
+            self.out.say(
+                f"{len(still)} engine record(s) not removed yet: the state-keeper applies engine.removed when it next starts"
+            )
 
     def _known_pids(self) -> set[int]:
         return {child.pid for child in [*self.services, self.nats] if child is not None and child.pid}
@@ -299,7 +312,7 @@ class Supervisor:
 async def _accepts(port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=1)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     with contextlib.suppress(OSError):

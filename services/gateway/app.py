@@ -11,9 +11,6 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, OpenAPIType, Schema, SecurityScheme
 from litestar.static_files import create_static_files_router
 
-from shared import asyncapi
-from shared.config import Config
-from shared.policy.web import allowed_hosts
 from services.gateway.bodies import STRICT_BODIES
 from services.gateway.errors import (
     JsonRequest,
@@ -29,6 +26,9 @@ from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
 from services.gateway.reference import reference_routes
 from services.gateway.routes import ops_routes, read_routes, write_routes
+from shared import asyncapi
+from shared.config import Config
+from shared.policy.web import allowed_hosts
 
 STATIC_DIR = Path(__file__).parent / "static"
 VERSION = "0.1.0"
@@ -127,6 +127,11 @@ def _numbers_once(node: object) -> None:
         types = {getattr(option, "type", None) for option in node.one_of}
         if OpenAPIType.INTEGER in types and OpenAPIType.NUMBER in types:
             node.one_of = [o for o in node.one_of if getattr(o, "type", None) != OpenAPIType.INTEGER]
-    for child in (*(node.one_of or ()), *(node.any_of or ()), *(node.properties or {}).values(),
-                  node.additional_properties, node.items):
+    for child in (
+        *(node.one_of or ()),
+        *(node.any_of or ()),
+        *(node.properties or {}).values(),
+        node.additional_properties,
+        node.items,
+    ):
         _numbers_once(child)

@@ -7,10 +7,10 @@ from typing import Annotated, Literal, TypeVar
 import msgspec
 from litestar import Request
 
+from services.gateway.fleet import ApiError
 from shared.compat import StreamEndedBody, StreamStartedBody
 from shared.decode_errors import describe_decode_error
 from shared.schemas import Key, Labels, Port, ProvisionRequest, SelectRequest, ShortText
-from services.gateway.fleet import ApiError
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 import msgspec
-
 from litestar import MediaType, Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import (
@@ -29,10 +28,10 @@ from litestar.exceptions import (
 )
 from litestar.handlers.base import BaseRouteHandler
 
+from services.gateway.fleet import ApiError
 from shared.decode_errors import describe_decode_error, describe_invalid
 from shared.policy.web import check_request
 from shared.schemas import ErrorReply
-from services.gateway.fleet import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -126,7 +126,9 @@ class Fleet(RecordViews):
         except nats.errors.NoRespondersError:
             raise ApiError(503, "no state-keeper is answering engine.select; is it running?", 2.0) from None
         except nats.errors.TimeoutError:
-            raise ApiError(503, f"the state-keeper did not answer engine.select within {SELECT_TIMEOUT_S:g}s", 1.0) from None
+            raise ApiError(
+                503, f"the state-keeper did not answer engine.select within {SELECT_TIMEOUT_S:g}s", 1.0
+            ) from None
         except (nats.errors.Error, OSError) as exc:
             raise ApiError(503, f"NATS is unavailable ({type(exc).__name__})", 2.0) from None
         code = (msg.headers or {}).get("Nats-Service-Error-Code")
@@ -146,7 +148,9 @@ class Fleet(RecordViews):
             )
         except nats.errors.TimeoutError:
             # It may still be stored; a retry with the same Nats-Msg-Id is safe either way.
-            raise ApiError(503, f"JetStream did not acknowledge {subject} within {PUBLISH_TIMEOUT_S:g}s; retry", 1.0) from None
+            raise ApiError(
+                503, f"JetStream did not acknowledge {subject} within {PUBLISH_TIMEOUT_S:g}s; retry", 1.0
+            ) from None
         except nats.errors.NoRespondersError:
             raise ApiError(503, f"no JetStream stream accepts {subject}; is NATS running with -js?", 2.0) from None
         except (APIError, nats.errors.Error, OSError) as exc:

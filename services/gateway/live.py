@@ -20,8 +20,8 @@ import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from shared.schemas import encode, utcnow
 from services.gateway.fleet import ApiError, Fleet
+from shared.schemas import encode, utcnow
 
 RECONNECT_MS = 2000  # EventSource waits this long before reconnecting
 FULL_RETRY_AFTER_S = 30.0  # a refused client tries again after this
@@ -79,7 +79,9 @@ class LiveFeed:
         if len(self._clients) >= self.max_clients:
             self.refused += 1
             raise ApiError(
-                503, f"too many live clients ({self.max_clients}, LIVE_MAX_CLIENTS); try again later", FULL_RETRY_AFTER_S
+                503,
+                f"too many live clients ({self.max_clients}, LIVE_MAX_CLIENTS); try again later",
+                FULL_RETRY_AFTER_S,
             )
         client = _Client()
         self._clients.add(client)  # before the snapshot, so no change falls between the two

@@ -18,17 +18,16 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 import nats.errors
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
-from prometheus_client import Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from shared import names
-from shared.schemas import EngineHealth, decoder, utcnow
 from services.gateway.errors import REFUSED
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.protocol import HeadDeadline
+from shared import names
+from shared.schemas import EngineHealth, decoder, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +161,13 @@ class _FleetCollector:
 
 
 def _live_families(live: LiveFeed) -> Iterator[Metric]:
-    yield GaugeMetricFamily("aceorch_gateway_live_clients", "Open /api/live connections on this gateway", value=live.clients)
+    yield GaugeMetricFamily(
+        "aceorch_gateway_live_clients", "Open /api/live connections on this gateway", value=live.clients
+    )
     yield CounterMetricFamily(
-        "aceorch_gateway_live_changes", "Engine and stream changes this gateway's /api/live has seen", value=live.changes
+        "aceorch_gateway_live_changes",
+        "Engine and stream changes this gateway's /api/live has seen",
+        value=live.changes,
     )
     yield CounterMetricFamily(
         "aceorch_gateway_live_frames_encoded",
@@ -226,8 +229,12 @@ def _state_keeper_families(replicas: int, totals: Totals) -> Iterator[Metric]:
         ("applied", "aceorch_events_applied", "Events applied over all state-keepers, by subject", "subject"),
         ("rejected", "aceorch_events_rejected", "Events rejected over all state-keepers, by reason", "reason"),
         ("bad_requests", "aceorch_requests_rejected", "Bad requests over all state-keepers, by endpoint", "endpoint"),
-        ("conflicts", "aceorch_cas_conflicts", "Compare-and-sets lost to a concurrent writer over all state-keepers "
-         "(retried), by record", "record"),
+        (
+            "conflicts",
+            "aceorch_cas_conflicts",
+            "Compare-and-sets lost to a concurrent writer over all state-keepers (retried), by record",
+            "record",
+        ),
     )
     for group, name, help_text, label in specs:
         family = CounterMetricFamily(name, help_text, labels=[label])

@@ -66,6 +66,6 @@ async def answers_ping(bus: Bus, service: str) -> bool:
         return False
     try:
         await bus.nc.request(f"$SRV.PING.{service}", b"", timeout=PING_TIMEOUT_S)
-    except (nats.errors.Error, OSError, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.Error, OSError):
         return False
     return True

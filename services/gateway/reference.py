@@ -24,6 +24,10 @@ from litestar import Request, Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
+from services.gateway.bodies import strict_body
+from services.gateway.fleet import Fleet
+from services.gateway.ready import Presence
+from services.gateway.routes import errors
 from shared import names
 from shared.config import Config
 from shared.kv import wait_for_value
@@ -38,10 +42,6 @@ from shared.policy.provisioning import (
     status_word,
 )
 from shared.schemas import ProvisionError, ProvisionReply, ProvisionRequest, decoder, encode, utcnow
-from services.gateway.bodies import strict_body
-from services.gateway.fleet import Fleet
-from services.gateway.ready import Presence
-from services.gateway.routes import errors
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,12 @@ def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPR
         now = utcnow()
         records = fleet.engine_list(now)
         blocked = provisioning_blocked(
-            records, now, pool, slots_per_engine, await provisioner.alive(), config.engine_runtime,
+            records,
+            now,
+            pool,
+            slots_per_engine,
+            await provisioner.alive(),
+            config.engine_runtime,
             config.autoscale_interval_s,
         )
         slots = capacity(records, now, slots_per_engine)
@@ -142,8 +147,11 @@ def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPR
     failures = {503: ResponseSpec(data_container=ProvisionFailure, description="No engine now; see Retry-After")}
 
     @post(
-        "/provision/acestream", tags=["reference"], status_code=200,
-        responses={**errors(400, 401, 403, 413, 415, 422), **failures}, **mutating,
+        "/provision/acestream",
+        tags=["reference"],
+        status_code=200,
+        responses={**errors(400, 401, 403, 413, 415, 422), **failures},
+        **mutating,
     )
     async def provision(request: Request, data: ProvisionRequest | None = None) -> Response[Provisioned]:
         """One new engine now, answered once it is registered and healthy (at most about 2 x
@@ -177,13 +185,15 @@ async def _provision(fleet: Fleet, body: ProvisionRequest, budget_s: float) -> R
     if await wait_for_value(fleet.engines, reply.container_id, lambda record: True, VIEW_WAIT_S) is None:
         log.warning("provisioned %s, but this gateway's view does not show it yet", reply.container_name)
     log.info("provisioned %s on %s:%d for a proxy", reply.container_name, reply.host, reply.port)
-    return Response(Provisioned(
-        container_id=reply.container_id,
-        container_name=reply.container_name,
-        host_http_port=reply.host_port,
-        container_http_port=reply.container_port,
-        container_https_port=None,
-    ))
+    return Response(
+        Provisioned(
+            container_id=reply.container_id,
+            container_name=reply.container_name,
+            host_http_port=reply.host_port,
+            container_http_port=reply.container_port,
+            container_https_port=None,
+        )
+    )
 
 
 def _refused(data: bytes) -> Response[ProvisionFailure]:
@@ -201,8 +211,10 @@ def _details(blocked: Blocked | None) -> BlockedDetails | None:
     if blocked is None:
         return None
     return BlockedDetails(
-        code=blocked.code, message=blocked.message,
-        recovery_eta_seconds=blocked.recovery_eta_seconds, should_wait=blocked.should_wait,
+        code=blocked.code,
+        message=blocked.message,
+        recovery_eta_seconds=blocked.recovery_eta_seconds,
+        should_wait=blocked.should_wait,
     )
 
 

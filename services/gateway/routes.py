@@ -16,6 +16,11 @@ from litestar.params import Parameter
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
+from services.gateway.fleet import ApiError, Fleet
+from services.gateway.live import LiveFeed
+from services.gateway.metrics import Metrics
+from services.gateway.ready import Readiness
 from shared import names
 from shared.compat import (
     CompatError,
@@ -38,11 +43,6 @@ from shared.schemas import (
     StreamStatus,
     utcnow,
 )
-from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
-from services.gateway.fleet import ApiError, Fleet
-from services.gateway.live import LiveFeed
-from services.gateway.metrics import Metrics
-from services.gateway.ready import Readiness
 
 T = TypeVar("T")
 _DESCRIPTIONS = {
@@ -104,8 +104,11 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         return EngineAccepted(container_id=container_id, detail="updated" if existed else "registration accepted")
 
     @delete(
-        "/engines/{container_id:str}", tags=["engines"], status_code=202,
-        responses=errors(404, 409, 401, 403, 503), **mutating,
+        "/engines/{container_id:str}",
+        tags=["engines"],
+        status_code=202,
+        responses=errors(404, 409, 401, 403, 503),
+        **mutating,
     )
     async def remove_engine(container_id: str) -> EngineAccepted:
         """Deregister an external engine: its streams end and its record goes (`engine.removed`).
@@ -123,7 +126,13 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         await fleet.publish(names.ENGINE_REMOVED, event, f"engine.removed.{container_id}.{uuid.uuid4().hex}")
         return EngineAccepted(container_id=container_id, detail="deregistered")
 
-    @post(["/events/stream_started", "/api/v1/events/stream_started"], tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
+    @post(
+        ["/events/stream_started", "/api/v1/events/stream_started"],
+        tags=["events"],
+        status_code=202,
+        responses=errors(404, *WRITE_ERRORS),
+        **mutating,
+    )
     async def stream_started(request: Request, data: StreamStartedBody) -> StreamAccepted:
         """Our `stream.started` fields, or the reference orchestrator's shape (engine/stream/session/labels)."""
         data = await _required(request, StreamStartedBody)
@@ -134,7 +143,13 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         await fleet.publish(names.STREAM_STARTED, event, f"stream.started.{event.stream_id}")
         return StreamAccepted(stream_id=event.stream_id, container_id=event.container_id)
 
-    @post(["/events/stream_ended", "/api/v1/events/stream_ended"], tags=["events"], status_code=202, responses=errors(404, *WRITE_ERRORS), **mutating)
+    @post(
+        ["/events/stream_ended", "/api/v1/events/stream_ended"],
+        tags=["events"],
+        status_code=202,
+        responses=errors(404, *WRITE_ERRORS),
+        **mutating,
+    )
     async def stream_ended(request: Request, data: StreamEndedBody) -> StreamAccepted:
         """`{stream_id, container_id?, reason?}`; without stream_id, the engine's newest stream ends."""
         data = await _required(request, StreamEndedBody)
@@ -168,9 +183,12 @@ def ops_routes(
     async def healthz() -> Response[Health]:
         nc = fleet.bus.nc
         state = (
-            "connected" if nc.is_connected
-            else "reconnecting" if nc.is_reconnecting
-            else "closed" if nc.is_closed
+            "connected"
+            if nc.is_connected
+            else "reconnecting"
+            if nc.is_reconnecting
+            else "closed"
+            if nc.is_closed
             else "disconnected"
         )
         body = Health(
@@ -181,7 +199,9 @@ def ops_routes(
         )
         return Response(body, status_code=200 if state == "connected" else 503)
 
-    @get("/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="a part is missing")})
+    @get(
+        "/readyz", tags=["health"], responses={503: ResponseSpec(data_container=Ready, description="a part is missing")}
+    )
     async def readyz() -> Response[Ready]:
         """Ready to serve every endpoint: NATS connected and a state-keeper answering; else 503 naming what is missing."""
         missing = await readiness.missing()

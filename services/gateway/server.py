@@ -8,14 +8,14 @@ import logging
 
 import uvicorn
 
-from shared.bus import Bus
-from shared.config import Config
-from shared.policy.freshness import health_max_age_of
 from services.gateway.app import build_app
 from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import head_deadline_protocol
+from shared.bus import Bus
+from shared.config import Config
+from shared.policy.freshness import health_max_age_of
 
 log = logging.getLogger("gateway")
 
@@ -59,7 +59,9 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     )
     log.info(
         "gateway on http://%s:%d (dashboard /, API /engines, live /api/live, metrics /metrics); API key %s",
-        config.gateway_host, config.gateway_port, "required on writes" if config.api_key else "not set",
+        config.gateway_host,
+        config.gateway_port,
+        "required on writes" if config.api_key else "not set",
     )
     try:
         await _serve_until(server, stop, feed)

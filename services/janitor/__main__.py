@@ -2,8 +2,8 @@
 
 import sys
 
-from shared.service import run
 from services.janitor.janitor import serve
+from shared.service import run
 
 if __name__ == "__main__":
     sys.exit(run("janitor", serve))

@@ -64,7 +64,9 @@ class Janitor:
         sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue="janitor", cb=self.on_idle)
         log.info(
             "started with %gs sweep interval, cleaning on engine.idle too (%s runtime, holder %s)",
-            self.interval_s, self.runtime.kind, self.holder,
+            self.interval_s,
+            self.runtime.kind,
+            self.holder,
         )
         try:
             while await sleep_to_next_epoch(self.interval_s, stop):
@@ -75,7 +77,10 @@ class Janitor:
             await self.view.stop()
             log.info(
                 "stopping: cleaned %d caches (%s), %d failed, %d skipped busy",
-                self.counts["cleaned"], format_bytes(self.counts["bytes"]), self.counts["failed"], self.counts["busy"],
+                self.counts["cleaned"],
+                format_bytes(self.counts["bytes"]),
+                self.counts["failed"],
+                self.counts["busy"],
             )
 
     async def on_idle(self, msg) -> None:
@@ -141,8 +146,12 @@ class Janitor:
             name, result, may_still_run = await self._run_clean(container_id, record)
         finally:
             if may_still_run:  # streams must not start on a cache still being emptied: let the claim lapse
-                log.warning("keeping the clean claim on %s until it lapses (%gs): %s",
-                            name, self.config.claim_ttl_s, result.error)
+                log.warning(
+                    "keeping the clean claim on %s until it lapses (%gs): %s",
+                    name,
+                    self.config.claim_ttl_s,
+                    result.error,
+                )
             else:
                 await self._release(container_id, claim_id)
         await self._report(container_id, claim_id, name, result, cleaned_at)

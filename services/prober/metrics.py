@@ -11,4 +11,6 @@ PROBE_LATENCY = Histogram(
 PUBLISH_FAILURES = Counter("ace_prober_publish_failures", "engine.health observations that could not be published")
 ENGINES_OWNED = Gauge("ace_prober_engines_owned", "Engines this replica probes (its rendezvous share)")
 MEMBERS = Gauge("ace_prober_members", "Live prober replicas, this one included")
-RESCUES = Counter("ace_prober_rescues", "One-off probes of engines whose owner stayed silent (shared.policy.partition.overdue)")
+RESCUES = Counter(
+    "ace_prober_rescues", "One-off probes of engines whose owner stayed silent (shared.policy.partition.overdue)"
+)

@@ -24,6 +24,8 @@ import httpx
 import nats.errors
 from nats.js.errors import APIError
 
+from services.prober import metrics
+from services.prober.scheduler import ProbeScheduler
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -34,8 +36,6 @@ from shared.membership import Membership, new_member_id
 from shared.policy.freshness import health_max_age_of
 from shared.policy.partition import Arrival, ProbeSchedule, first_due, overdue, owner, rescue_position, streak_of
 from shared.schemas import EngineHealth, EngineRecord, decode_engine, encode, utcnow
-from services.prober import metrics
-from services.prober.scheduler import ProbeScheduler
 
 log = logging.getLogger("prober")
 
@@ -63,7 +63,10 @@ class Prober:
         self.client = client
         self.schedule = schedule_from(config)
         self.scheduler = ProbeScheduler(
-            self.schedule, self.check, self.report, config.probe_concurrency,
+            self.schedule,
+            self.check,
+            self.report,
+            config.probe_concurrency,
             drain_s=config.health_check_timeout_s + 1,
         )
         self._owners: dict[str, str | None] = {}  # every known engine → the member that probes it
@@ -110,7 +113,11 @@ class Prober:
         self.rebalance(members, "adopted")
         log.info(
             "%d prober replica(s) now; this one (%s) probes %d of %d engines (was %d)",
-            len(members), self.me, len(self.scheduler), len(self._owners), before,
+            len(members),
+            self.me,
+            len(self.scheduler),
+            len(self._owners),
+            before,
         )
 
     def rebalance(self, members: tuple[str, ...], arrival: Arrival) -> None:
@@ -157,8 +164,12 @@ class Prober:
             if not overdue(age, now - since, arrival, position, self.schedule, timeout, self.health_max_age_s):
                 continue
             primary = owner(key, members)
-            log.info("probing %s for %s, which has not (%s)", item.value.container_name, primary,
-                     "never probed" if age is None else f"last probe {age:.0f}s ago")
+            log.info(
+                "probing %s for %s, which has not (%s)",
+                item.value.container_name,
+                primary,
+                "never probed" if age is None else f"last probe {age:.0f}s ago",
+            )
             task = asyncio.get_running_loop().create_task(self._rescue_probe(key))
             self._rescues[key] = task
             self._rescued_at[key] = now
@@ -200,33 +211,44 @@ class Prober:
         if not result.ok:
             log.debug(
                 "probe of %s (%s:%d) failed: %s after %.0f ms",
-                engine.container_name, engine.host, engine.port, result.error, result.latency_ms,
+                engine.container_name,
+                engine.host,
+                engine.port,
+                result.error,
+                result.latency_ms,
             )
         return result
 
     async def report(self, key: str, result: ProbeResult) -> None:
         checked_at = utcnow()
         event = EngineHealth(
-            container_id=key, ok=result.ok, checked_at=checked_at,
-            latency_ms=result.latency_ms, error=result.error, version=result.version,
+            container_id=key,
+            ok=result.ok,
+            checked_at=checked_at,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            version=result.version,
         )
         try:
             await self.bus.js.publish(
-                names.ENGINE_HEALTH, encode(event),
+                names.ENGINE_HEALTH,
+                encode(event),
                 headers={"Nats-Msg-Id": f"health-{key}-{checked_at.isoformat()}"},
                 timeout=min(self.schedule.interval_s, 5.0),
             )
-        except (nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
             # The next probe reports again; say so once per outage, not once per engine.
             metrics.PUBLISH_FAILURES.inc()
             self._publish_errors += 1
             if self._publish_errors == 1:
-                log.warning("cannot publish %s (%s); the next probes report again",
-                            names.ENGINE_HEALTH, describe(exc))
+                log.warning("cannot publish %s (%s); the next probes report again", names.ENGINE_HEALTH, describe(exc))
         else:
             if self._publish_errors:
-                log.info("publishing %s again (%d observations unconfirmed meanwhile)",
-                         names.ENGINE_HEALTH, self._publish_errors)
+                log.info(
+                    "publishing %s again (%d observations unconfirmed meanwhile)",
+                    names.ENGINE_HEALTH,
+                    self._publish_errors,
+                )
                 self._publish_errors = 0
 
     # ------------------------------------------------------------ rounds
@@ -238,8 +260,14 @@ class Prober:
             failed = stats.probes - stats.ok
             log.debug(
                 "probe round: %d probes, %d ok, %d failed%s; slowest %.0f ms; %d of %d engines owned, %d replica(s)",
-                stats.probes, stats.ok, failed, f" {stats.errors}" if failed else "",
-                stats.slowest_ms, len(self.scheduler), len(self._owners), len(self.membership.members),
+                stats.probes,
+                stats.ok,
+                failed,
+                f" {stats.errors}" if failed else "",
+                stats.slowest_ms,
+                len(self.scheduler),
+                len(self._owners),
+                len(self.membership.members),
             )
 
 
@@ -264,8 +292,12 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         log.info("Health monitor started with %gs interval", config.health_check_interval_s)
         log.info(
             "prober %s: %d replica(s), probing %d of %d engines, at most %d at once, timeout %gs",
-            membership.me, len(membership.members), len(prober.scheduler), len(view.items()),
-            config.probe_concurrency, config.health_check_timeout_s,
+            membership.me,
+            len(membership.members),
+            len(prober.scheduler),
+            len(view.items()),
+            config.probe_concurrency,
+            config.health_check_timeout_s,
         )
         try:
             async with asyncio.TaskGroup() as group:

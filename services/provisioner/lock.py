@@ -57,6 +57,6 @@ class KvLock:
             await self.kv.delete(self.key, last=revision)
         except APIError as exc:  # expired meanwhile (maybe taken by another): it is not ours to delete
             log.info("lock %s expired before release (%s)", self.key, exc.description)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:  # its TTL frees it
+        except (TimeoutError, nats.errors.Error) as exc:  # its TTL frees it
             why = describe(exc)
             log.warning("lock %s not released (%s); it expires in %.0fs", self.key, why, self.ttl_s)

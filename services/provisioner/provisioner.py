@@ -40,6 +40,9 @@ import httpx
 import msgspec
 import nats.errors
 
+from services.provisioner import metrics
+from services.provisioner.endpoint import ProvisionEndpoint, Refused
+from services.provisioner.lock import KvLock
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -61,9 +64,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from services.provisioner import metrics
-from services.provisioner.endpoint import ProvisionEndpoint, Refused
-from services.provisioner.lock import KvLock
 
 log = logging.getLogger("provisioner")
 
@@ -143,8 +143,12 @@ class Provisioner:
         subscription = await self.bus.nc.subscribe(names.ENGINE_DEMAND, cb=self.on_demand)
         log.info(
             "pool %d..%d engines (%d free), sweep every %gs, %s runtime, holder %s",
-            self.policy.min_replicas, self.policy.max_replicas, self.policy.min_free_replicas,
-            self.config.autoscale_interval_s, self.runtime.kind, self.holder,
+            self.policy.min_replicas,
+            self.policy.max_replicas,
+            self.policy.min_free_replicas,
+            self.config.autoscale_interval_s,
+            self.runtime.kind,
+            self.holder,
         )
         self.request_scale()  # reach the floors now, not at the first sweep
         try:
@@ -216,9 +220,7 @@ class Provisioner:
     async def scale(self, demand: bool) -> None:
         async with self.lock.hold(LOCK_WAIT_S) as held:
             if not held:
-                log.warning(
-                    "%s held by another replica for %.0fs; trying again later", LOCK_KEY, LOCK_WAIT_S
-                )
+                log.warning("%s held by another replica for %.0fs; trying again later", LOCK_KEY, LOCK_WAIT_S)
                 return
             records = self.engines.values()
             live = await self.runtime.list_managed()
@@ -228,7 +230,10 @@ class Provisioner:
                 return
             log.info(
                 "starting %d engine(s) for %s (%d managed, %d starting, max %d)",
-                count, "demand" if demand else "the pool floors", len(managed(pool)), unregistered,
+                count,
+                "demand" if demand else "the pool floors",
+                len(managed(pool)),
+                unregistered,
                 self.policy.max_replicas,
             )
             created = await self.create(count)
@@ -245,8 +250,11 @@ class Provisioner:
         """
         backoff = self.not_before - time.monotonic()
         if backoff > 0:
-            raise Refused("backoff", f"{self.failures} engine start(s) failed in a row; the next may start "
-                          f"in {backoff:.0f}s", backoff)
+            raise Refused(
+                "backoff",
+                f"{self.failures} engine start(s) failed in a row; the next may start in {backoff:.0f}s",
+                backoff,
+            )
         async with self.lock.hold(min(LOCK_WAIT_S, self.config.engine_start_timeout_s)) as held:
             if not held:
                 raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
@@ -257,18 +265,32 @@ class Provisioner:
                 eta = max_replicas_eta_s(
                     pool, utcnow(), self.policy, self.config.max_streams_per_engine, self.config.autoscale_interval_s
                 )
-                raise Refused("max_replicas_reached", f"the pool holds {existing} engines ({unregistered} starting), "
-                              f"MAX_REPLICAS is {self.policy.max_replicas}", eta)
-            log.info("starting 1 engine on request (%d managed, %d starting, max %d)",
-                     len(managed(pool)), unregistered, self.policy.max_replicas)
+                raise Refused(
+                    "max_replicas_reached",
+                    f"the pool holds {existing} engines ({unregistered} starting), "
+                    f"MAX_REPLICAS is {self.policy.max_replicas}",
+                    eta,
+                )
+            log.info(
+                "starting 1 engine on request (%d managed, %d starting, max %d)",
+                len(managed(pool)),
+                unregistered,
+                self.policy.max_replicas,
+            )
             created = await self.create(1)
         if not created:
-            raise Refused("start_failed", "could not create an engine (the provisioner's log says why)",
-                          max(self.not_before - time.monotonic(), 1.0))
+            raise Refused(
+                "start_failed",
+                "could not create an engine (the provisioner's log says why)",
+                max(self.not_before - time.monotonic(), 1.0),
+            )
         spec, started = created[0]
         if not await self.await_ready(spec, started):
-            raise Refused("start_failed", f"{spec.container_name} did not answer get_status within "
-                          f"{self.config.engine_start_timeout_s:g}s", max(self.not_before - time.monotonic(), 1.0))
+            raise Refused(
+                "start_failed",
+                f"{spec.container_name} did not answer get_status within {self.config.engine_start_timeout_s:g}s",
+                max(self.not_before - time.monotonic(), 1.0),
+            )
         healthy = await wait_for_value(self.engines, spec.container_id, _is_healthy, HEALTHY_WAIT_S)
         return spec, healthy is not None
 
@@ -303,8 +325,11 @@ class Provisioner:
         tasks = [asyncio.get_running_loop().create_task(one()) for _ in range(count)]
         done, late = await asyncio.wait(tasks, timeout=CREATE_BUDGET_S)
         if late:  # the lock's TTL is near: stop waiting, not creating (cancelling would not stop the runtime)
-            log.warning("%d engine creation(s) took over %.0fs; still counted as starting until they end",
-                        len(late), CREATE_BUDGET_S)
+            log.warning(
+                "%d engine creation(s) took over %.0fs; still counted as starting until they end",
+                len(late),
+                CREATE_BUDGET_S,
+            )
         for task in late:
             self.late_creates.add(task)
             task.add_done_callback(self._late_create_done)
@@ -341,8 +366,10 @@ class Provisioner:
             while not died.is_set():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    await self.discard(spec, f"no answer to get_status within {self.config.engine_start_timeout_s:g}s "
-                                             f"(last: {last_error})")
+                    await self.discard(
+                        spec,
+                        f"no answer to get_status within {self.config.engine_start_timeout_s:g}s (last: {last_error})",
+                    )
                     return False
                 timeout_s = min(self.config.health_check_timeout_s, remaining)
                 result = await probe(self.http, spec.host, spec.port, timeout_s)
@@ -352,15 +379,19 @@ class Provisioner:
                     self._count("started")
                     log.info(
                         "started %s on port %d (%s, %.1fs)",
-                        spec.container_name, spec.port, spec.runtime, time.monotonic() - started,
+                        spec.container_name,
+                        spec.port,
+                        spec.runtime,
+                        time.monotonic() - started,
                     )
                     return True
                 last_error = result.error or "no answer"
                 await _stopped_within(died, min(READY_POLL_S, max(remaining, 0)))
             await self.discard(spec, "exited before answering get_status")
-        except (RuntimeFailure, OSError, asyncio.TimeoutError, nats.errors.Error) as exc:
-            log.warning("%s started but could not be registered (%s); the sweep adopts it",
-                        spec.container_name, describe(exc))
+        except (TimeoutError, RuntimeFailure, OSError, nats.errors.Error) as exc:
+            log.warning(
+                "%s started but could not be registered (%s); the sweep adopts it", spec.container_name, describe(exc)
+            )
         finally:
             self.starting.pop(spec.container_id, None)
             metrics.STARTING.set(len(self.starting))
@@ -383,7 +414,9 @@ class Provisioner:
         self._count("failed")
         log.warning(
             "start failed: %s; next start in %.0fs (%d consecutive failures)",
-            reason, backoff, self.failures,
+            reason,
+            backoff,
+            self.failures,
         )
 
     # ------------------------------------------------------------ reconciling
@@ -411,7 +444,8 @@ class Provisioner:
             else:
                 log.info(
                     "engine %s is gone from the %s runtime; removing its record",
-                    record.container_name, record.runtime,
+                    record.container_name,
+                    record.runtime,
                 )
                 await self.publish_removed(record.container_id, "gone")
 
@@ -423,7 +457,11 @@ class Provisioner:
         oldest_start = time.time() - 2 * self.config.engine_start_timeout_s
         adopted = []
         for spec in live:
-            if spec.container_id in known or spec.container_id in self.starting or _lately(self.registered, spec.container_id):
+            if (
+                spec.container_id in known
+                or spec.container_id in self.starting
+                or _lately(self.registered, spec.container_id)
+            ):
                 continue
             old = spec.created_at is None or spec.created_at < oldest_start
             if not old and not (await probe(self.http, spec.host, spec.port, self.config.health_check_timeout_s)).ok:
@@ -480,8 +518,13 @@ class Provisioner:
             except Exception as exc:
                 if attempt == PUBLISH_ATTEMPTS:
                     raise
-                log.warning("publishing %s for %s failed (%s); %d retries remaining",
-                            subject, container_id[:12], describe(exc), PUBLISH_ATTEMPTS - attempt)
+                log.warning(
+                    "publishing %s for %s failed (%s); %d retries remaining",
+                    subject,
+                    container_id[:12],
+                    describe(exc),
+                    PUBLISH_ATTEMPTS - attempt,
+                )
                 await asyncio.sleep(0.5 * attempt)
 
     def _count(self, what: str, amount: int = 1) -> None:
@@ -513,7 +556,7 @@ async def _stopped_within(event: asyncio.Event, timeout_s: float) -> bool:
     if timeout_s > 0 and not event.is_set():
         try:
             await asyncio.wait_for(event.wait(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     return event.is_set()
 

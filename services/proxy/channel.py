@@ -23,14 +23,14 @@ from collections.abc import Callable
 import httpx
 import msgspec
 
-from shared.config import Config
-from shared.errors import describe
-from shared.policy.failover import FailoverPolicy, UpstreamView, failover_reason, may_fail_over, starving_since
-from shared.schemas import PlaybackStats, utcnow
 from services.proxy import metrics
 from services.proxy.fanout import Aligner, FanoutBuffer, Lagged
 from services.proxy.upstream import Session, StartError, Upstream
 from services.proxy.wire import Content, SessionGone, WireError
+from shared.config import Config
+from shared.errors import describe
+from shared.policy.failover import FailoverPolicy, UpstreamView, failover_reason, may_fail_over, starving_since
+from shared.schemas import PlaybackStats, utcnow
 
 log = logging.getLogger("proxy")
 
@@ -86,8 +86,11 @@ class Viewer:
 
     def drop(self) -> None:
         """Too slow: it lost bytes the buffer no longer holds. Close hard (the queue is stale anyway)."""
-        log.info("viewer %s dropped: fell behind by more than the buffer (%d bytes)", self.peer,
-                 self.channel.buffer.capacity if self.channel else 0)
+        log.info(
+            "viewer %s dropped: fell behind by more than the buffer (%d bytes)",
+            self.peer,
+            self.channel.buffer.capacity if self.channel else 0,
+        )
         metrics.DROPPED.inc()
         self.transport.abort()
         self.lost()
@@ -203,12 +206,22 @@ class Channel:
             self.exclude.append(session.engine.container_id)
             metrics.FAILOVERS.labels(reason=reason.split(" ")[0]).inc()
             if not may_fail_over(self.failovers, self.hub.policy):
-                log.warning("%s: leaving engine %s (%s); no failover attempts left", self.content.label,
-                            session.engine.container_id, reason)
+                log.warning(
+                    "%s: leaving engine %s (%s); no failover attempts left",
+                    self.content.label,
+                    session.engine.container_id,
+                    reason,
+                )
                 await self.hub.upstream.end(session, "failover_exhausted")
                 return
-            log.info("%s: failing over from engine %s (%s), attempt %d of %d", self.content.label,
-                     session.engine.container_id, reason, self.failovers + 1, self.hub.policy.attempts)
+            log.info(
+                "%s: failing over from engine %s (%s), attempt %d of %d",
+                self.content.label,
+                session.engine.container_id,
+                reason,
+                self.failovers + 1,
+                self.hub.policy.attempts,
+            )
             self.failovers += 1
             await self.hub.upstream.end(session, "failover")
             deadline = time.monotonic() + config.proxy_start_timeout_s
@@ -246,9 +259,14 @@ class Channel:
         while not self.leaving.is_set():
             seen = hub.upstream.engines.get(session.engine.container_id)
             view = UpstreamView(
-                now=time.monotonic(), opened_at=session.opened_at, last_byte_at=session.last_byte_at,
-                engine=seen.value if seen is not None else None, wall_now=utcnow(),
-                upstream_closed=session.closed, session_gone=session.gone, starving_since=session.starving_since,
+                now=time.monotonic(),
+                opened_at=session.opened_at,
+                last_byte_at=session.last_byte_at,
+                engine=seen.value if seen is not None else None,
+                wall_now=utcnow(),
+                upstream_closed=session.closed,
+                session_gone=session.gone,
+                starving_since=session.starving_since,
             )
             reason = failover_reason(view, hub.policy)
             if reason is not None:
@@ -261,8 +279,9 @@ class Channel:
 
     async def _read(self, session: Session) -> None:
         try:
-            async with self.hub.upstream.http.stream("GET", session.playback.playback_url,
-                                                     timeout=PLAYBACK_TIMEOUT) as response:
+            async with self.hub.upstream.http.stream(
+                "GET", session.playback.playback_url, timeout=PLAYBACK_TIMEOUT
+            ) as response:
                 if response.status_code != 200:
                     session.closed = f"answered HTTP {response.status_code}"
                     return
@@ -296,8 +315,9 @@ class Channel:
             try:
                 stats = await upstream.read_stats(session)
             except SessionGone:
-                log.info("stream %s: engine %s says the session is gone", session.stream_id,
-                         session.engine.container_id)
+                log.info(
+                    "stream %s: engine %s says the session is gone", session.stream_id, session.engine.container_id
+                )
                 session.gone = True
                 self._wake.set()
                 return
@@ -317,11 +337,15 @@ class Channel:
     def status(self) -> dict:
         session = self.session
         return {
-            "content": self.content.key, "key_type": self.content.key_type,
+            "content": self.content.key,
+            "key_type": self.content.key_type,
             "stream_id": session.stream_id if session else None,
             "engine": session.engine.container_id if session else None,
-            "viewers": len(self.viewers), "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
-            "failovers": self.failovers, "created_at": self.created_at.isoformat(),
+            "viewers": len(self.viewers),
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "failovers": self.failovers,
+            "created_at": self.created_at.isoformat(),
             "stats": None if session is None or session.stats is None else _plain(session.stats),
         }
 
@@ -337,8 +361,10 @@ class Hub:
         self.config = config
         self.upstream = upstream
         self.policy = FailoverPolicy(
-            stall_timeout_s=config.stall_timeout_s, first_byte_timeout_s=config.proxy_start_timeout_s,
-            starvation_s=config.starvation_s, attempts=config.failover_attempts,
+            stall_timeout_s=config.stall_timeout_s,
+            first_byte_timeout_s=config.proxy_start_timeout_s,
+            starvation_s=config.starvation_s,
+            attempts=config.failover_attempts,
         )
         self.channels: dict[Content, Channel] = {}
 

@@ -160,7 +160,7 @@ class FanoutBuffer:
         parts: list[bytes] = []
         taken = 0
         for offset, chunk in _from(self._chunks, index):
-            part = chunk[cursor + taken - offset:] if not parts else chunk
+            part = chunk[cursor + taken - offset :] if not parts else chunk
             parts.append(part)
             taken += len(part)
             if taken >= limit:

@@ -24,9 +24,6 @@ import time
 
 import httpx
 
-from shared.config import Config
-from shared.engine_client import IDENTITY, ResponseTooLarge, get_capped
-from shared.errors import describe
 from services.proxy import metrics
 from services.proxy.upstream import Session, StartError, Upstream
 from services.proxy.wire import (
@@ -38,6 +35,9 @@ from services.proxy.wire import (
     segment_uris,
     target_duration,
 )
+from shared.config import Config
+from shared.engine_client import IDENTITY, ResponseTooLarge, get_capped
+from shared.errors import describe
 
 log = logging.getLogger("proxy")
 
@@ -175,10 +175,12 @@ class HlsSession:
     def status(self) -> dict:
         session = self.session
         return {
-            "content": self.content.key, "key_type": self.content.key_type,
+            "content": self.content.key,
+            "key_type": self.content.key_type,
             "stream_id": session.stream_id if session else None,
             "engine": session.engine.container_id if session else None,
-            "segments": self.segments, "idle_s": round(time.monotonic() - self.last_request, 1),
+            "segments": self.segments,
+            "idle_s": round(time.monotonic() - self.last_request, 1),
         }
 
 

@@ -18,18 +18,18 @@ import json
 import logging
 import socket
 import time
-from http import HTTPStatus
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from shared.config import Config
-from shared.errors import describe
 from services.proxy import metrics
 from services.proxy.channel import Hub, Viewer
 from services.proxy.hls import SEGMENT_PREFIX, Hls, parse_segment_path, relay_segment
 from services.proxy.upstream import StartError
 from services.proxy.wire import WireError, content_of, parse_query
+from shared.config import Config
+from shared.errors import describe
 
 log = logging.getLogger("proxy")
 
@@ -74,8 +74,13 @@ def error_response(status: int, message: str, retry_after_s: float | None = None
 
 
 def _head(status: int, content_type: str, length: int, extra: dict[str, str] | None = None) -> bytes:
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
-             f"Content-Length: {length}", "Connection: close", "Server: aceorch-proxy"]
+    lines = [
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {length}",
+        "Connection: close",
+        "Server: aceorch-proxy",
+    ]
     lines += [f"{name}: {value}" for name, value in (extra or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -119,7 +124,9 @@ class ViewerProtocol(asyncio.Protocol):
         self._timer = None
         if not self._handling:
             timeout = self.app.config.proxy_header_timeout_s
-            self.reply("?", error_response(408, f"request head not received within {timeout:g}s (PROXY_HEADER_TIMEOUT_S)"))
+            self.reply(
+                "?", error_response(408, f"request head not received within {timeout:g}s (PROXY_HEADER_TIMEOUT_S)")
+            )
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -205,8 +212,9 @@ class ProxyApp:
     async def status(self, conn: ViewerProtocol, request: Request) -> None:
         channels = [channel.status() for channel in self.hub.channels.values()]
         hls = [session.status() for session in self.hls.sessions.values()]
-        conn.reply(request.path, json_response(
-            200, {"proxy": self.hub.upstream.member_id, "sessions": channels, "hls": hls}))
+        conn.reply(
+            request.path, json_response(200, {"proxy": self.hub.upstream.member_id, "sessions": channels, "hls": hls})
+        )
 
     async def manifest(self, conn: ViewerProtocol, request: Request) -> None:
         content = content_of(parse_query(request.query))
@@ -220,8 +228,9 @@ class ProxyApp:
             conn.reply(request.path, error_response(exc.status, str(exc), exc.retry_after_s))
             return
         except TimeoutError:
-            conn.reply(request.path, error_response(
-                504, f"no engine session within {timeout:g}s (PROXY_START_TIMEOUT_S)"))
+            conn.reply(
+                request.path, error_response(504, f"no engine session within {timeout:g}s (PROXY_START_TIMEOUT_S)")
+            )
             return
         body = text.encode() if request.method == "GET" else b""
         head = _head(200, "application/vnd.apple.mpegurl", len(text.encode()), {"Cache-Control": "no-cache"})
@@ -293,8 +302,12 @@ class ProxyApp:
         except TimeoutError:
             conn.viewer = None
             viewer.lost()
-            conn.reply(request.path, error_response(
-                504, f"no stream bytes within {self.config.proxy_start_timeout_s:g}s (PROXY_START_TIMEOUT_S)"))
+            conn.reply(
+                request.path,
+                error_response(
+                    504, f"no stream bytes within {self.config.proxy_start_timeout_s:g}s (PROXY_START_TIMEOUT_S)"
+                ),
+            )
             return
         if viewer.closed:
             return  # the viewer left while the stream started (a zap)

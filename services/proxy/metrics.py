@@ -2,7 +2,14 @@
 
 from prometheus_client import Counter, Gauge, Histogram
 
-END_REASONS = ("viewers_left", "failover", "failover_exhausted", "proxy_stopped", "start not acknowledged", "engine_failed")
+END_REASONS = (
+    "viewers_left",
+    "failover",
+    "failover_exhausted",
+    "proxy_stopped",
+    "start not acknowledged",
+    "engine_failed",
+)
 
 REQUESTS = Counter("ace_proxy_requests", "Viewer HTTP requests by path and status", ["path", "code"])
 VIEWERS = Gauge("ace_proxy_viewers", "Viewer connections receiving a stream now")

@@ -7,6 +7,10 @@ import logging
 
 import httpx
 
+from services.proxy.channel import Hub
+from services.proxy.hls import Hls
+from services.proxy.http import ProxyApp, ViewerProtocol
+from services.proxy.upstream import Upstream
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -14,10 +18,6 @@ from shared.keeper_client import KeeperClient
 from shared.kv import KvView
 from shared.membership import Membership, new_member_id
 from shared.schemas import EngineRecord, decode_engine
-from services.proxy.channel import Hub
-from services.proxy.hls import Hls
-from services.proxy.http import ProxyApp, ViewerProtocol
-from services.proxy.upstream import Upstream
 
 log = logging.getLogger("proxy")
 
@@ -46,17 +46,27 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         try:
             # SO_REUSEPORT: replicas on one host (Compose's --scale with host networking) share PROXY_PORT and
             # the kernel spreads viewer connections over them; each replica keeps its own channels.
-            server = await loop.create_server(lambda: ViewerProtocol(app), config.proxy_host, config.proxy_port,
-                                              backlog=1024, reuse_port=True)
+            server = await loop.create_server(
+                lambda: ViewerProtocol(app), config.proxy_host, config.proxy_port, backlog=1024, reuse_port=True
+            )
         except OSError as exc:
             await membership.stop()
             await engines.stop()
-            log.error("proxy could not listen on %s:%d: %s (in use? set PROXY_PORT)",
-                      config.proxy_host, config.proxy_port, exc.strerror)
+            log.error(
+                "proxy could not listen on %s:%d: %s (in use? set PROXY_PORT)",
+                config.proxy_host,
+                config.proxy_port,
+                exc.strerror,
+            )
             raise SystemExit(1) from None
-        log.info("proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/manifest.m3u8?id=..., /ace/status, "
-                 "/metrics); %d replica(s)",
-                 member_id, config.proxy_host, config.proxy_port, len(membership.members))
+        log.info(
+            "proxy %s on http://%s:%d (GET /ace/getstream?id=..., /ace/manifest.m3u8?id=..., /ace/status, "
+            "/metrics); %d replica(s)",
+            member_id,
+            config.proxy_host,
+            config.proxy_port,
+            len(membership.members),
+        )
         try:
             await membership.run(stop)
         finally:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import httpx
 from nats.aio.client import Client
 
+from services.proxy import metrics
+from services.proxy.wire import Content, EngineSession, WireError, session_of, stats_of
 from shared import names
 from shared.engine_client import ResponseTooLarge, get_capped
 from shared.errors import describe
@@ -33,8 +35,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from services.proxy import metrics
-from services.proxy.wire import Content, EngineSession, WireError, session_of, stats_of
 
 log = logging.getLogger("proxy")
 
@@ -75,7 +75,12 @@ class Upstream:
     """The proxy's calls to the state-keeper, the engines and JetStream."""
 
     def __init__(
-        self, nc: Client, keeper: KeeperClient, http: httpx.AsyncClient, engines: KvView[EngineRecord], streams_kv,
+        self,
+        nc: Client,
+        keeper: KeeperClient,
+        http: httpx.AsyncClient,
+        engines: KvView[EngineRecord],
+        streams_kv,
         member_id: str,
     ) -> None:
         self.nc = nc
@@ -87,8 +92,9 @@ class Upstream:
 
     # ------------------------------------------------------------ start
 
-    async def open(self, content: Content, exclude: list[str], deadline: float,
-                   path: str = "/ace/getstream") -> Session:
+    async def open(
+        self, content: Content, exclude: list[str], deadline: float, path: str = "/ace/getstream"
+    ) -> Session:
         """Select an engine, open a playback session on it (`path`: getstream, or manifest.m3u8 for HLS),
         announce `stream.started`."""
         choice = await self.select(content, exclude, deadline)
@@ -97,10 +103,17 @@ class Upstream:
         timeout = max(0.1, min(ENGINE_TIMEOUT_S, deadline - time.monotonic()))
         playback = await self._getstream(engine, content, stream_id, timeout, path)
         event = StreamStarted(
-            stream_id=stream_id, container_id=engine.container_id, content_key=content.key,
-            key_type=content.key_type, playback_session_id=playback.playback_session_id,
-            stat_url=playback.stat_url, command_url=playback.command_url, is_live=bool(playback.is_live),
-            reservation_id=choice.reservation_id, started_at=utcnow(), proxy=self.member_id,
+            stream_id=stream_id,
+            container_id=engine.container_id,
+            content_key=content.key,
+            key_type=content.key_type,
+            playback_session_id=playback.playback_session_id,
+            stat_url=playback.stat_url,
+            command_url=playback.command_url,
+            is_live=bool(playback.is_live),
+            reservation_id=choice.reservation_id,
+            started_at=utcnow(),
+            proxy=self.member_id,
         )
         if not await self.keeper.report(names.STREAM_STARTED, event, f"started-{stream_id}"):
             # Maybe stored all the same (an ack lost): end it, so no stream stays started without us.
@@ -108,13 +121,20 @@ class Upstream:
             await self.end(session, "start not acknowledged")
             raise StartError(503, "JetStream did not acknowledge stream.started")
         metrics.STREAMS_STARTED.inc()
-        log.info("stream %s started: %s on engine %s (%s:%d)", stream_id, content.label, engine.container_id,
-                 engine.host, engine.port)
+        log.info(
+            "stream %s started: %s on engine %s (%s:%d)",
+            stream_id,
+            content.label,
+            engine.container_id,
+            engine.host,
+            engine.port,
+        )
         return Session(stream_id, content, engine, choice.reservation_id, playback)
 
     async def select(self, content: Content, exclude: list[str], deadline: float):
-        request = SelectRequest(content_key=content.key, key_type=content.key_type, client="aceorch-proxy",
-                                exclude=exclude[-64:])
+        request = SelectRequest(
+            content_key=content.key, key_type=content.key_type, client="aceorch-proxy", exclude=exclude[-64:]
+        )
         while True:
             try:
                 return await self.keeper.select(request)
@@ -127,15 +147,18 @@ class Upstream:
                 log.debug("%s: %s; selecting again in %gs", content.label, exc, wait)
                 await asyncio.sleep(wait)
 
-    async def _getstream(self, engine: EngineRecord, content: Content, pid: str, timeout: float,
-                         path: str) -> EngineSession:
+    async def _getstream(
+        self, engine: EngineRecord, content: Content, pid: str, timeout: float, path: str
+    ) -> EngineSession:
         param = "id" if content.key_type == "content_id" else content.key_type
         query = httpx.QueryParams({"format": "json", param: content.key, "pid": pid})
         url = f"http://{_host(engine.host)}:{engine.port}{path}?{query}"
         try:
             status, body = await _get(self.http, url, timeout)
         except (httpx.TimeoutException, TimeoutError):
-            raise StartError(504, f"engine {engine.container_id} did not answer getstream within {timeout:g}s") from None
+            raise StartError(
+                504, f"engine {engine.container_id} did not answer getstream within {timeout:g}s"
+            ) from None
         except (httpx.HTTPError, ResponseTooLarge) as exc:
             raise StartError(502, f"engine {engine.container_id} getstream failed: {describe(exc)}") from None
         try:
@@ -162,15 +185,21 @@ class Upstream:
         """Stop the engine session (unless another started stream shares it) and publish `stream.ended`."""
         if session.playback.command_url and not await self._shared(session):
             try:
-                await _get(self.http, f"{session.playback.command_url}{_sep(session.playback.command_url)}method=stop",
-                           ENGINE_TIMEOUT_S)
+                await _get(
+                    self.http,
+                    f"{session.playback.command_url}{_sep(session.playback.command_url)}method=stop",
+                    ENGINE_TIMEOUT_S,
+                )
             except (httpx.HTTPError, TimeoutError, ResponseTooLarge) as exc:
                 log.debug("stream %s: stop command failed: %s", session.stream_id, describe(exc))
-        event = StreamEnded(stream_id=session.stream_id, container_id=session.engine.container_id, reason=reason,
-                            ended_at=utcnow())
+        event = StreamEnded(
+            stream_id=session.stream_id, container_id=session.engine.container_id, reason=reason, ended_at=utcnow()
+        )
         if not await self.keeper.report(names.STREAM_ENDED, event, f"ended-{session.stream_id}"):
-            log.warning("stream %s: stream.ended not acknowledged; the state-keeper ends it when this proxy is gone",
-                        session.stream_id)
+            log.warning(
+                "stream %s: stream.ended not acknowledged; the state-keeper ends it when this proxy is gone",
+                session.stream_id,
+            )
         metrics.STREAMS_ENDED.labels(reason=reason if reason in metrics.END_REASONS else "other").inc()
         log.info("stream %s ended (%s) after %d bytes", session.stream_id, reason, session.bytes)
 
@@ -201,4 +230,3 @@ def _host(host: str) -> str:
 
 def _sep(url: str) -> str:
     return "&" if "?" in url else "?"
-

@@ -7,9 +7,9 @@ the problem; the HTTP layer turns it into `{"error": ..., "code": N}`.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from collections.abc import Mapping
 from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import msgspec
@@ -21,7 +21,11 @@ CONTENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 INFOHASH = re.compile(r"[0-9a-fA-F]{40}")
 # Viewer parameter → key type, in acexy's spelling.
 KEY_PARAMS: dict[str, KeyType] = {
-    "id": "content_id", "content_id": "content_id", "infohash": "infohash", "url": "url", "magnet": "magnet",
+    "id": "content_id",
+    "content_id": "content_id",
+    "infohash": "infohash",
+    "url": "url",
+    "magnet": "magnet",
 }
 DEAD_SESSION = "unknown playback session id"  # the engine's answer for a session it does not know
 
@@ -149,10 +153,13 @@ def stats_of(body: bytes, now: datetime) -> PlaybackStats:
     try:
         return msgspec.convert(
             {
-                "status": raw.status, "peers": raw.peers,
+                "status": raw.status,
+                "peers": raw.peers,
                 "speed_down": raw.speed_down if raw.speed_down is not None else raw.speedDown,
                 "speed_up": raw.speed_up if raw.speed_up is not None else raw.speedUp,
-                "downloaded": raw.downloaded, "uploaded": raw.uploaded, "livepos": raw.livepos,
+                "downloaded": raw.downloaded,
+                "uploaded": raw.uploaded,
+                "livepos": raw.livepos,
                 "reported_at": now,
             },
             PlaybackStats,

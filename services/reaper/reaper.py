@@ -79,9 +79,14 @@ class Reaper:
         log.info(
             "started with %gs interval: auto delete %s after %gs idle, floors %d engines / %d free, "
             "unhealthy engines replaced after %gs (%s runtime, holder %s)",
-            self.interval_s, "on" if self.config.auto_delete else "off", self.policy.grace_period_s,
-            self.policy.min_replicas, self.policy.min_free_replicas, self.policy.unhealthy_replace_after_s,
-            self.runtime.kind, self.holder,
+            self.interval_s,
+            "on" if self.config.auto_delete else "off",
+            self.policy.grace_period_s,
+            self.policy.min_replicas,
+            self.policy.min_free_replicas,
+            self.policy.unhealthy_replace_after_s,
+            self.runtime.kind,
+            self.holder,
         )
         try:
             while await sleep_to_next_epoch(self.interval_s, stop):
@@ -182,7 +187,9 @@ class Reaper:
             return
         log.warning(
             "engine %s unhealthy for %.0fs (%s): replacing it",
-            victim.container_name, unhealthy_for_s(victim, now), victim.last_error or "no error recorded",
+            victim.container_name,
+            unhealthy_for_s(victim, now),
+            victim.last_error or "no error recorded",
         )
         if not await self._successor_ready(victim, sweep, stop):
             return
@@ -235,7 +242,9 @@ class Reaper:
         try:
             await self.keeper.release(victim.container_id, claim_id)
         except KeeperError as exc:  # the claim lapses by itself after CLAIM_TTL_S
-            log.warning("release of %s failed (claim lapses in %gs): %s", victim.container_name, self.config.claim_ttl_s, exc)
+            log.warning(
+                "release of %s failed (claim lapses in %gs): %s", victim.container_name, self.config.claim_ttl_s, exc
+            )
 
     async def _claim_still_ours(self, victim: EngineRecord, claim_id: str) -> bool:
         """Last look before stopping: a stream that started meanwhile cancels our claim (state-keeper),
@@ -271,7 +280,9 @@ class Reaper:
                 await self._release(victim, claim_id)
                 return False
         event = EngineRemoved(container_id=victim.container_id, reason=reason)
-        if not await self.keeper.report(names.ENGINE_REMOVED, event, msg_id=f"removed.{victim.container_id}.{claim_id}"):
+        if not await self.keeper.report(
+            names.ENGINE_REMOVED, event, msg_id=f"removed.{victim.container_id}.{claim_id}"
+        ):
             log.error("engine %s was removed but engine.removed could not be published", victim.container_name)
         if reason == "idle":
             self.counts["reaped"] += 1

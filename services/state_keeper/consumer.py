@@ -25,14 +25,14 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, NoStreamResponseError
 
-from shared import names
-from shared.bus import Bus
-from shared.errors import describe
-from shared.kv import ConflictExhausted
-from shared.decode_errors import describe_decode_error
-from shared.schemas import EVENT_DECODERS, EVENT_TYPES
 from services.state_keeper.events import EngineNotKnownYet, EventApplier, Rejected
 from services.state_keeper.stats import Stats
+from shared import names
+from shared.bus import Bus
+from shared.decode_errors import describe_decode_error
+from shared.errors import describe
+from shared.kv import ConflictExhausted
+from shared.schemas import EVENT_DECODERS, EVENT_TYPES
 
 log = logging.getLogger("state-keeper")
 
@@ -155,7 +155,7 @@ class EventConsumer:
             await self._terminate(msg, exc.reason, str(exc))
         except EngineNotKnownYet as exc:
             await self._later(msg, exc)
-        except (ConflictExhausted, nats.errors.Error, APIError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, ConflictExhausted, nats.errors.Error, APIError, OSError) as exc:
             await self._retry(msg, f"{type(exc).__name__}: {exc}")
         except Exception:
             log.exception("unexpected error applying %s; will retry", subject)
@@ -206,7 +206,8 @@ class EventConsumer:
             self._outage_since = time.monotonic()
             log.warning(
                 "store unavailable (%s: %s); holding events until it answers, not fetching more",
-                type(exc).__name__, describe(exc),
+                type(exc).__name__,
+                describe(exc),
             )
         elif self._held == 0 and not self._store_answers.is_set():
             self._store_answers.set()
@@ -264,7 +265,7 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
     """Until `event` is set or `timeout_s` passed, whichever comes first."""
     try:
         await asyncio.wait_for(event.wait(), timeout_s)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
 
 
@@ -305,5 +306,8 @@ class RejectionLog:
         if window[2]:
             log.warning(
                 "rejected %s more %s events on %s in the last %.0f s",
-                format(window[2], ","), reason, subject, self.clock() - window[0],
+                format(window[2], ","),
+                reason,
+                subject,
+                self.clock() - window[0],
             )

@@ -23,6 +23,8 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from services.state_keeper.stats import Stats
+from services.state_keeper.store import Store
 from shared import names
 from shared.config import Config
 from shared.decode_errors import describe_decode_error
@@ -51,8 +53,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from services.state_keeper.stats import Stats
-from services.state_keeper.store import Store
 
 log = logging.getLogger("state-keeper")
 
@@ -87,7 +87,9 @@ class Endpoints:
         now = utcnow()
         for container_id, item in store.engines.items().items():
             self.candidates.update(container_id, item.value, now)
-        store.engines.listeners.append(lambda container_id, record: self.candidates.update(container_id, record, utcnow()))
+        store.engines.listeners.append(
+            lambda container_id, record: self.candidates.update(container_id, record, utcnow())
+        )
         # Reservation ids: unique per process start plus a counter (uuid4 reads os.urandom per call).
         self._reservation_prefix = secrets.token_hex(8)
         self._reservation_numbers = itertools.count(1)
@@ -147,7 +149,7 @@ class Endpoints:
             except ConflictExhausted as exc:
                 await _respond_error(request, 503, f"busy: {exc}", 0.5)
                 return
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+            except (TimeoutError, nats.errors.Error) as exc:
                 # KV briefly unwritable (a cluster electing a stream leader, a reconnect): retryable.
                 log.warning("%s: KV unavailable (%s); answered 503", name, describe(exc))
                 await _respond_error(request, 503, f"unavailable: {type(exc).__name__}", 1.0)
@@ -208,7 +210,9 @@ class Endpoints:
         self.stats.selection("no_capacity")
         await self.store.bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=request.content_key)))
         raise RequestError(
-            503, "no_capacity", retry_after_s(self.store.engines.values(), now, health_max_age_s=self.policy.health_max_age_s)
+            503,
+            "no_capacity",
+            retry_after_s(self.store.engines.values(), now, health_max_age_s=self.policy.health_max_age_s),
         )
 
     async def list_engines(self, data: bytes) -> EngineList:
@@ -244,7 +248,9 @@ class Endpoints:
         )
         claim = outcome.after.claim
         if claim.claim_id != claim_id:
-            log.info("engine %s: %s already holds its %s claim", outcome.after.container_name, request.holder, claim.purpose)
+            log.info(
+                "engine %s: %s already holds its %s claim", outcome.after.container_name, request.holder, claim.purpose
+            )
         else:
             log.info("engine %s claimed for %s by %s", outcome.after.container_name, request.purpose, request.holder)
         return ClaimReply(claim_id=claim.claim_id)
@@ -280,10 +286,13 @@ class Endpoints:
         for attempt in range(1, RESOLVE_ATTEMPTS + 1):
             try:
                 return await self.store.update_engine(container_id, change, use_cache=use_cache and attempt == 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning(
                     "%s: write to engine %s timed out, outcome unknown; re-reading (%d of %d)",
-                    name, container_id, attempt, RESOLVE_ATTEMPTS,
+                    name,
+                    container_id,
+                    attempt,
+                    RESOLVE_ATTEMPTS,
                 )
         return await self.store.update_engine(container_id, change, use_cache=False)
 

@@ -20,6 +20,7 @@ from datetime import datetime
 
 import msgspec
 
+from services.state_keeper.store import Store
 from shared.kv import DELETE
 from shared.policy.clock import ClockSkewed, off_by
 from shared.policy.events import (
@@ -46,7 +47,6 @@ from shared.schemas import (
     StreamStarted,
     utcnow,
 )
-from services.state_keeper.store import Store
 
 log = logging.getLogger("state-keeper")
 
@@ -97,8 +97,12 @@ class EventApplier:
         again); forgotten, or every new event would look older than them and change nothing."""
         for cid, item in list(self.store.engines.items().items()):
             if forget_sequences_beyond(item.value, last_seq) is not item.value:
-                log.warning("engine %s: its sequences are beyond ACE_EVENTS' last (%d): the events stream "
-                            "was made again; forgetting them", cid, last_seq)
+                log.warning(
+                    "engine %s: its sequences are beyond ACE_EVENTS' last (%d): the events stream "
+                    "was made again; forgetting them",
+                    cid,
+                    last_seq,
+                )
                 await self.store.update_engine(cid, lambda r: forget_sequences_beyond(r, last_seq) if r else None)
         dropped = await self.store.delete_removals(lambda removal: removal.removed_seq > last_seq)
         if dropped:
@@ -148,8 +152,13 @@ class EventApplier:
                 log.info("engine %s: registration #%d is older than its removal #%d; ignored", cid, seq, removed_seq)
             return
         if outcome.before is None:
-            log.info("engine %s registered at %s:%d (%s)", outcome.after.container_name, event.host, event.port,
-                     event.runtime)
+            log.info(
+                "engine %s registered at %s:%d (%s)",
+                outcome.after.container_name,
+                event.host,
+                event.port,
+                event.runtime,
+            )
         removal = await self.store.get_removal(cid)
         if removal is not None and removal.removed_seq > seq:
             await self.remove_engine(cid, removal.removed_seq, removal.reason)
@@ -170,7 +179,9 @@ class EventApplier:
             if after.health_status == "unhealthy":
                 log.warning(
                     "engine %s unhealthy (%s, %d consecutive)",
-                    after.container_name, event.error, after.consecutive_failures,
+                    after.container_name,
+                    event.error,
+                    after.consecutive_failures,
                 )
             else:
                 log.info("engine %s %s (was %s)", after.container_name, after.health_status, before.health_status)
@@ -189,8 +200,9 @@ class EventApplier:
 
     async def _engine_removed(self, event: EngineRemoved, seq: int) -> None:
         """Leave a tombstone first (so a registration racing us sees it), then remove the engine."""
-        removal = EngineRemoval(container_id=event.container_id, removed_seq=seq, removed_at=utcnow(),
-                                reason=event.reason)
+        removal = EngineRemoval(
+            container_id=event.container_id, removed_seq=seq, removed_at=utcnow(), reason=event.reason
+        )
         await self.store.record_removal(removal)
         await self.remove_engine(event.container_id, seq, event.reason)
 
@@ -203,8 +215,12 @@ class EventApplier:
             if current is None:
                 return
             if not removal_applies(current.value, seq):
-                log.info("engine %s: removal #%d is older than its registration #%d; kept",
-                         container_id, seq, current.value.registered_seq)
+                log.info(
+                    "engine %s: removal #%d is older than its registration #%d; kept",
+                    container_id,
+                    seq,
+                    current.value.registered_seq,
+                )
                 return
             for stream_id in current.value.streams:
                 # An absent record gets an ended tombstone: a start still writing it must see the end.
@@ -312,8 +328,13 @@ class EventApplier:
         ours); one behind is not: replaying events after an outage gives old stamps too."""
         off = off_by(stamp, now, self.max_clock_skew_s)
         if off is not None and off > 0:
-            log.warning("stream %s: %s is %.0fs ahead of the state-keeper's clock (MAX_CLOCK_SKEW_S=%g); "
-                        "taken as now", stream_id, field, off, self.max_clock_skew_s)
+            log.warning(
+                "stream %s: %s is %.0fs ahead of the state-keeper's clock (MAX_CLOCK_SKEW_S=%g); taken as now",
+                stream_id,
+                field,
+                off,
+                self.max_clock_skew_s,
+            )
 
     async def _missing(self, container_id: str, seq: int) -> None:
         """No record: an event older than the engine's removal is dropped; any other may be for an

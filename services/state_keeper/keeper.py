@@ -8,22 +8,22 @@ import socket
 import time
 from datetime import datetime
 
-from shared.bus import Bus
-from shared.config import Config
-from shared.lease import claim_epoch, sleep_to_next_epoch
-from shared.kv import DELETE, GONE_HORIZON_S, purge_markers
-from shared.policy.engines import tidy
-from shared.policy.events import stream_expired
-from shared.policy.health import HealthPolicy
-from shared.policy.orphans import Pair, orphans_due
-from shared.schemas import EngineIdle, StreamRecord, encode, utcnow
-from shared import names
 from services.state_keeper.consumer import EventConsumer
 from services.state_keeper.endpoints import Endpoints
 from services.state_keeper.events import EventApplier
 from services.state_keeper.stats import Stats
 from services.state_keeper.store import Store
 from services.state_keeper.upkeep import StreamUpkeep
+from shared import names
+from shared.bus import Bus
+from shared.config import Config
+from shared.kv import DELETE, GONE_HORIZON_S, purge_markers
+from shared.lease import claim_epoch, sleep_to_next_epoch
+from shared.policy.engines import tidy
+from shared.policy.events import stream_expired
+from shared.policy.health import HealthPolicy
+from shared.policy.orphans import Pair, orphans_due
+from shared.schemas import EngineIdle, StreamRecord, encode, utcnow
 
 log = logging.getLogger("state-keeper")
 
@@ -120,7 +120,9 @@ async def drop_record_less_streams(
         engine = store.engines.get(container_id)
         log.warning(
             "engine %s listed stream %s with no record for over %.0fs; dropping it",
-            engine.value.container_name if engine else container_id, stream_id, grace_s,
+            engine.value.container_name if engine else container_id,
+            stream_id,
+            grace_s,
         )
         await applier.reconcile(container_id, StreamRecord(stream_id=stream_id, status="ended"), None)
         landed = await store.get_stream(stream_id)

@@ -98,8 +98,10 @@ class Store(RecordViews):
     async def record_removal(self, removal: EngineRemoval) -> EngineRemoval:
         """Write (or keep, if a later one is there) the tombstone of a removal."""
         outcome = await cas_update(
-            self.bus.leases, REMOVAL_PREFIX + removal.container_id,
-            lambda existing: later_removal(existing, removal), decode_removal,
+            self.bus.leases,
+            REMOVAL_PREFIX + removal.container_id,
+            lambda existing: later_removal(existing, removal),
+            decode_removal,
         )
         return outcome.after
 
@@ -173,7 +175,11 @@ class Store(RecordViews):
         # catches a stale view, and most stream keys are new or were written by this replica.
         cached = self.streams.get(stream_id) or Versioned(None, self.streams.gone_revision(stream_id))
         outcome = await cas_update(
-            self.bus.streams, stream_id, change, decode_stream, cached=cached,
+            self.bus.streams,
+            stream_id,
+            change,
+            decode_stream,
+            cached=cached,
             latest=lambda: self.streams.get(stream_id),
         )
         if outcome.conflicts:

@@ -24,6 +24,10 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
+from services.state_keeper.consumer import RejectionLog, decode_message
+from services.state_keeper.events import Rejected
+from services.state_keeper.stats import Stats
+from services.state_keeper.store import Store
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -32,13 +36,14 @@ from shared.errors import describe
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.membership import Membership, new_member_id
 from shared.policy.streams import (
-    PROXY_LOST, SESSION_GONE, apply_stats, lost_to_proxies, needs_session_check, stat_url_on_engine,
+    PROXY_LOST,
+    SESSION_GONE,
+    apply_stats,
+    lost_to_proxies,
+    needs_session_check,
+    stat_url_on_engine,
 )
 from shared.schemas import EngineRecord, StreamEnded, StreamRecord, StreamStats, decoder, encode, utcnow
-from services.state_keeper.consumer import RejectionLog, decode_message
-from services.state_keeper.events import Rejected
-from services.state_keeper.stats import Stats
-from services.state_keeper.store import Store
 
 log = logging.getLogger("state-keeper")
 
@@ -117,14 +122,21 @@ class StreamUpkeep:
         if self.proxies.watched_for() >= self.proxies.ttl_s:
             lost = lost_to_proxies(started, self.proxies.members)
         for stream in lost:
-            log.warning("stream %s: its proxy %s stopped heartbeating over %gs ago; ending it (%s)",
-                        stream.stream_id, stream.proxy, self.proxies.ttl_s, PROXY_LOST)
+            log.warning(
+                "stream %s: its proxy %s stopped heartbeating over %gs ago; ending it (%s)",
+                stream.stream_id,
+                stream.proxy,
+                self.proxies.ttl_s,
+                PROXY_LOST,
+            )
             await self.end(stream, PROXY_LOST)
         now = utcnow()
         ended = {s.stream_id for s in lost}
         due = [
-            s for s in started
-            if s.stream_id not in ended and needs_session_check(s, now, self.interval_s)
+            s
+            for s in started
+            if s.stream_id not in ended
+            and needs_session_check(s, now, self.interval_s)
             and stat_url_on_engine(s, self._engine(s.container_id))
         ]
         if due:
@@ -142,8 +154,12 @@ class StreamUpkeep:
             async with slots:
                 if not await session_gone(client, stream.stat_url or "", timeout_s):
                     return
-            log.warning("stream %s: engine %s no longer knows its session; ending it (%s)",
-                        stream.stream_id, stream.container_id, SESSION_GONE)
+            log.warning(
+                "stream %s: engine %s no longer knows its session; ending it (%s)",
+                stream.stream_id,
+                stream.container_id,
+                SESSION_GONE,
+            )
             try:
                 await self.end(stream, SESSION_GONE)
             except Exception as exc:  # the others' checks go on; the next sweep tries this one again
@@ -156,10 +172,13 @@ class StreamUpkeep:
     async def end(self, stream: StreamRecord, reason: str) -> None:
         """Publish the stream's end to ACE_EVENTS; the fixed message id makes a repeat (the next sweep,
         before our view saw the end applied; another replica's sweep) a duplicate the server drops."""
-        event = StreamEnded(stream_id=stream.stream_id, container_id=stream.container_id, reason=reason,
-                            ended_at=utcnow())
+        event = StreamEnded(
+            stream_id=stream.stream_id, container_id=stream.container_id, reason=reason, ended_at=utcnow()
+        )
         await self.bus.js.publish(
-            names.STREAM_ENDED, encode(event), headers={"Nats-Msg-Id": f"{reason}.{stream.stream_id}"},
+            names.STREAM_ENDED,
+            encode(event),
+            headers={"Nats-Msg-Id": f"{reason}.{stream.stream_id}"},
             timeout=PUBLISH_TIMEOUT_S,
         )
 

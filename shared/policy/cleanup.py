@@ -63,7 +63,7 @@ def clean_script(cache_dir: str) -> str:
             f"d={quoted}",
             'if [ ! -d "$d" ]; then echo "cache dir $d does not exist (check ENGINE_CACHE_DIR)" >&2; exit 3; fi',
             'total=$(du -sb -- "$d") || exit 4',
-            'set -f; set -- $total; total=$1',
+            "set -f; set -- $total; total=$1",
             'own=$(stat -c %s -- "$d" 2>/dev/null || echo 0)',
             f'echo "{SIZE_MARKER}$((total - own))"',
             # A first pass may race with files the engine is still rotating; the second reports real errors.

@@ -173,8 +173,15 @@ def rescue_position(key: str, members: Iterable[str], me: str) -> int:
     return sum(1 for member in set(members) if member != me and (weight(member, key), member) > mine)
 
 
-def overdue(age_s: float | None, known_for_s: float, arrival: Arrival, position: int, schedule: ProbeSchedule,
-            timeout_s: float, health_max_age_s: float) -> bool:
+def overdue(
+    age_s: float | None,
+    known_for_s: float,
+    arrival: Arrival,
+    position: int,
+    schedule: ProbeSchedule,
+    timeout_s: float,
+    health_max_age_s: float,
+) -> bool:
     """The rescuer at `position` should probe the engine now: its owner (and the rescuers before) did not.
 
     A member killed moments ago keeps its share until its heartbeat's TTL

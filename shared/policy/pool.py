@@ -12,8 +12,8 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from shared.policy.engines import effective_state, is_idle
 from shared.config import Config
+from shared.policy.engines import effective_state, is_idle
 from shared.schemas import EngineRecord
 
 
@@ -98,7 +98,9 @@ def reapable(record: EngineRecord, now: datetime, policy: PoolPolicy) -> bool:
     )
 
 
-def above_floors_without(records: Iterable[EngineRecord], victim: EngineRecord, now: datetime, policy: PoolPolicy) -> bool:
+def above_floors_without(
+    records: Iterable[EngineRecord], victim: EngineRecord, now: datetime, policy: PoolPolicy
+) -> bool:
     """Would the pool still meet both floors if `victim` were gone?"""
     rest = [r for r in counted(records, now, policy) if r.container_id != victim.container_id]
     return len(rest) >= policy.min_replicas and sum(is_free(r, now) for r in rest) >= policy.min_free_replicas
@@ -141,9 +143,7 @@ def next_to_replace(records: Iterable[EngineRecord], now: datetime, policy: Pool
     if is_outage(records):
         return None
     overdue = [
-        r
-        for r in managed(records)
-        if unhealthy_for_s(r, now) > policy.unhealthy_replace_after_s and not r.streams
+        r for r in managed(records) if unhealthy_for_s(r, now) > policy.unhealthy_replace_after_s and not r.streams
     ]
     return max(overdue, key=lambda r: (unhealthy_for_s(r, now), r.container_id), default=None)
 
@@ -176,7 +176,9 @@ START_BACKOFF_BASE_S = 1.0
 START_BACKOFF_MAX_S = 60.0
 
 
-def start_backoff_s(consecutive_failures: int, base_s: float = START_BACKOFF_BASE_S, cap_s: float = START_BACKOFF_MAX_S) -> float:
+def start_backoff_s(
+    consecutive_failures: int, base_s: float = START_BACKOFF_BASE_S, cap_s: float = START_BACKOFF_MAX_S
+) -> float:
     """How long to wait before the next start after `consecutive_failures` failed ones (0: none)."""
     if consecutive_failures <= 0:
         return 0.0

@@ -34,7 +34,9 @@ NO_PROVISIONER_ETA_S = 10
 # After a provisioned engine answered: its first probe (a new engine is probed within about a
 # second) and the state-keeper applying it, before the provisioner replies anyway.
 HEALTHY_WAIT_S = 5.0
-ENGINE_INTERNAL_PORT = 6878  # the engine's HTTP port inside its container (shared/runtime/docker.py: not on the host network)
+ENGINE_INTERNAL_PORT = (
+    6878  # the engine's HTTP port inside its container (shared/runtime/docker.py: not on the host network)
+)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,11 @@ def provisioning_blocked(
 
 
 def max_replicas_eta_s(
-    records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, max_streams_per_engine: int, sweep_interval_s: float
+    records: Iterable[EngineRecord],
+    now: datetime,
+    policy: PoolPolicy,
+    max_streams_per_engine: int,
+    sweep_interval_s: float,
 ) -> int:
     """Seconds until a stream can be placed although the pool is at its ceiling, at least 1.
 

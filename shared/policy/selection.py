@@ -6,7 +6,7 @@ import heapq
 import itertools
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
@@ -15,7 +15,7 @@ from shared.policy.freshness import DEFAULT_HEALTH_MAX_AGE_S, is_health_fresh, s
 from shared.schemas import EngineRecord
 
 # Sorts never-used engines before any used one.
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -227,14 +227,17 @@ def reserve(record: EngineRecord, reservation_id: str, now: datetime, ttl_s: flo
 
 
 def retry_after_s(
-    engines: Iterable[EngineRecord], now: datetime, default: float = 5.0,
+    engines: Iterable[EngineRecord],
+    now: datetime,
+    default: float = 5.0,
     health_max_age_s: float = DEFAULT_HEALTH_MAX_AGE_S,
 ) -> float:
     """When capacity is likeliest to return: the soonest reservation expiry on a usable engine."""
     expiries = [
         expires
         for r in engines
-        if r.health_status == "healthy" and is_health_fresh(r, now, health_max_age_s)
+        if r.health_status == "healthy"
+        and is_health_fresh(r, now, health_max_age_s)
         and effective_state(r, now) == "active"
         for expires in live_reservations(r, now).values()
     ]

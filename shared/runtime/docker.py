@@ -60,8 +60,8 @@ from shared.runtime.base import (
     LABEL_SCOPE,
     EngineSpec,
     ExecResult,
-    RuntimeEvent,
     ExecStillRunning,
+    RuntimeEvent,
     RuntimeFailure,
     managed_labels,
     port_is_free,
@@ -161,7 +161,7 @@ class DockerRuntime:
         try:
             output = await asyncio.wait_for(self._call(self._exec_start, exec_id, limit), limit + EXEC_GRACE_S)
             state = await self._call(self._client.api.exec_inspect, exec_id)
-        except (asyncio.TimeoutError, docker.errors.APIError, requests.exceptions.RequestException) as exc:
+        except (TimeoutError, docker.errors.APIError, requests.exceptions.RequestException) as exc:
             await self._still_running(engine, exec_id, limit)  # raises unless the exec is over
             if isinstance(exc, asyncio.TimeoutError):
                 raise RuntimeFailure(f"docker: {what} did not finish within {limit}s; it was stopped") from None
@@ -206,14 +206,12 @@ class DockerRuntime:
         clean-up on exit leave a running engine behind.)
         """
         now = time.time()
-        left = [
-            c for c in await self._list(SETTLE)
-            if left_behind(c.status, _created_at(c), now, 2 * self._timeout_s)
-        ]
+        left = [c for c in await self._list(SETTLE) if left_behind(c.status, _created_at(c), now, 2 * self._timeout_s)]
         for container in left:
             if container.status == "created":
-                log.warning("docker: %s was created but never started (a create that timed out?); removing it",
-                            container.name)
+                log.warning(
+                    "docker: %s was created but never started (a create that timed out?); removing it", container.name
+                )
             await self.remove(self._spec(container))
         return [c.id for c in left]
 
@@ -339,8 +337,11 @@ class DockerRuntime:
             try:
                 container.remove(force=True)  # e.g. its port was taken: don't leave it holding the name
             except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
-                log.warning("docker: cannot remove %s after its failed start (%s); remove_exited settles it",
-                            name, getattr(exc, "explanation", None) or exc)
+                log.warning(
+                    "docker: cannot remove %s after its failed start (%s); remove_exited settles it",
+                    name,
+                    getattr(exc, "explanation", None) or exc,
+                )
             raise
         return container
 
@@ -525,8 +526,6 @@ def _created_at(container: Container) -> float | None:
         return datetime.fromisoformat(f"{head}.{(fraction or '0')[:6]}+00:00").timestamp()
     except ValueError:
         return None
-
-
 
 
 def _text(output: bytes | None) -> str:

@@ -44,7 +44,15 @@ from pathlib import Path
 
 from shared.config import Config
 from shared.policy.naming import free_ports, lowest_free_name, render_command
-from shared.runtime.base import LABEL_SCOPE, EngineSpec, ExecResult, RuntimeEvent, RuntimeFailure, managed_labels, port_is_free
+from shared.runtime.base import (
+    LABEL_SCOPE,
+    EngineSpec,
+    ExecResult,
+    RuntimeEvent,
+    RuntimeFailure,
+    managed_labels,
+    port_is_free,
+)
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +106,18 @@ class LocalRuntime:
         env = {**os.environ, "ENGINE_CACHE_DIR": engine.cache_dir}
         cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None
         proc = await asyncio.create_subprocess_exec(
-            "sh", "-c", script, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+            "sh",
+            "-c",
+            script,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
             start_new_session=True,  # a timeout kills the whole script, not just its shell
         )
         try:
             output, _ = await asyncio.wait_for(proc.communicate(), timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.communicate()
@@ -225,7 +239,8 @@ class LocalRuntime:
     def _dead_files(self, known: set[tuple[str, int]]) -> list[EngineFile]:
         """State files whose process is gone, except those in `known` or being removed through us."""
         return [
-            f for f in self._files()
+            f
+            for f in self._files()
             if (f.name, f.pid) not in known and f.pid not in self._removing and not self._alive(f)
         ]
 
@@ -391,5 +406,3 @@ def _exited(pid: int) -> bool:
     """Gone, or a zombie (state Z in /proc/<pid>/stat, after the command name in parentheses)."""
     fields = _stat_fields(pid)
     return fields is None or fields[0] == b"Z"
-
-

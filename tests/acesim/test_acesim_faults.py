@@ -10,7 +10,6 @@ import time
 
 import httpx
 import pytest
-
 from acesim_harness import REPO_ROOT, SimProcess, StartSim, free_port_range, wait_until_answering
 
 STATUS_PATH = "/server/api?api_version=3&method=get_status"
@@ -77,8 +76,15 @@ def test_crash_exits_the_single_engine_process_with_1(engine: SimProcess, client
 
 
 def test_bad_fault_requests_are_rejected(engine: SimProcess, client: httpx.Client) -> None:
-    for query in ("mode=explode", "", "mode=slow&ms=x", "mode=error&code=99", "mode=refuse&for_s=-1",
-                  "mode=prebuf&s=-1", "mode=prebuf&s=soon"):
+    for query in (
+        "mode=explode",
+        "",
+        "mode=slow&ms=x",
+        "mode=error&code=99",
+        "mode=refuse&for_s=-1",
+        "mode=prebuf&s=-1",
+        "mode=prebuf&s=soon",
+    ):
         reply = client.get(engine.url(f"/__sim/fault?{query}"))
         assert reply.status_code == 400, query
         assert reply.json()["ok"] is False

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 
 import httpx
-
 from acesim_harness import SimProcess, StartSim
-from deploy.acesim import acesim
 from ts_reader import TS, RawPlayer
+
+from deploy.acesim import acesim
 
 STATUS_PATH = "/server/api?api_version=3&method=get_status"
 DEAD = {"response": None, "error": "unknown playback session id"}

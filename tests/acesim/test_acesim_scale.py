@@ -7,7 +7,6 @@ import time
 
 import httpx
 import pytest
-
 from acesim_harness import StartSim, wait_until_answering
 
 STATUS_PATH = "/server/api?api_version=3&method=get_status"

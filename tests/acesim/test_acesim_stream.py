@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from acesim_harness import REPO_ROOT, SimProcess, StartSim, free_port_range
 from ts_reader import TS, RawPlayer, continuity_breaks, packets, pcrs, program
 
@@ -34,7 +33,9 @@ def tool(name: str) -> str:
 def ffprobe(url: str) -> dict:
     probe = subprocess.run(
         [tool("ffprobe"), "-v", "error", "-of", "json", "-show_format", "-show_programs", "-show_streams", url],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert probe.returncode == 0, probe.stderr
     return json.loads(probe.stdout)
@@ -55,9 +56,7 @@ def test_ffprobe_reads_an_mpegts_program_from_getstream(engine: SimProcess) -> N
     assert [stream["codec_type"] for stream in found["streams"]] == ["audio"]
 
 
-def test_stream_is_paced_at_the_bitrate_with_pcr_and_continuity(
-    start_sim: StartSim, client: httpx.Client
-) -> None:
+def test_stream_is_paced_at_the_bitrate_with_pcr_and_continuity(start_sim: StartSim, client: httpx.Client) -> None:
     bitrate = 400_000
     sim = start_sim(1, "--bitrate", "400k")
     session = getstream(client, sim, "paced")
@@ -86,13 +85,13 @@ def test_stream_is_paced_at_the_bitrate_with_pcr_and_continuity(
 
 def _overlap(a: bytes, b: bytes) -> tuple[bytes, bytes]:
     """The parts of two reads of one live stream that cover the same packets."""
-    window = a[20 * TS:30 * TS]
+    window = a[20 * TS : 30 * TS]
     at = b.find(window)
     assert at >= 0 and at % TS == 0, "the two reads share no packets"
     shift = at - 20 * TS
     start_a, start_b = max(0, -shift), max(0, shift)
     length = min(len(a) - start_a, len(b) - start_b)
-    return a[start_a:start_a + length], b[start_b:start_b + length]
+    return a[start_a : start_a + length], b[start_b : start_b + length]
 
 
 def test_a_content_is_the_same_bytes_on_every_engine_and_differs_between_contents(
@@ -100,8 +99,10 @@ def test_a_content_is_the_same_bytes_on_every_engine_and_differs_between_content
 ) -> None:
     sim = start_sim(2, "--bitrate", "400k")
     first, second = sim.ports
-    urls = [getstream(client, sim, content, port)["playback_url"]
-            for port, content in ((first, "news"), (second, "news"), (second, "sports"))]
+    urls = [
+        getstream(client, sim, content, port)["playback_url"]
+        for port, content in ((first, "news"), (second, "news"), (second, "sports"))
+    ]
     # Joined together: each join starts 5 s behind live, so reads opened a second apart (a busy
     # machine) would cover different stretches of the channel.
     with RawPlayer(urls[0]) as one, RawPlayer(urls[1]) as two, RawPlayer(urls[2]) as three:
@@ -109,7 +110,7 @@ def test_a_content_is_the_same_bytes_on_every_engine_and_differs_between_content
     on_first, on_second = _overlap(reads[0], reads[1])
     assert len(on_first) >= 150 * TS
     assert on_first == on_second
-    assert reads[0][20 * TS:30 * TS] not in reads[2]
+    assert reads[0][20 * TS : 30 * TS] not in reads[2]
 
 
 @pytest.fixture(scope="module")
@@ -117,18 +118,37 @@ def media_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two seconds of test pattern and tone, made by ffmpeg: a real TS file."""
     path = tmp_path_factory.mktemp("media") / "testsrc.ts"
     made = subprocess.run(
-        [tool("ffmpeg"), "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=25",
-         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "2",
-         "-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts", str(path)],
-        capture_output=True, text=True, timeout=60,
+        [
+            tool("ffmpeg"),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=160x120:rate=25",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=48000",
+            "-t",
+            "2",
+            "-c:v",
+            "mpeg2video",
+            "-c:a",
+            "mp2",
+            "-f",
+            "mpegts",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert made.returncode == 0, made.stderr
     return path
 
 
-def test_media_loops_as_one_stream_across_the_seam(
-    start_sim: StartSim, client: httpx.Client, media_file: Path
-) -> None:
+def test_media_loops_as_one_stream_across_the_seam(start_sim: StartSim, client: httpx.Client, media_file: Path) -> None:
     sim = start_sim(1, "--media", str(media_file))
     file_packets = media_file.stat().st_size // TS
     with RawPlayer(getstream(client, sim, "looped")["playback_url"]) as player:
@@ -139,7 +159,9 @@ def test_media_loops_as_one_stream_across_the_seam(
 
     decoded = subprocess.run(
         [tool("ffmpeg"), "-v", "error", "-i", sim.url("/ace/getstream?id=looped"), "-t", "4", "-f", "null", "-"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert decoded.returncode == 0, decoded.stderr
     codecs = {stream["codec_type"] for stream in ffprobe(sim.url("/ace/getstream?id=looped"))["streams"]}
@@ -152,7 +174,10 @@ def test_unreadable_media_fails_at_start(tmp_path: Path) -> None:
     for media in (not_ts, tmp_path / "missing.ts"):
         run = subprocess.run(
             [sys.executable, "-m", "deploy.acesim", "--port", str(free_port_range(1)), "--media", str(media)],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         assert run.returncode == 2
         assert str(media) in run.stderr

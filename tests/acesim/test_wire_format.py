@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import httpx
-
 from acesim_harness import HOST, SimProcess
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -133,9 +132,7 @@ def test_getstream_without_format_json_redirects(engine: SimProcess, client: htt
 # -- playback, stat, command ---------------------------------------------------
 
 
-def read_stream(
-    client: httpx.Client, url: str, *, min_bytes: int = 0, seconds: float = 0.0
-) -> tuple[str, bytes]:
+def read_stream(client: httpx.Client, url: str, *, min_bytes: int = 0, seconds: float = 0.0) -> tuple[str, bytes]:
     """Read a playback stream until both limits are reached, then hang up."""
     received = bytearray()
     deadline = time.monotonic() + seconds

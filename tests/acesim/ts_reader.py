@@ -19,7 +19,7 @@ NULL_PID = 0x1FFF
 def packets(data: bytes) -> list[bytes]:
     assert len(data) >= TS, f"only {len(data)} bytes"
     whole = data[: len(data) - len(data) % TS]
-    split = [whole[at:at + TS] for at in range(0, len(whole), TS)]
+    split = [whole[at : at + TS] for at in range(0, len(whole), TS)]
     assert all(packet[0] == 0x47 for packet in split), "lost 188-byte packet sync"
     return split
 
@@ -57,7 +57,7 @@ def _section(packet: bytes) -> bytes:
     assert packet[1] & 0x40, "PSI packet without payload_unit_start"
     start = 4 + 1 + packet[4]  # skip the pointer field
     length = ((packet[start + 1] & 0x0F) << 8) | packet[start + 2]
-    return packet[start:start + 3 + length]
+    return packet[start : start + 3 + length]
 
 
 @dataclass
@@ -109,7 +109,7 @@ class RawPlayer:
         self.sock.settimeout(timeout_s)
         try:
             return self.sock.recv(1 << 16)
-        except socket.timeout:
+        except TimeoutError:
             return None
         except ConnectionResetError:
             return b""

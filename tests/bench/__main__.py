@@ -33,15 +33,20 @@ async def run_all(results: Results) -> list[str]:
         except Exception:  # one broken benchmark must not hide the others' figures
             traceback.print_exc()
             failed.append(name)
-            results.add(name, "benchmark completed", 0, "", target="yes", ok=False, note="raised; see the traceback above")
+            results.add(
+                name, "benchmark completed", 0, "", target="yes", ok=False, note="raised; see the traceback above"
+            )
         print(f"  ({name}: {time.monotonic() - began:.0f}s)", flush=True)
     return failed
 
 
 def main() -> int:
     info = machine()
-    print(f"aceorch benchmarks on {info['nproc']} x {info['cpu']}, {info['ram_gib']} GiB, Python {info['python']}, "
-          f"{info['nats_server']}, nats-py {info['nats_py']}", flush=True)
+    print(
+        f"aceorch benchmarks on {info['nproc']} x {info['cpu']}, {info['ram_gib']} GiB, Python {info['python']}, "
+        f"{info['nats_server']}, nats-py {info['nats_py']}",
+        flush=True,
+    )
     results = Results()
     began = time.monotonic()
     failed = run_loop(run_all(results))

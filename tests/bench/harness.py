@@ -431,7 +431,9 @@ async def bounded_gather(factories: Iterable[Callable[[], Awaitable[object]]], l
     return await asyncio.gather(*(one(f) for f in factories))
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str, period_s: float = 0.05) -> float:
+async def wait_for(
+    predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str, period_s: float = 0.05
+) -> float:
     """Poll until true; the time it took. Raises TimeoutError naming `what`."""
     started = time.monotonic()
     while True:

@@ -76,24 +76,42 @@ async def big_fleet(results: Results) -> None:
             url = start_gateway(stack)
             await register_engines(stack, BIG_FLEET)
             async with httpx.AsyncClient(trust_env=False) as client:
-                await wait_for(lambda: engines_listed(client, url, BIG_FLEET), 60, f"{BIG_FLEET} engines on /engines",
-                               period_s=0.3)
+                await wait_for(
+                    lambda: engines_listed(client, url, BIG_FLEET), 60, f"{BIG_FLEET} engines on /engines", period_s=0.3
+                )
             idle = stack.gauge.now("gateway")
             stack.gauge.reset()
             with Window(stack.gauge) as window:
                 latencies, size, elapsed, statuses = await hammer(f"{url}/engines", BIG_REQUESTS, CONCURRENCY)
             rate = len(latencies) / elapsed
             cpu_ms = window.used.get("gateway", 0.0) / len(latencies) * 1000
-            results.add(BENCH, f"GET /engines, {BIG_FLEET} engines", rate, "req/s",
-                        note=f"{CONCURRENCY} concurrent, {len(latencies)} requests, statuses {statuses}; "
-                             f"gateway {window.share('gateway'):.0%} of a core, {cpu_ms:.1f} ms CPU per request; "
-                             f"this client {window.own / window.seconds:.0%}, other work on the machine "
-                             f"{window.foreign_share:.0%} of a core")
-            results.add(BENCH, f"GET /engines p50, {BIG_FLEET} engines", percentile(latencies, 50) * 1000, "ms", digits=1)
-            results.add(BENCH, f"GET /engines p99, {BIG_FLEET} engines", percentile(latencies, 99) * 1000, "ms", digits=1)
-            results.add(BENCH, f"GET /engines reply, {BIG_FLEET} engines", size / 1024, "KiB", digits=0,
-                        note=f"{size / BIG_FLEET:.0f} B per engine record")
-            results.memory("gateway", idle, stack.gauge.peaks().get("gateway"), f"GET /engines with {BIG_FLEET} engines")
+            results.add(
+                BENCH,
+                f"GET /engines, {BIG_FLEET} engines",
+                rate,
+                "req/s",
+                note=f"{CONCURRENCY} concurrent, {len(latencies)} requests, statuses {statuses}; "
+                f"gateway {window.share('gateway'):.0%} of a core, {cpu_ms:.1f} ms CPU per request; "
+                f"this client {window.own / window.seconds:.0%}, other work on the machine "
+                f"{window.foreign_share:.0%} of a core",
+            )
+            results.add(
+                BENCH, f"GET /engines p50, {BIG_FLEET} engines", percentile(latencies, 50) * 1000, "ms", digits=1
+            )
+            results.add(
+                BENCH, f"GET /engines p99, {BIG_FLEET} engines", percentile(latencies, 99) * 1000, "ms", digits=1
+            )
+            results.add(
+                BENCH,
+                f"GET /engines reply, {BIG_FLEET} engines",
+                size / 1024,
+                "KiB",
+                digits=0,
+                note=f"{size / BIG_FLEET:.0f} B per engine record",
+            )
+            results.memory(
+                "gateway", idle, stack.gauge.peaks().get("gateway"), f"GET /engines with {BIG_FLEET} engines"
+            )
         finally:
             await bus.close()
 
@@ -103,8 +121,18 @@ async def hung_engines(results: Results) -> None:
         bus = await stack.bus("bench-http")
         first = free_port_block(SMALL_FLEET)
         ports = list(range(first, first + SMALL_FLEET))
-        stack.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{ports[-1]}",
-                               "--cache-dir", str(stack.workdir / "acesim-cache")])
+        stack.start(
+            "acesim",
+            [
+                sys.executable,
+                "-m",
+                "deploy.acesim",
+                "--ports",
+                f"{first}-{ports[-1]}",
+                "--cache-dir",
+                str(stack.workdir / "acesim-cache"),
+            ],
+        )
         try:
             env = dict(HEALTH_CHECK_INTERVAL_S=2, HEALTH_CHECK_TIMEOUT_S=1, HEALTH_RECHECK_S=1)
             await stack.keepers(bus.nc, 1, **env)
@@ -113,28 +141,50 @@ async def hung_engines(results: Results) -> None:
             async with httpx.AsyncClient(trust_env=False) as client:
                 await wait_for(lambda: _answers(client, ports), 30, f"acesim on {SMALL_FLEET} ports", period_s=0.2)
                 await bounded_gather(
-                    [lambda port=port: bus.js.publish(
-                        names.ENGINE_REGISTERED,
-                        encode(EngineRegistered(container_id=f"sim-{port}", host="127.0.0.1", port=port, runtime="external")))
-                     for port in ports],
+                    [
+                        lambda port=port: bus.js.publish(
+                            names.ENGINE_REGISTERED,
+                            encode(
+                                EngineRegistered(
+                                    container_id=f"sim-{port}", host="127.0.0.1", port=port, runtime="external"
+                                )
+                            ),
+                        )
+                        for port in ports
+                    ],
                     16,
                 )
-                await wait_for(lambda: engines_listed(client, url, SMALL_FLEET, "healthy"), 60,
-                               f"{SMALL_FLEET} healthy engines", period_s=0.3)
+                await wait_for(
+                    lambda: engines_listed(client, url, SMALL_FLEET, "healthy"),
+                    60,
+                    f"{SMALL_FLEET} healthy engines",
+                    period_s=0.3,
+                )
                 for port in ports[:HUNG]:
                     await client.get(f"http://127.0.0.1:{ports[-1]}/__sim/fault?mode=hang&port={port}")
-                await wait_for(lambda: engines_listed(client, url, HUNG, "unhealthy"), 60,
-                               f"{HUNG} hung engines unhealthy", period_s=0.3)
+                await wait_for(
+                    lambda: engines_listed(client, url, HUNG, "unhealthy"),
+                    60,
+                    f"{HUNG} hung engines unhealthy",
+                    period_s=0.3,
+                )
             with Window(stack.gauge) as window:
                 latencies, size, elapsed, statuses = await hammer(f"{url}/engines", SMALL_REQUESTS, CONCURRENCY)
             p99 = percentile(latencies, 99) * 1000
-            results.add(BENCH, f"GET /engines p99, {SMALL_FLEET} engines, {HUNG} hung", p99, "ms", digits=2,
-                        target=f"< {TARGET_P99_MS:g} ms", ok=p99 < TARGET_P99_MS,
-                        note=f"{len(latencies) / elapsed:,.0f} req/s, p50 {percentile(latencies, 50) * 1000:.2f} ms, "
-                             f"max {max(latencies) * 1000:.1f} ms, {size} B reply, statuses {statuses}; "
-                             f"gateway {window.share('gateway'):.0%} of a core, this client {window.own / window.seconds:.0%}, "
-                             f"other work on the machine {window.foreign_share:.0%} of a core; "
-                             "a prober keeps probing the hung engines meanwhile")
+            results.add(
+                BENCH,
+                f"GET /engines p99, {SMALL_FLEET} engines, {HUNG} hung",
+                p99,
+                "ms",
+                digits=2,
+                target=f"< {TARGET_P99_MS:g} ms",
+                ok=p99 < TARGET_P99_MS,
+                note=f"{len(latencies) / elapsed:,.0f} req/s, p50 {percentile(latencies, 50) * 1000:.2f} ms, "
+                f"max {max(latencies) * 1000:.1f} ms, {size} B reply, statuses {statuses}; "
+                f"gateway {window.share('gateway'):.0%} of a core, this client {window.own / window.seconds:.0%}, "
+                f"other work on the machine {window.foreign_share:.0%} of a core; "
+                "a prober keeps probing the hung engines meanwhile",
+            )
         finally:
             await bus.close()
 
@@ -149,7 +199,10 @@ async def _answers(client: httpx.AsyncClient, ports: list[int]) -> bool:
 
 
 async def bench(results: Results) -> None:
-    print(f"\n== http: GET /engines with {BIG_FLEET} engines, and with {SMALL_FLEET} engines of which {HUNG} hang", flush=True)
+    print(
+        f"\n== http: GET /engines with {BIG_FLEET} engines, and with {SMALL_FLEET} engines of which {HUNG} hang",
+        flush=True,
+    )
     await big_fleet(results)
     await hung_engines(results)
 

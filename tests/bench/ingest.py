@@ -47,14 +47,22 @@ def events(prefix: str, engine_ids: list[str]) -> list[tuple[str, bytes, str]]:
     now = utcnow()
     starts = [
         StreamStarted(
-            stream_id=f"{prefix}-{i}", container_id=engine_ids[i % len(engine_ids)],
-            content_key=f"content-{i % 37}", key_type="content_id", playback_session_id=f"session-{i}",
-            stat_url=f"http://127.0.0.1:6878/ace/stat/x/{i}", command_url=f"http://127.0.0.1:6878/ace/cmd/x/{i}",
-            is_live=True, started_at=now,
+            stream_id=f"{prefix}-{i}",
+            container_id=engine_ids[i % len(engine_ids)],
+            content_key=f"content-{i % 37}",
+            key_type="content_id",
+            playback_session_id=f"session-{i}",
+            stat_url=f"http://127.0.0.1:6878/ace/stat/x/{i}",
+            command_url=f"http://127.0.0.1:6878/ace/cmd/x/{i}",
+            is_live=True,
+            started_at=now,
         )
         for i in range(PAIRS)
     ]
-    ends = [StreamEnded(stream_id=f"{prefix}-{i}", container_id=engine_ids[i % len(engine_ids)], reason="bench") for i in range(PAIRS)]
+    ends = [
+        StreamEnded(stream_id=f"{prefix}-{i}", container_id=engine_ids[i % len(engine_ids)], reason="bench")
+        for i in range(PAIRS)
+    ]
     out = []
     for i in range(PAIRS):
         out.append((names.STREAM_STARTED, encode(starts[i]), f"start-{prefix}-{i}"))
@@ -94,13 +102,17 @@ async def verify(bus, prefix: str, engine_ids: list[str], began: datetime) -> No
     whose start was dropped has no `started_at` nor `content_key`), and every engine must hold
     no stream and show a stream start from this round.
     """
+
     async def check(i: int) -> str | None:
         key = f"{prefix}-{i}"
         entry = await bus.streams.get(key)
         record = json.loads(entry.value) if entry.value else {}
         expected = {
-            "status": "ended", "container_id": engine_ids[i % len(engine_ids)], "content_key": f"content-{i % 37}",
-            "playback_session_id": f"session-{i}", "reason": "bench",
+            "status": "ended",
+            "container_id": engine_ids[i % len(engine_ids)],
+            "content_key": f"content-{i % 37}",
+            "playback_session_id": f"session-{i}",
+            "reason": "bench",
         }
         wrong = {field: record.get(field) for field, value in expected.items() if record.get(field) != value}
         if wrong or not record.get("started_at") or not record.get("ended_at"):
@@ -208,15 +220,26 @@ async def bench(results: Results) -> None:
             engine_ids = await register_engines(stack, ENGINES, healthy=False)
             idle = stack.gauge.now("state-keeper")
             sample = StreamRecord(
-                stream_id="r1-1234", container_id=engine_ids[0], content_key="content-12", key_type="content_id",
-                playback_session_id="session-1234", stat_url="http://127.0.0.1:6878/ace/stat/x/1234",
-                command_url="http://127.0.0.1:6878/ace/cmd/x/1234", is_live=True, started_at=utcnow(),
+                stream_id="r1-1234",
+                container_id=engine_ids[0],
+                content_key="content-12",
+                key_type="content_id",
+                playback_session_id="session-1234",
+                stat_url="http://127.0.0.1:6878/ace/stat/x/1234",
+                command_url="http://127.0.0.1:6878/ace/cmd/x/1234",
+                is_live=True,
+                started_at=utcnow(),
             )
             cas = await RawCas.create(bus, len(encode(sample)))
             for writers in CAS_WRITERS:
                 rate = await cas.rate(writers, CAS_SECONDS)
-                results.add(BENCH, f"raw CAS writes, {writers} writer{'s' if writers > 1 else ''}", rate, "writes/s",
-                            note=f"{writers if writers == TARGET_WRITERS else ENGINES} keys, value {len(cas.value)} B")
+                results.add(
+                    BENCH,
+                    f"raw CAS writes, {writers} writer{'s' if writers > 1 else ''}",
+                    rate,
+                    "writes/s",
+                    note=f"{writers if writers == TARGET_WRITERS else ENGINES} keys, value {len(cas.value)} B",
+                )
             stack.gauge.reset()
             measured = {1: await rounds(stack, bus, cas, 1, engine_ids)}
             stack.service("state_keeper")
@@ -230,11 +253,29 @@ async def bench(results: Results) -> None:
         label = f"{replicas} keeper{'s' if replicas > 1 else ''}"
         results.add(BENCH, f"ingest {label}", rate, "pairs/s", note=f"median of {ROUNDS} rounds; last: {note}")
         results.add(BENCH, f"ingest {label} events", 2 * rate, "events/s")
-        results.add(BENCH, f"KV reflects every pair ({label})", 1, "", target="yes", ok=True,
-                    note=f"every stream record and engine checked against the sequential model, {ROUNDS} rounds")
-        extra = dict(target=f">= {TARGET_RATIO} x raw CAS ({TARGET_WRITERS} writers)", ok=ratio >= TARGET_RATIO) if replicas == 1 else {}
-        results.add(BENCH, f"ingest events/raw CAS ({label})", ratio, "x", digits=2,
-                    note=f"median of {ROUNDS} per-round ratios, each against a {CAS_ROUND_S:g}s baseline run just before it", **extra)
+        results.add(
+            BENCH,
+            f"KV reflects every pair ({label})",
+            1,
+            "",
+            target="yes",
+            ok=True,
+            note=f"every stream record and engine checked against the sequential model, {ROUNDS} rounds",
+        )
+        extra = (
+            dict(target=f">= {TARGET_RATIO} x raw CAS ({TARGET_WRITERS} writers)", ok=ratio >= TARGET_RATIO)
+            if replicas == 1
+            else {}
+        )
+        results.add(
+            BENCH,
+            f"ingest events/raw CAS ({label})",
+            ratio,
+            "x",
+            digits=2,
+            note=f"median of {ROUNDS} per-round ratios, each against a {CAS_ROUND_S:g}s baseline run just before it",
+            **extra,
+        )
     one, three = measured[1][0], measured[3][0]
     results.add(BENCH, "3 keepers vs 1", three / one, "x", digits=2, target="> 1 x", ok=three > one)
 

@@ -1,6 +1,6 @@
 """Render a saved run as Markdown tables (what BENCHMARKS.md quotes).
 
-    python -m tests.bench.markdown [build/bench/all.json]
+python -m tests.bench.markdown [build/bench/all.json]
 """
 
 from __future__ import annotations

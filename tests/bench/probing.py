@@ -55,8 +55,15 @@ class Fleet:
         self.hung_b = self.ports[HUNG_EVERY // 2 :: HUNG_EVERY]
         self.proc: Process = processes.start(
             "acesim",
-            [sys.executable, "-m", "deploy.acesim", "--ports", f"{self.first}-{self.ports[-1]}",
-             "--cache-dir", str(workdir / "acesim-cache")],
+            [
+                sys.executable,
+                "-m",
+                "deploy.acesim",
+                "--ports",
+                f"{self.first}-{self.ports[-1]}",
+                "--cache-dir",
+                str(workdir / "acesim-cache"),
+            ],
         )
 
     def engine_id(self, port: int) -> str:
@@ -78,8 +85,10 @@ class Fleet:
         # own port is not the place to send the command that clears it.
         control = self.ports[1]
         await bounded_gather(
-            [lambda port=port: http.get(f"http://127.0.0.1:{control}/__sim/fault?mode={mode}&port={port}", timeout=5)
-             for port in ports],
+            [
+                lambda port=port: http.get(f"http://127.0.0.1:{control}/__sim/fault?mode={mode}&port={port}", timeout=5)
+                for port in ports
+            ],
             16,
         )
 
@@ -126,24 +135,38 @@ async def run_replicas(results: Results, fleet: Fleet, http: httpx.AsyncClient, 
             with Window(stack.gauge) as first:
                 started = time.monotonic()
                 await bounded_gather(
-                    [lambda port=port: bus.js.publish(
-                        names.ENGINE_REGISTERED,
-                        encode(EngineRegistered(container_id=fleet.engine_id(port), host="127.0.0.1", port=port,
-                                                runtime="external")),
-                        headers={"Nats-Msg-Id": f"reg-{port}"})
-                     for port in fleet.ports],
+                    [
+                        lambda port=port: bus.js.publish(
+                            names.ENGINE_REGISTERED,
+                            encode(
+                                EngineRegistered(
+                                    container_id=fleet.engine_id(port), host="127.0.0.1", port=port, runtime="external"
+                                )
+                            ),
+                            headers={"Nats-Msg-Id": f"reg-{port}"},
+                        )
+                        for port in fleet.ports
+                    ],
                     64,
                 )
                 await wait_for(_all_seen(seen, ENGINES), 120, f"a probe of each of {ENGINES} engines", period_s=0.05)
                 round_s = max(seen.values()) - started
-            results.add(BENCH, f"first round, {ENGINES} new engines ({label})", round_s, "s", digits=1,
-                        target=f"< {TARGET_ROUND_S:g} s", ok=round_s < TARGET_ROUND_S,
-                        note=f"from registration until each engine was probed once ({len(fleet.hung_a)} hung); "
-                             f"probers used {first.used.get('prober', 0.0):.2f} CPU s, acesim "
-                             f"{first.used.get('acesim', 0.0):.2f} CPU s")
+            results.add(
+                BENCH,
+                f"first round, {ENGINES} new engines ({label})",
+                round_s,
+                "s",
+                digits=1,
+                target=f"< {TARGET_ROUND_S:g} s",
+                ok=round_s < TARGET_ROUND_S,
+                note=f"from registration until each engine was probed once ({len(fleet.hung_a)} hung); "
+                f"probers used {first.used.get('prober', 0.0):.2f} CPU s, acesim "
+                f"{first.used.get('acesim', 0.0):.2f} CPU s",
+            )
             healthy = ENGINES - len(fleet.hung_a)
-            await wait_for(lambda: _count(statuses(bus.nc), "healthy", healthy), 120, f"{healthy} engines healthy",
-                           period_s=0.5)
+            await wait_for(
+                lambda: _count(statuses(bus.nc), "healthy", healthy), 120, f"{healthy} engines healthy", period_s=0.5
+            )
 
             # 2. another 5% of (healthy) engines hang while the first 5% recover: until all of the
             #    newly hung are unhealthy, and CPU over two steady rounds
@@ -164,20 +187,40 @@ async def run_replicas(results: Results, fleet: Fleet, http: httpx.AsyncClient, 
                     await asyncio.sleep(rest)
             probes = observations[0]
             bound = INTERVAL_S + 2 * TIMEOUT_S + RECHECK_S
-            results.add(BENCH, f"hung engines unhealthy after ({label})", unhealthy_s, "s", digits=1,
-                        target=f"<= {bound:g} s (interval + 2 x timeout + recheck)",
-                        ok=unhealthy_s <= bound + 0.05 * INTERVAL_S + 1,  # jitter and the keeper's share
-                        note=f"{len(hung_ids)} engines hung at once")
+            results.add(
+                BENCH,
+                f"hung engines unhealthy after ({label})",
+                unhealthy_s,
+                "s",
+                digits=1,
+                target=f"<= {bound:g} s (interval + 2 x timeout + recheck)",
+                ok=unhealthy_s <= bound + 0.05 * INTERVAL_S + 1,  # jitter and the keeper's share
+                note=f"{len(hung_ids)} engines hung at once",
+            )
             rounds = steady.seconds / INTERVAL_S
             cpu_round = steady.used.get("prober", 0.0) / rounds
             per_probe_ms = steady.used.get("prober", 0.0) / max(1, probes) * 1000
-            results.add(BENCH, f"prober CPU per round ({label})", cpu_round, "CPU s", digits=2,
-                        note=f"{probes} probes in {steady.seconds:.1f}s ({rounds:.1f} rounds of {INTERVAL_S:g}s), "
-                             f"{per_probe_ms:.2f} ms CPU per probe, all replicas together")
+            results.add(
+                BENCH,
+                f"prober CPU per round ({label})",
+                cpu_round,
+                "CPU s",
+                digits=2,
+                note=f"{probes} probes in {steady.seconds:.1f}s ({rounds:.1f} rounds of {INTERVAL_S:g}s), "
+                f"{per_probe_ms:.2f} ms CPU per probe, all replicas together",
+            )
             share = cpu_round / DEFAULT_INTERVAL_S
-            results.add(BENCH, f"prober share of a core at 30 s ({label})", share * 100, "%", digits=1,
-                        target=f"< {TARGET_SHARE:.0%}", ok=share < TARGET_SHARE,
-                        note="extrapolated: CPU s per round / 30 s" + (f"; {share / replicas * 100:.1f}% per replica" if replicas > 1 else ""))
+            results.add(
+                BENCH,
+                f"prober share of a core at 30 s ({label})",
+                share * 100,
+                "%",
+                digits=1,
+                target=f"< {TARGET_SHARE:.0%}",
+                ok=share < TARGET_SHARE,
+                note="extrapolated: CPU s per round / 30 s"
+                + (f"; {share / replicas * 100:.1f}% per replica" if replicas > 1 else ""),
+            )
             results.memory("prober", idle, stack.gauge.peaks().get("prober"), f"probing 1,000 engines ({label})")
             await fleet.fault(http, fleet.hung_b, "none")
             return {"round_s": round_s, "unhealthy_s": unhealthy_s, "cpu_round": cpu_round}
@@ -201,8 +244,11 @@ async def _count(statuses_coro, status: str, wanted: int) -> bool:
 
 
 async def bench(results: Results) -> None:
-    print(f"\n== probing: {ENGINES} acesim engines in one process, {ENGINES // HUNG_EVERY} hung, "
-          f"interval {INTERVAL_S:g}s, timeout {TIMEOUT_S:g}s, recheck {RECHECK_S:g}s", flush=True)
+    print(
+        f"\n== probing: {ENGINES} acesim engines in one process, {ENGINES // HUNG_EVERY} hung, "
+        f"interval {INTERVAL_S:g}s, timeout {TIMEOUT_S:g}s, recheck {RECHECK_S:g}s",
+        flush=True,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="aceorch-bench-acesim-"))
     processes = Processes(workdir)
     try:

@@ -109,12 +109,27 @@ def content(tag: str, n: int) -> str:
 async def start_fleet(stack: Stack, bus, count: int) -> list[int]:
     first = free_port_block(count)
     ports = list(range(first, first + count))
-    stack.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{ports[-1]}",
-                           "--bitrate", BITRATE, "--cache-dir", str(stack.workdir / "acesim-cache")])
+    stack.start(
+        "acesim",
+        [
+            sys.executable,
+            "-m",
+            "deploy.acesim",
+            "--ports",
+            f"{first}-{ports[-1]}",
+            "--bitrate",
+            BITRATE,
+            "--cache-dir",
+            str(stack.workdir / "acesim-cache"),
+        ],
+    )
     async with httpx.AsyncClient(trust_env=False, timeout=2) as client:
+
         async def up() -> bool:
             try:
-                return (await client.get(f"http://127.0.0.1:{ports[-1]}/webui/api/service?method=get_version")).status_code == 200
+                return (
+                    await client.get(f"http://127.0.0.1:{ports[-1]}/webui/api/service?method=get_version")
+                ).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -152,10 +167,16 @@ async def relay_cost(stack: Stack, label: str, url: str, results: Results, note:
         await close_all(viewers)
     cpu = window.used.get(label, 0.0)
     per_cpu_s = delivered / cpu if cpu else 0.0
-    results.add(BENCH, f"{label}: bytes per CPU-second", per_cpu_s / 1e6, "MB/s per core", digits=1,
-                note=f"{RELAY_CHANNELS} channels × {RELAY_VIEWERS} viewers at {BITRATE}bit/s: "
-                     f"{delivered / window.seconds / 1e6:.1f} MB/s delivered with {window.share(label):.0%} of a core; "
-                     f"other work on the machine {window.foreign_share:.0%} of a core. {note}")
+    results.add(
+        BENCH,
+        f"{label}: bytes per CPU-second",
+        per_cpu_s / 1e6,
+        "MB/s per core",
+        digits=1,
+        note=f"{RELAY_CHANNELS} channels × {RELAY_VIEWERS} viewers at {BITRATE}bit/s: "
+        f"{delivered / window.seconds / 1e6:.1f} MB/s delivered with {window.share(label):.0%} of a core; "
+        f"other work on the machine {window.foreign_share:.0%} of a core. {note}",
+    )
     return per_cpu_s
 
 
@@ -163,13 +184,16 @@ async def time_to_first_byte(proxy_url: str, results: Results) -> None:
     samples: list[float] = []
     statuses: dict[int | None, int] = {}
     for round_no in range(TTFB_ROUNDS):
-        viewers = [Viewer(f"{proxy_url}/ace/getstream?id={content(f'ttfb{round_no}', n)}")
-                   for n in range(TTFB_STARTS)]
+        viewers = [Viewer(f"{proxy_url}/ace/getstream?id={content(f'ttfb{round_no}', n)}") for n in range(TTFB_STARTS)]
         for viewer in viewers:
             viewer.start()
         try:
-            await until(lambda: all(v.first_byte or (v.task and v.task.done()) for v in viewers), 30,
-                        "first bytes of every start", 0.05)
+            await until(
+                lambda: all(v.first_byte or (v.task and v.task.done()) for v in viewers),
+                30,
+                "first bytes of every start",
+                0.05,
+            )
         finally:
             await close_all(viewers)
         for viewer in viewers:
@@ -178,17 +202,27 @@ async def time_to_first_byte(proxy_url: str, results: Results) -> None:
                 samples.append(viewer.first_byte - viewer.opened)
         await asyncio.sleep(2.0)  # PROXY_LINGER_S 1 s: the sessions end and their slots free up
     p99 = percentile(samples, 99) * 1000
-    results.add(BENCH, f"time to first byte p99, {TTFB_STARTS} concurrent starts", p99, "ms", digits=1,
-                target=f"< {TARGET_TTFB_P99_MS:g} ms", ok=p99 < TARGET_TTFB_P99_MS and len(samples) == TTFB_STARTS * TTFB_ROUNDS,
-                note=f"{len(samples)} starts in {TTFB_ROUNDS} rounds, p50 {percentile(samples, 50) * 1000:.1f} ms, "
-                     f"max {max(samples) * 1000:.1f} ms, statuses {statuses}; each start is engine.select, "
-                     "the engine's getstream, stream.started (JetStream ack) and the playback's first bytes")
+    results.add(
+        BENCH,
+        f"time to first byte p99, {TTFB_STARTS} concurrent starts",
+        p99,
+        "ms",
+        digits=1,
+        target=f"< {TARGET_TTFB_P99_MS:g} ms",
+        ok=p99 < TARGET_TTFB_P99_MS and len(samples) == TTFB_STARTS * TTFB_ROUNDS,
+        note=f"{len(samples)} starts in {TTFB_ROUNDS} rounds, p50 {percentile(samples, 50) * 1000:.1f} ms, "
+        f"max {max(samples) * 1000:.1f} ms, statuses {statuses}; each start is engine.select, "
+        "the engine's getstream, stream.started (JetStream ack) and the playback's first bytes",
+    )
 
 
-async def failover_gap(proxy_url: str, client: httpx.AsyncClient, fault: str, results: Results, ports: list[int]) -> None:
+async def failover_gap(
+    proxy_url: str, client: httpx.AsyncClient, fault: str, results: Results, ports: list[int]
+) -> None:
     channel = content(f"failover-{fault}", 0)
-    viewers = [Viewer(f"{proxy_url}/ace/getstream?id={channel}", keep_arrivals=True).start()
-               for _ in range(FAILOVER_VIEWERS)]
+    viewers = [
+        Viewer(f"{proxy_url}/ace/getstream?id={channel}", keep_arrivals=True).start() for _ in range(FAILOVER_VIEWERS)
+    ]
     try:
         await until(lambda: all(v.first_byte for v in viewers), 30, "failover viewers' first bytes")
         await asyncio.sleep(6.0)  # live
@@ -200,21 +234,32 @@ async def failover_gap(proxy_url: str, client: httpx.AsyncClient, fault: str, re
 
         async def moved() -> bool:
             sessions = [s for s in await proxy_sessions(client, proxy_url) if s["content"] == channel]
-            return bool(sessions) and sessions[0]["engine"] not in (None, session["engine"]) and \
-                all(v.arrivals and v.arrivals[-1] > faulted_at + 0.5 for v in viewers)
+            return (
+                bool(sessions)
+                and sessions[0]["engine"] not in (None, session["engine"])
+                and all(v.arrivals and v.arrivals[-1] > faulted_at + 0.5 for v in viewers)
+            )
 
         await wait_for(moved, 60, f"failover after {fault}", period_s=0.2)
         gaps = [v.gap_around(faulted_at + 0.001) for v in viewers]
         if fault == "stall":  # the engine keeps its port: clear the fault for what follows
-            await client.get(f"http://127.0.0.1:{control_port}/__sim/fault", params={"mode": "none", "port": engine_port})
+            await client.get(
+                f"http://127.0.0.1:{control_port}/__sim/fault", params={"mode": "none", "port": engine_port}
+            )
     finally:
         await close_all(viewers)
     worst = max(g for g in gaps if g is not None)
-    results.add(BENCH, f"failover gap after {fault}, default settings", worst, "s", digits=2,
-                note=f"{FAILOVER_VIEWERS} viewers kept their connections; per viewer "
-                     f"{', '.join(f'{g:.2f}' for g in gaps if g is not None)} s from the last byte before to the first "
-                     f"after (STALL_TIMEOUT_S {10 if fault == 'stall' else 'not involved'}); includes the new selection "
-                     "and the new engine's first bytes")
+    results.add(
+        BENCH,
+        f"failover gap after {fault}, default settings",
+        worst,
+        "s",
+        digits=2,
+        note=f"{FAILOVER_VIEWERS} viewers kept their connections; per viewer "
+        f"{', '.join(f'{g:.2f}' for g in gaps if g is not None)} s from the last byte before to the first "
+        f"after (STALL_TIMEOUT_S {10 if fault == 'stall' else 'not involved'}); includes the new selection "
+        "and the new engine's first bytes",
+    )
 
 
 async def memory_per_viewer(stack: Stack, proxy_url: str, results: Results) -> None:
@@ -234,13 +279,19 @@ async def memory_per_viewer(stack: Stack, proxy_url: str, results: Results) -> N
     finally:
         await close_all(first + rest)
     per_viewer_kib = (after - before) * 1024 / len(rest) if before and after else None
-    results.add(BENCH, f"proxy memory per viewer, {MEMORY_VIEWERS} viewers", per_viewer_kib, "KiB", digits=0,
-                note=f"RSS {before:.1f} MB with {MEMORY_CHANNELS} viewers on {MEMORY_CHANNELS} channels, "
-                     f"{after:.1f} MB with {len(first) + len(rest)} ({alive} still watching at the end) at {BITRATE}bit/s")
+    results.add(
+        BENCH,
+        f"proxy memory per viewer, {MEMORY_VIEWERS} viewers",
+        per_viewer_kib,
+        "KiB",
+        digits=0,
+        note=f"RSS {before:.1f} MB with {MEMORY_CHANNELS} viewers on {MEMORY_CHANNELS} channels, "
+        f"{after:.1f} MB with {len(first) + len(rest)} ({alive} still watching at the end) at {BITRATE}bit/s",
+    )
 
 
 async def bench(results: Results) -> None:
-    print(f"\n== relay: the stream proxy against a minimal asyncio relay; first bytes; failover; memory", flush=True)
+    print("\n== relay: the stream proxy against a minimal asyncio relay; first bytes; failover; memory", flush=True)
     with Stack(BENCH) as stack:
         bus = await stack.bus("bench-relay")
         try:
@@ -250,10 +301,13 @@ async def bench(results: Results) -> None:
             await wait_for(lambda: healthy_engines(bus, ENGINES), 60, f"{ENGINES} healthy engines", period_s=0.3)
             proxy_port, baseline_port = free_port(), free_port()
             stack.service("proxy", PROXY_PORT=proxy_port, PROXY_LINGER_S=1)
-            stack.start("baseline", [sys.executable, "-m", "tests.bench.minimal_relay", str(baseline_port),
-                                     "127.0.0.1", str(ports[0])])
+            stack.start(
+                "baseline",
+                [sys.executable, "-m", "tests.bench.minimal_relay", str(baseline_port), "127.0.0.1", str(ports[0])],
+            )
             proxy_url = f"http://127.0.0.1:{proxy_port}"
             async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+
                 async def answers() -> bool:
                     try:
                         return (await client.get(f"{proxy_url}/healthz")).status_code == 200
@@ -265,24 +319,43 @@ async def bench(results: Results) -> None:
                 stack.gauge.reset()
                 ratios = []
                 for round_no in range(RELAY_ROUNDS):  # alternating, so a busy stretch of the machine hits both
-                    baseline = await relay_cost(stack, "baseline", f"http://127.0.0.1:{baseline_port}/", results,
-                                                f"Round {round_no + 1}: the minimal relay, one engine session per "
-                                                "channel, raw fan-out.")
-                    proxy = await relay_cost(stack, "proxy", f"{proxy_url}/ace/getstream", results,
-                                             f"Round {round_no + 1}: the proxy, the same through selection, "
-                                             "its buffer and its checks.")
+                    baseline = await relay_cost(
+                        stack,
+                        "baseline",
+                        f"http://127.0.0.1:{baseline_port}/",
+                        results,
+                        f"Round {round_no + 1}: the minimal relay, one engine session per channel, raw fan-out.",
+                    )
+                    proxy = await relay_cost(
+                        stack,
+                        "proxy",
+                        f"{proxy_url}/ace/getstream",
+                        results,
+                        f"Round {round_no + 1}: the proxy, the same through selection, its buffer and its checks.",
+                    )
                     ratios.append(proxy / baseline if baseline else 0.0)
                 ratio = statistics.median(ratios)
-                results.add(BENCH, "proxy ÷ minimal relay, bytes per CPU-second", ratio, "x", digits=2,
-                            target=f">= {TARGET_RATIO:g}x", ok=ratio >= TARGET_RATIO,
-                            note=f"median of {RELAY_ROUNDS} alternating rounds ({', '.join(f'{r:.2f}' for r in ratios)}); "
-                                 "same run, same engines, same viewers; higher is cheaper per byte")
+                results.add(
+                    BENCH,
+                    "proxy ÷ minimal relay, bytes per CPU-second",
+                    ratio,
+                    "x",
+                    digits=2,
+                    target=f">= {TARGET_RATIO:g}x",
+                    ok=ratio >= TARGET_RATIO,
+                    note=f"median of {RELAY_ROUNDS} alternating rounds ({', '.join(f'{r:.2f}' for r in ratios)}); "
+                    "same run, same engines, same viewers; higher is cheaper per byte",
+                )
                 await time_to_first_byte(proxy_url, results)
                 await failover_gap(proxy_url, client, "crash", results, ports)
                 await failover_gap(proxy_url, client, "stall", results, ports)
                 await memory_per_viewer(stack, proxy_url, results)
-                results.memory("proxy", idle, stack.gauge.peaks().get("proxy"),
-                               f"{MEMORY_VIEWERS} viewers on {MEMORY_CHANNELS} channels at {BITRATE}bit/s")
+                results.memory(
+                    "proxy",
+                    idle,
+                    stack.gauge.peaks().get("proxy"),
+                    f"{MEMORY_VIEWERS} viewers on {MEMORY_CHANNELS} channels at {BITRATE}bit/s",
+                )
         finally:
             await bus.close()
 

@@ -29,7 +29,11 @@ SECONDS = 2.5
 RESERVATION_TTL_S = 0.1
 # No prober runs in this bench: the one health report per engine must hold for the whole run
 # (shared.policy.freshness: a verdict older than interval + 2 x timeout + recheck reads unknown).
-KEEPER_ENV = {"MAX_STREAMS_PER_ENGINE": 1_000_000, "RESERVATION_TTL_S": RESERVATION_TTL_S, "HEALTH_CHECK_INTERVAL_S": 3600}
+KEEPER_ENV = {
+    "MAX_STREAMS_PER_ENGINE": 1_000_000,
+    "RESERVATION_TTL_S": RESERVATION_TTL_S,
+    "HEALTH_CHECK_INTERVAL_S": 3600,
+}
 SELECT_PAYLOAD = b'{"content_key":"bench-content","key_type":"content_id","client":"bench"}'
 TARGET_RATIO = 0.6  # of echo+CAS at 16 requesters
 TARGET_P99_MS = 5.0  # at 4 requesters
@@ -46,7 +50,9 @@ async def register_engines(
             [
                 lambda cid=cid, i=i: bus.js.publish(
                     names.ENGINE_REGISTERED,
-                    encode(EngineRegistered(container_id=cid, host="127.0.0.1", port=port_base + i, runtime="external")),
+                    encode(
+                        EngineRegistered(container_id=cid, host="127.0.0.1", port=port_base + i, runtime="external")
+                    ),
                     headers={"Nats-Msg-Id": f"reg-{cid}"},
                 )
                 for i, cid in enumerate(ids)
@@ -153,7 +159,14 @@ async def bench(results: Results) -> None:
                     before = await _conflicts(nc)
                     load, window = await point(stack, nc, names.ENGINE_SELECT, keeper_label, c)
                     conflicts = (await _conflicts(nc) - before) / max(1, load.ok)
-                    report(results, keeper_label, load, window, "state-keeper", f", CAS conflicts/selection {conflicts:.2f}")
+                    report(
+                        results,
+                        keeper_label,
+                        load,
+                        window,
+                        "state-keeper",
+                        f", CAS conflicts/selection {conflicts:.2f}",
+                    )
                     runs[(f"select{replicas}", c)] = load
             results.memory("state-keeper", idle, stack.gauge.peaks().get("state-keeper"), "selection")
         finally:
@@ -165,7 +178,11 @@ def summarize(results: Results, runs: dict[tuple[str, int], LoadResult]) -> None
     for replicas in (1, 2):
         label = f"{replicas} keeper{'s' if replicas > 1 else ''}"
         for c in CONCURRENCY:
-            select, cas, echo = runs[(f"select{replicas}", c)], runs[(f"cas{replicas}", c)], runs[(f"echo{replicas}", c)]
+            select, cas, echo = (
+                runs[(f"select{replicas}", c)],
+                runs[(f"cas{replicas}", c)],
+                runs[(f"echo{replicas}", c)],
+            )
             if not cas.rate:
                 continue
             ratio = select.rate / cas.rate
@@ -173,8 +190,15 @@ def summarize(results: Results, runs: dict[tuple[str, int], LoadResult]) -> None
             note = f"select/echo {select.rate / echo.rate:.2f} x" if echo.rate else ""
             results.add(BENCH, f"select/echo+CAS c={c} ({label})", ratio, "x", digits=2, note=note, **target)
         p99 = runs[(f"select{replicas}", 4)].percentile_ms(99)
-        results.add(BENCH, f"select p99 c=4 ({label})", p99, "ms", digits=2, target=f"< {TARGET_P99_MS:g} ms",
-                    ok=p99 is not None and p99 < TARGET_P99_MS)
+        results.add(
+            BENCH,
+            f"select p99 c=4 ({label})",
+            p99,
+            "ms",
+            digits=2,
+            target=f"< {TARGET_P99_MS:g} ms",
+            ok=p99 is not None and p99 < TARGET_P99_MS,
+        )
     refused = sum(load.errors.get("503", 0) for (kind, _), load in runs.items() if kind.startswith("select"))
     results.add(BENCH, "select 503 replies", refused, "", target="0", ok=refused == 0)
 

@@ -101,8 +101,18 @@ async def bench(results: Results) -> None:
         "PYTHONUNBUFFERED": "1",
         "PROXY_PORT": str(free_port()),
     }
-    argv = [sys.executable, "-m", "services.cli", "up", "--data-dir", str(workdir / "data"),
-            "--nats-port", str(free_port()), "--gateway-port", str(gateway)]
+    argv = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "up",
+        "--data-dir",
+        str(workdir / "data"),
+        "--nats-port",
+        str(free_port()),
+        "--gateway-port",
+        str(gateway),
+    ]
     log = open(workdir / "up.log", "wb")
     started = time.monotonic()
     up = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2])
@@ -131,13 +141,37 @@ async def bench(results: Results) -> None:
         seen.update(descendants(up.pid))
         stopped = stop(up, seen)
         if not ok:
-            print(f"  (`aceorch up` log: {workdir / 'up.log'})\n" + (workdir / "up.log").read_text(errors="replace")[-3000:])
-    results.add(BENCH, "API answers after", api_s, "s", digits=2, target=f"< {TARGET_API_S:g} s",
-                ok=api_s is not None and api_s < TARGET_API_S, note="first engine handed out by POST /engines/select after `aceorch up`")
-    results.add(BENCH, f"{ENGINES} healthy local engines after", healthy_s, "s", digits=2,
-                target=f"< {TARGET_HEALTHY_S:g} s", ok=healthy_s is not None and healthy_s < TARGET_HEALTHY_S)
-    results.add(BENCH, "clean stop on SIGINT", stopped, "s", digits=1,
-                note="until `aceorch up` exited with every service and engine stopped")
+            print(
+                f"  (`aceorch up` log: {workdir / 'up.log'})\n"
+                + (workdir / "up.log").read_text(errors="replace")[-3000:]
+            )
+    results.add(
+        BENCH,
+        "API answers after",
+        api_s,
+        "s",
+        digits=2,
+        target=f"< {TARGET_API_S:g} s",
+        ok=api_s is not None and api_s < TARGET_API_S,
+        note="first engine handed out by POST /engines/select after `aceorch up`",
+    )
+    results.add(
+        BENCH,
+        f"{ENGINES} healthy local engines after",
+        healthy_s,
+        "s",
+        digits=2,
+        target=f"< {TARGET_HEALTHY_S:g} s",
+        ok=healthy_s is not None and healthy_s < TARGET_HEALTHY_S,
+    )
+    results.add(
+        BENCH,
+        "clean stop on SIGINT",
+        stopped,
+        "s",
+        digits=1,
+        note="until `aceorch up` exited with every service and engine stopped",
+    )
     if ok:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -154,8 +188,14 @@ def footprint(results: Results, root: int, pids: set[int]) -> None:
         else:
             results.memory(label, value, None, "idle after `aceorch up`")
     if engines:
-        results.add(BENCH, "acesim engine RSS (each, at rest)", max(engines), "MB", digits=1,
-                    note=f"{len(engines)} engine processes")
+        results.add(
+            BENCH,
+            "acesim engine RSS (each, at rest)",
+            max(engines),
+            "MB",
+            digits=1,
+            note=f"{len(engines)} engine processes",
+        )
     up_rss = rss_mb(root)
     if up_rss is not None:
         results.memory("aceorch-up", up_rss, None, "idle after `aceorch up`")

@@ -61,7 +61,7 @@ class TreeWatcher:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-watcher", daemon=True)
 
-    def __enter__(self) -> "TreeWatcher":
+    def __enter__(self) -> TreeWatcher:
         self._thread.start()
         return self
 

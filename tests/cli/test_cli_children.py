@@ -28,7 +28,9 @@ async def test_a_child_s_lines_are_emitted_with_its_name_and_it_stops_on_sigterm
 
 async def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout():
     notes: list[str] = []
-    script = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)"
+    script = (
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)"
+    )
     child = Child("stubborn", [PY, "-c", script], {}, lambda name, line: notes.append(line))
     await child.start()
     while "ready" not in notes:
@@ -69,8 +71,12 @@ def test_stopping_a_stray_that_leads_a_process_group_stops_the_whole_group():
     """An engine's wrapper shell leads its group (setsid); SIGTERM to the shell alone would orphan the engine."""
     from services.cli.children import terminate_pid
 
-    leader = subprocess.Popen(["sh", "-c", f"{PY} -c 'import time; time.sleep(60)' & echo $!; wait"],
-                              stdout=subprocess.PIPE, text=True, start_new_session=True)
+    leader = subprocess.Popen(
+        ["sh", "-c", f"{PY} -c 'import time; time.sleep(60)' & echo $!; wait"],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         inner = int(leader.stdout.readline())
         terminate_pid(leader.pid, "wrapper")

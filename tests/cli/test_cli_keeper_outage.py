@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import nats
 import pytest
+from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
+from test_cli_up import UpRun
 
 from shared import names
 from shared.schemas import utcnow
-from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
-from test_cli_up import UpRun
 
 CLI = [sys.executable, "-m", "services.cli"]
 
@@ -57,12 +57,16 @@ async def one_engine_and_a_keeper(nats_server, processes, nc, tmp_path, count: i
     for n in range(count):
         engine = {"container_id": f"sim-{n + 1}", "host": "127.0.0.1", "port": first + n, "runtime": "external"}
         await nc.jetstream().publish("engine.registered", json.dumps(engine).encode())
-        await nc.jetstream().publish("engine.health", json.dumps(
-            {"container_id": f"sim-{n + 1}", "ok": True, "checked_at": utcnow().isoformat()}).encode())
+        await nc.jetstream().publish(
+            "engine.health",
+            json.dumps({"container_id": f"sim-{n + 1}", "ok": True, "checked_at": utcnow().isoformat()}).encode(),
+        )
     return keeper
 
 
-async def test_stream_end_with_no_state_keeper_is_stored_and_applied_when_it_is_back(nats_server, processes, nc, tmp_path):
+async def test_stream_end_with_no_state_keeper_is_stored_and_applied_when_it_is_back(
+    nats_server, processes, nc, tmp_path
+):
     keeper = await one_engine_and_a_keeper(nats_server, processes, nc, tmp_path)
 
     code, out, err = await cli(nats_server.url, "stream", "start", "outage-channel", "--stream-id", "out-1", "--json")
@@ -94,8 +98,25 @@ async def _status_is(nc, stream_id: str, status: str) -> bool:
 
 async def test_demo_interrupted_during_an_outage_ends_every_stream_it_started(nats_server, processes, nc, tmp_path):
     keeper = await one_engine_and_a_keeper(nats_server, processes, nc, tmp_path, count=2)
-    demo = processes.start("demo", [*CLI, "demo", "--nats-url", nats_server.url, "--viewers", "3", "--channels", "2",
-                                     "--duration", "300", "--watch", "120-120", "--pause", "0-0"])
+    demo = processes.start(
+        "demo",
+        [
+            *CLI,
+            "demo",
+            "--nats-url",
+            nats_server.url,
+            "--viewers",
+            "3",
+            "--channels",
+            "2",
+            "--duration",
+            "300",
+            "--watch",
+            "120-120",
+            "--pause",
+            "0-0",
+        ],
+    )
     playing = await wait_until(lambda: _started_demo_streams(nc, 3), timeout=60, what="3 demo streams started")
     keeper.kill()
     demo.popen.send_signal(signal.SIGINT)  # Ctrl-C while no state-keeper runs
@@ -105,7 +126,9 @@ async def test_demo_interrupted_during_an_outage_ends_every_stream_it_started(na
 
     processes.service("state_keeper", keeper_env(nats_server.url))
     await wait_for_service(nc)
-    await wait_until(lambda: _all_ended(nc, playing), timeout=30, what="every demo stream ended once the keeper is back")
+    await wait_until(
+        lambda: _all_ended(nc, playing), timeout=30, what="every demo stream ended once the keeper is back"
+    )
     for engine in ("sim-1", "sim-2"):
         record, _ = await request_json(nc, names.ENGINE_GET, {"container_id": engine})
         assert record["streams"] == [], record
@@ -147,8 +170,22 @@ async def test_sigkilled_state_keeper_under_demo_load_leaves_no_phantom_stream(t
     async with UpRun(processes, tmp_path, tmp_path / "data") as up:
         await up.healthy_engines(2)
         demo = await asyncio.create_subprocess_exec(
-            *CLI, "demo", "--nats-url", up.nats_url, "--viewers", "4", "--channels", "3", "--duration", "25",
-            "--watch", "1-3", "--pause", "0-0.5", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            *CLI,
+            "demo",
+            "--nats-url",
+            up.nats_url,
+            "--viewers",
+            "4",
+            "--channels",
+            "3",
+            "--duration",
+            "25",
+            "--watch",
+            "1-3",
+            "--pause",
+            "0-0.5",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
         )
         output = asyncio.ensure_future(demo.communicate())
         nc = await nats.connect(up.nats_url)
@@ -158,12 +195,18 @@ async def test_sigkilled_state_keeper_under_demo_load_leaves_no_phantom_stream(t
                 await wait_for_service(nc, timeout=60)
                 # Under load: the demo started streams since the keeper came back.
                 seen = await wait_until(lambda: _more_streams(up, seen + 2), timeout=90, what="demo streams recorded")
-                await wait_until(lambda: len(child_pids(up.process.pid, "services.state_keeper")) == 1, timeout=60,
-                                 what="one state-keeper running")
+                await wait_until(
+                    lambda: len(child_pids(up.process.pid, "services.state_keeper")) == 1,
+                    timeout=60,
+                    what="one state-keeper running",
+                )
                 [keeper] = child_pids(up.process.pid, "services.state_keeper")
                 os.kill(keeper, signal.SIGKILL)
-                await wait_until(lambda: up.log().count("state-keeper restarted") >= kill, timeout=60,
-                                 what=f"state-keeper restarted after kill {kill}")
+                await wait_until(
+                    lambda: up.log().count("state-keeper restarted") >= kill,
+                    timeout=60,
+                    what=f"state-keeper restarted after kill {kill}",
+                )
             out = (await asyncio.wait_for(output, timeout=180))[0].decode()
             assert demo.returncode == 0, out
             done = next(line for line in out.splitlines() if line.startswith("demo: done, "))
@@ -173,7 +216,11 @@ async def test_sigkilled_state_keeper_under_demo_load_leaves_no_phantom_stream(t
 
             await wait_for_service(nc, timeout=60)
             await wait_until(lambda: _drained(nc), timeout=90, what="the state-keeper drained ACE_EVENTS")
-            phantoms = [s["stream_id"] for s in await up.get("/streams", status="started") if s["content_key"].startswith("demo-")]
+            phantoms = [
+                s["stream_id"]
+                for s in await up.get("/streams", status="started")
+                if s["content_key"].startswith("demo-")
+            ]
             assert phantoms == []
             ended_ids = {s["stream_id"] for s in await up.get("/streams", status="ended")}
             listed = {sid for engine in await up.get("/engines") for sid in engine["streams"]}

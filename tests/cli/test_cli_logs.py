@@ -13,10 +13,10 @@ import threading
 
 import httpx
 import nats
-
-from services.cli.logs import Output
 from support import ROOT, free_port, free_port_range, wait_until
 from test_cli_up import CLI, SCALED_DOWN
+
+from services.cli.logs import Output
 
 
 def test_a_stuck_reader_never_blocks_emit_and_learns_how_many_lines_were_dropped():
@@ -54,14 +54,23 @@ async def test_up_with_a_stuck_reader_keeps_answering_and_stops_on_sigint(tmp_pa
     nats_port, gateway_port = free_port(), free_port()
     first = free_port_range(20)
     env = {
-        **os.environ, **SCALED_DOWN, "PYTHONUNBUFFERED": "1",
-        "NATS_PORT": str(nats_port), "GATEWAY_PORT": str(gateway_port), "PROXY_PORT": str(free_port()),
+        **os.environ,
+        **SCALED_DOWN,
+        "PYTHONUNBUFFERED": "1",
+        "NATS_PORT": str(nats_port),
+        "GATEWAY_PORT": str(gateway_port),
+        "PROXY_PORT": str(free_port()),
         "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
     }
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
-    up = subprocess.Popen([*CLI, "up", "--data-dir", str(tmp_path / "data"), "--stop-timeout", "15"],
-                          stdout=write_end, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    up = subprocess.Popen(
+        [*CLI, "up", "--data-dir", str(tmp_path / "data"), "--stop-timeout", "15"],
+        stdout=write_end,
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=ROOT,
+    )
     os.close(write_end)
     try:
         async with httpx.AsyncClient(timeout=3) as http:

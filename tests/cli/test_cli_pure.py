@@ -4,24 +4,23 @@ from __future__ import annotations
 
 import argparse
 import io
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from shared.config import load_config
-from shared.schemas import Claim, EngineRecord
 from services.cli.__main__ import build_parser
+from services.cli.commands import end_report
 from services.cli.demo import parse_span
 from services.cli.logs import Output, prefix_line
-from services.cli.table import ago, engines_table, human_bytes, render_table, speed_cell, streams_table
-from shared.schemas import PlaybackStats, StreamRecord
-from services.cli.commands import end_report
 from services.cli.plan import RESTART_LIMIT, STABLE_AFTER_S, metrics_ports, plan_restart, restart_delay
 from services.cli.proxy import EndResult, Playing, decide_shared
+from services.cli.table import ago, engines_table, human_bytes, render_table, speed_cell, streams_table
 from services.cli.up import SERVICES, UpError, UpOptions, nats_argv, options_from, service_env
+from shared.config import load_config
+from shared.schemas import Claim, EngineRecord, PlaybackStats, StreamRecord
 
-NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -45,8 +44,16 @@ def test_ago_says_how_long_since(delta, text):
 
 @pytest.mark.parametrize(
     ("size", "text"),
-    [(None, "-"), (0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
-     (64 * 1024**2, "64.0 MiB"), (3 * 1024**4, "3.0 TiB"), (5000 * 1024**4, "5000.0 TiB")],
+    [
+        (None, "-"),
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (64 * 1024**2, "64.0 MiB"),
+        (3 * 1024**4, "3.0 TiB"),
+        (5000 * 1024**4, "5000.0 TiB"),
+    ],
 )
 def test_human_bytes(size, text):
     assert human_bytes(size) == text
@@ -68,17 +75,47 @@ def engine(**fields) -> EngineRecord:
 
 def test_engines_table_shows_the_columns_operators_read():
     records = [
-        engine(health_status="healthy", streams=["s1", "s2"], last_stream_usage=NOW - timedelta(minutes=5),
-               cache_size_bytes=2 * 1024**2, reservations={"r1": NOW + timedelta(seconds=10), "old": NOW - timedelta(seconds=1)}),
-        engine(container_id="local-40002", container_name="acestream-2", port=40002, health_status="unhealthy",
-               claim=Claim(claim_id="c", purpose="clean", holder="janitor", expires_at=NOW + timedelta(seconds=30))),
+        engine(
+            health_status="healthy",
+            streams=["s1", "s2"],
+            last_stream_usage=NOW - timedelta(minutes=5),
+            cache_size_bytes=2 * 1024**2,
+            reservations={"r1": NOW + timedelta(seconds=10), "old": NOW - timedelta(seconds=1)},
+        ),
+        engine(
+            container_id="local-40002",
+            container_name="acestream-2",
+            port=40002,
+            health_status="unhealthy",
+            claim=Claim(claim_id="c", purpose="clean", holder="janitor", expires_at=NOW + timedelta(seconds=30)),
+        ),
     ]
     lines = engines_table(records, NOW).splitlines()
     assert lines[0].split() == ["NAME", "ID", "ADDRESS", "HEALTH", "STATE", "STREAMS", "LAST", "USED", "CACHE"]
-    assert lines[1].split() == ["acestream-1", "0123456789ab", "127.0.0.1:40001", "healthy", "active",
-                                "2", "(+1", "reserved)", "5m", "ago", "2.0", "MiB"]
-    assert lines[2].split() == ["acestream-2", "local-40002", "127.0.0.1:40002", "unhealthy", "cleaning",
-                                "0", "Never", "-"]
+    assert lines[1].split() == [
+        "acestream-1",
+        "0123456789ab",
+        "127.0.0.1:40001",
+        "healthy",
+        "active",
+        "2",
+        "(+1",
+        "reserved)",
+        "5m",
+        "ago",
+        "2.0",
+        "MiB",
+    ]
+    assert lines[2].split() == [
+        "acestream-2",
+        "local-40002",
+        "127.0.0.1:40002",
+        "unhealthy",
+        "cleaning",
+        "0",
+        "Never",
+        "-",
+    ]
 
 
 def test_engines_table_lists_engines_in_name_order():
@@ -95,16 +132,37 @@ def test_engines_table_says_when_there_are_none():
 def test_streams_table_shows_peers_and_speed_once_the_proxy_reported_them():
     figures = PlaybackStats(status="dl", peers=12, speed_down=640, speed_up=31, reported_at=NOW)
     records = [
-        StreamRecord(stream_id="s2", container_id="0123456789abcdef0123", content_key="news", proxy="proxy-1",
-                     started_at=NOW - timedelta(seconds=42)),
-        StreamRecord(stream_id="s1", container_id="local-40002", content_key="x" * 40, proxy="proxy-1",
-                     started_at=NOW - timedelta(minutes=3), stats=figures),
+        StreamRecord(
+            stream_id="s2",
+            container_id="0123456789abcdef0123",
+            content_key="news",
+            proxy="proxy-1",
+            started_at=NOW - timedelta(seconds=42),
+        ),
+        StreamRecord(
+            stream_id="s1",
+            container_id="local-40002",
+            content_key="x" * 40,
+            proxy="proxy-1",
+            started_at=NOW - timedelta(minutes=3),
+            stats=figures,
+        ),
         StreamRecord(stream_id="s3", status="ended", reason="proxy_lost", ended_at=NOW),
     ]
     lines = streams_table(records, NOW).splitlines()
     assert lines[0].split() == ["STREAM", "ENGINE", "CONTENT", "STATUS", "PEERS", "DOWN/UP", "PROXY", "STARTED"]
-    assert lines[1].split() == ["s1", "local-40002", "x" * 21 + "...", "started", "12", "640/31", "KiB/s",
-                                "proxy-1", "3m", "ago"]
+    assert lines[1].split() == [
+        "s1",
+        "local-40002",
+        "x" * 21 + "...",
+        "started",
+        "12",
+        "640/31",
+        "KiB/s",
+        "proxy-1",
+        "3m",
+        "ago",
+    ]
     assert lines[2].split() == ["s2", "0123456789ab", "news", "started", "-", "-", "proxy-1", "42s", "ago"]
     assert lines[3].split() == ["s3", "-", "-", "ended", "(proxy_lost)", "-", "-", "-", "Never"]
 
@@ -149,12 +207,16 @@ def test_output_writes_one_prefixed_line_per_call_without_color_on_a_pipe():
 
 
 def options(tmp_path: Path, **changes) -> UpOptions:
-    base = dict(data_dir=tmp_path, nats_port=4999, gateway_port=8999, runtime="local", keep_engines=False, stop_timeout_s=5)
+    base = dict(
+        data_dir=tmp_path, nats_port=4999, gateway_port=8999, runtime="local", keep_engines=False, stop_timeout_s=5
+    )
     return UpOptions(**{**base, **changes})
 
 
 def test_service_env_points_services_at_our_nats_and_data_dir(tmp_path):
-    env = service_env({"NATS_URL": "nats://elsewhere:4222", "MIN_REPLICAS": "3", "ENGINE_RUNTIME": "docker"}, options(tmp_path))
+    env = service_env(
+        {"NATS_URL": "nats://elsewhere:4222", "MIN_REPLICAS": "3", "ENGINE_RUNTIME": "docker"}, options(tmp_path)
+    )
     assert env["NATS_URL"] == "nats://127.0.0.1:4999"
     assert env["GATEWAY_PORT"] == "8999"
     assert env["ENGINE_RUNTIME"] == "local"
@@ -176,7 +238,15 @@ def test_nats_argv_is_loopback_with_jetstream_under_the_data_dir(tmp_path):
 def test_services_stop_in_reverse_start_order():
     names = [name for _, name in SERVICES]
     assert names[0] == "state-keeper" and names[-1] == "gateway"
-    assert [name for _, name in reversed(SERVICES)] == ["gateway", "proxy", "reaper", "janitor", "provisioner", "prober", "state-keeper"]
+    assert [name for _, name in reversed(SERVICES)] == [
+        "gateway",
+        "proxy",
+        "reaper",
+        "janitor",
+        "provisioner",
+        "prober",
+        "state-keeper",
+    ]
 
 
 def test_restart_delay_backs_off_to_a_ceiling():
@@ -221,8 +291,16 @@ def test_sharing_is_decided_from_this_clients_streams_then_kv_and_unknown_means_
     assert decide_shared("a", "e1", "chan", [mine], others=None) is None
     other = StreamRecord(stream_id="b", container_id="e1", content_key="chan", status="started")
     assert decide_shared("a", "e1", "chan", [], [other]) is True
-    assert decide_shared("a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="other")]) is False
-    assert decide_shared("a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="chan", status="ended")]) is False
+    assert (
+        decide_shared("a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="other")])
+        is False
+    )
+    assert (
+        decide_shared(
+            "a", "e1", "chan", [], [StreamRecord(stream_id="b", container_id="e1", content_key="chan", status="ended")]
+        )
+        is False
+    )
     assert decide_shared("a", "e1", "chan", [], []) is False
 
 
@@ -272,7 +350,12 @@ def test_parser_knows_every_command():
     parser = build_parser()
     assert parser.parse_args(["up", "--runtime", "docker"]).runtime == "docker"
     start = parser.parse_args(["stream", "start", "chan", "--stream-id", "s1", "--nats-url", "nats://127.0.0.1:1"])
-    assert (start.run, start.content, start.stream_id, start.nats_url) == ("stream_start", "chan", "s1", "nats://127.0.0.1:1")
+    assert (start.run, start.content, start.stream_id, start.nats_url) == (
+        "stream_start",
+        "chan",
+        "s1",
+        "nats://127.0.0.1:1",
+    )
     assert parser.parse_args(["stream", "end", "s1"]).run == "stream_end"
     assert parser.parse_args(["select"]).content is None
     assert parser.parse_args(["demo", "--watch", "1-2"]).watch == (1.0, 2.0)

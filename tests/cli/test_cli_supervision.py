@@ -14,14 +14,14 @@ import signal
 import sys
 
 import httpx
+from support import free_port, free_port_range, nats_server_binary, wait_for_port, wait_until
+from test_cli_up import UpRun
 
-from shared.config import load_config
 from services.cli.children import Child
 from services.cli.logs import Output
 from services.cli.plan import RESTART_LIMIT, SERVICES, UpOptions
 from services.cli.up import Supervisor
-from support import free_port, free_port_range, nats_server_binary, wait_for_port, wait_until
-from test_cli_up import UpRun
+from shared.config import load_config
 
 CRASH = [sys.executable, "-c", "import sys; sys.exit(1)"]
 
@@ -33,7 +33,16 @@ def supervisor(tmp_path) -> tuple[Supervisor, io.StringIO]:
 
 
 async def start_nats(sup: Supervisor, tmp_path) -> Child:
-    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(sup.options.nats_port), "-js", "-sd", str(tmp_path / "js")]
+    argv = [
+        nats_server_binary(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        str(sup.options.nats_port),
+        "-js",
+        "-sd",
+        str(tmp_path / "js"),
+    ]
     sup.nats = Child("nats", argv, {}, sup.out.emit, sup.exited.set)
     await sup.nats.start()
     await asyncio.to_thread(wait_for_port, sup.options.nats_port)
@@ -69,8 +78,9 @@ async def test_services_crashing_together_trip_the_restart_limit(tmp_path):
         assert "keeps exiting" in text.getvalue(), text.getvalue()
         assert f"{RESTART_LIMIT} quick restarts in a row" in text.getvalue(), text.getvalue()
         for child in sup.services:  # no crash of the loop was taken for a stable run (that resets the backoff)
-            delays = re.findall(rf"\| {child.name} exited with code 1 after [0-9.]+s; restarting in (\d+)s",
-                                text.getvalue())
+            delays = re.findall(
+                rf"\| {child.name} exited with code 1 after [0-9.]+s; restarting in (\d+)s", text.getvalue()
+            )
             assert delays == ["1", "2", "4", "8", "16"][: len(delays)], (child.name, delays)
     finally:
         await stop_all(sup)
@@ -92,7 +102,9 @@ async def test_a_dead_nats_server_is_noticed_while_a_restart_waits(tmp_path):
         sup.out.flush()
         assert "nats-server exited" in text.getvalue(), text.getvalue()
         assert sup.exit_code == 1
-        assert noticed_after < 8, f"a dead nats-server was noticed only after {noticed_after:.1f}s (a restart waits 16 s)"
+        assert noticed_after < 8, (
+            f"a dead nats-server was noticed only after {noticed_after:.1f}s (a restart waits 16 s)"
+        )
     finally:
         await stop_all(sup)
 
@@ -101,7 +113,9 @@ async def test_metrics_port_gives_every_service_its_own_port(tmp_path, processes
     count = len(SERVICES)  # the state-keeper first … the gateway last
     first = free_port_range(count)
     async with UpRun(processes, tmp_path, tmp_path / "data", METRICS_PORT=str(first)) as up:
-        await wait_until(lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=90, what="dashboard")
+        await wait_until(
+            lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=90, what="dashboard"
+        )
         async with httpx.AsyncClient(timeout=5) as http:
             for port in range(first, first + count):
                 await wait_until(lambda: _serves_metrics(http, port), timeout=60, what=f"metrics on :{port}")

@@ -16,7 +16,6 @@ import sys
 import httpx
 import nats
 import pytest
-
 from proc_tree import TreeWatcher
 from support import free_port, free_port_range, wait_until
 
@@ -79,8 +78,12 @@ class UpRun:
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            *CLI, *args, "--nats-url", self.nats_url,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *CLI,
+            *args,
+            "--nats-url",
+            self.nats_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
         return proc.returncode, out.decode(), err.decode()
@@ -89,7 +92,7 @@ class UpRun:
         self.process.popen.send_signal(sig)
         return await asyncio.to_thread(self.process.popen.wait, 120)
 
-    async def __aenter__(self) -> "UpRun":
+    async def __aenter__(self) -> UpRun:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -98,12 +101,16 @@ class UpRun:
 
 async def start_stream_like_a_proxy(nc, content: str, stream_id: str) -> dict:
     """engine.select → the engine's getstream → stream.started with the reservation id."""
-    msg = await nc.request("engine.select", json.dumps({"content_key": content, "key_type": "content_id"}).encode(), timeout=5)
+    msg = await nc.request(
+        "engine.select", json.dumps({"content_key": content, "key_type": "content_id"}).encode(), timeout=5
+    )
     assert not (msg.headers or {}).get("Nats-Service-Error-Code"), msg.data
     choice = json.loads(msg.data)
     engine = choice["engine"]
     async with httpx.AsyncClient(timeout=5) as http:
-        reply = await http.get(f"http://{engine['host']}:{engine['port']}/ace/getstream", params={"id": content, "format": "json"})
+        reply = await http.get(
+            f"http://{engine['host']}:{engine['port']}/ace/getstream", params={"id": content, "format": "json"}
+        )
     session = reply.json()["response"]
     event = {
         "stream_id": stream_id,
@@ -116,7 +123,9 @@ async def start_stream_like_a_proxy(nc, content: str, stream_id: str) -> dict:
         "is_live": True,
         "reservation_id": choice["reservation_id"],
     }
-    await nc.jetstream().publish("stream.started", json.dumps(event).encode(), headers={"Nats-Msg-Id": f"started-{stream_id}"})
+    await nc.jetstream().publish(
+        "stream.started", json.dumps(event).encode(), headers={"Nats-Msg-Id": f"started-{stream_id}"}
+    )
     return engine
 
 
@@ -142,7 +151,9 @@ async def test_up_runs_the_system_and_ctrl_c_leaves_no_process(tmp_path, process
 
 async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     engines = await up.healthy_engines(2)
-    await wait_until(lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=30, what="dashboard URL")
+    await wait_until(
+        lambda: f"dashboard: http://127.0.0.1:{up.gateway_port}/" in up.log(), timeout=30, what="dashboard URL"
+    )
     assert f"watch: http://127.0.0.1:{up.proxy_port}/ace/getstream?id=" in up.log()
     assert all(e["runtime"] == "local" and e["host"] == "127.0.0.1" for e in engines)
 
@@ -151,7 +162,9 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
         engine = await start_stream_like_a_proxy(nc, "channel-one", "proxy-1")
     finally:
         await nc.close()
-    used = await wait_until(lambda: _with_stream(up, engine["container_id"], "proxy-1"), timeout=30, what="proxy-1 on /engines")
+    used = await wait_until(
+        lambda: _with_stream(up, engine["container_id"], "proxy-1"), timeout=30, what="proxy-1 on /engines"
+    )
     assert used["last_stream_usage"] is not None
     assert used["reservations"] == {}  # the reservation became the stream
 
@@ -163,7 +176,9 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     code, out, err = await up.cli("stream", "end", "proxy-1")
     assert code == 0, err
     assert "proxy-1 ended" in out
-    await wait_until(lambda: _without_streams(up, engine["container_id"]), timeout=30, what="proxy-1 gone from the engine")
+    await wait_until(
+        lambda: _without_streams(up, engine["container_id"]), timeout=30, what="proxy-1 gone from the engine"
+    )
     ended = await up.get("/streams", status="ended")
     assert [s["stream_id"] for s in ended] == ["proxy-1"]
 
@@ -211,7 +226,9 @@ async def _shared_session_survives_one_viewer_leaving(up: UpRun) -> None:
         code, out, err = await up.cli("stream", "start", "shared-channel", "--stream-id", stream_id, "--json")
         assert code == 0, err
         viewers.append(json.loads(out))
-        await wait_until(lambda: _with_stream(up, viewers[-1]["engine"]["container_id"], stream_id), timeout=30, what=stream_id)
+        await wait_until(
+            lambda: _with_stream(up, viewers[-1]["engine"]["container_id"], stream_id), timeout=30, what=stream_id
+        )
     assert viewers[1]["shared"] and viewers[0]["engine"]["container_id"] == viewers[1]["engine"]["container_id"]
     async with httpx.AsyncClient(timeout=5) as http:
         assert (await up.cli("stream", "end", "share-a"))[0] == 0
@@ -257,8 +274,11 @@ def test_up_refuses_a_port_that_is_taken(tmp_path, processes):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        proc = processes.start("aceorch-up", [*CLI, "up", "--data-dir", str(tmp_path / "d")],
-                               {"NATS_PORT": str(taken), "GATEWAY_PORT": str(free_port())})
+        proc = processes.start(
+            "aceorch-up",
+            [*CLI, "up", "--data-dir", str(tmp_path / "d")],
+            {"NATS_PORT": str(taken), "GATEWAY_PORT": str(free_port())},
+        )
         assert proc.popen.wait(30) == 1
     assert f"port {taken} (NATS) is already in use" in proc.log()
     assert "NATS_PORT" in proc.log()
@@ -266,14 +286,19 @@ def test_up_refuses_a_port_that_is_taken(tmp_path, processes):
 
 
 def test_up_refuses_an_invalid_setting_before_starting_anything(tmp_path, processes):
-    proc = processes.start("aceorch-up", [*CLI, "up", "--data-dir", str(tmp_path / "d")],
-                           {"NATS_PORT": str(free_port()), "GATEWAY_PORT": str(free_port()), "MIN_REPLICAS": "many"})
+    proc = processes.start(
+        "aceorch-up",
+        [*CLI, "up", "--data-dir", str(tmp_path / "d")],
+        {"NATS_PORT": str(free_port()), "GATEWAY_PORT": str(free_port()), "MIN_REPLICAS": "many"},
+    )
     assert proc.popen.wait(30) == 2
     assert "MIN_REPLICAS must be an integer, got 'many'" in proc.log()
     assert "nats-server starting" not in proc.log()
 
 
-@pytest.mark.parametrize("command", [["engines"], ["select"], ["stream", "start"], ["stream", "end", "x"], ["demo", "--duration", "1"]])
+@pytest.mark.parametrize(
+    "command", [["engines"], ["select"], ["stream", "start"], ["stream", "end", "x"], ["demo", "--duration", "1"]]
+)
 def test_client_commands_fail_clearly_without_nats(command, processes):
     url = f"nats://127.0.0.1:{free_port()}"
     proc = processes.start("aceorch", [*CLI, *command, "--nats-url", url])

@@ -19,8 +19,6 @@ import time
 import httpx
 import nats
 import pytest
-
-from support import wait_until
 from test_cli_up import UpRun
 
 WATCH_S = 10.0  # every engine healthy within this, from the first answer
@@ -37,7 +35,7 @@ RESTART_ENV = {
 async def accepts(host: str, port: int) -> bool:
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=1.0)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     writer.close()
     return True
@@ -74,8 +72,12 @@ async def poll_engines(up: UpRun, watch: Watch, until: float) -> None:
             for engine in healthy:
                 if not await accepts(engine["host"], engine["port"]):
                     watch.listed_dead.append(
-                        (round(now - watch.first_answer_at, 2), engine["container_name"], engine["port"],
-                         engine["last_health_check"])
+                        (
+                            round(now - watch.first_answer_at, 2),
+                            engine["container_name"],
+                            engine["port"],
+                            engine["last_health_check"],
+                        )
                     )
             if watch.all_healthy_at is None and len(healthy) >= 2 and len(healthy) == len(engines):
                 watch.all_healthy_at = now
@@ -103,8 +105,9 @@ async def select_continually(up: UpRun, watch: Watch, until: float) -> None:
                 watch.selections += 1
                 if not await accepts(engine["host"], engine["port"]):
                     started = watch.first_answer_at or time.monotonic()
-                    watch.selected_dead.append((round(time.monotonic() - started, 2), engine["container_name"],
-                                                engine["port"]))
+                    watch.selected_dead.append(
+                        (round(time.monotonic() - started, 2), engine["container_name"], engine["port"])
+                    )
             await asyncio.sleep(0.05)
     finally:
         await nc.close()

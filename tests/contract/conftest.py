@@ -7,12 +7,12 @@ import uuid
 
 import pytest
 import yaml
+from contract_helpers import DOCUMENT, JS_DIR
+from support import ROOT, base_env, free_port_range, wait_for_service
 
 from shared import names
 from shared.config import load_config
 from shared.runtime.local import LocalRuntime
-from contract_helpers import DOCUMENT, JS_DIR
-from support import ROOT, base_env, free_port_range, wait_for_service
 
 
 @pytest.fixture(scope="session")

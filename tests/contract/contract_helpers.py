@@ -6,14 +6,15 @@ import subprocess
 from pathlib import Path
 
 import jsonschema_rs
-
 from support import ROOT
 
 JS_DIR = Path(__file__).parent / "js"
 DOCUMENT = ROOT / "asyncapi.yaml"
 
 
-def run_node(node: str, *argv: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_node(
+    node: str, *argv: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     return subprocess.run([node, *argv], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=timeout)
 
 

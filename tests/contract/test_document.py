@@ -9,14 +9,14 @@ import sys
 
 import jsonschema_rs
 import yaml
+from contract_helpers import DOCUMENT, resolve, run_node, schema_validator
 from hypothesis import given
 from hypothesis import strategies as st
 from nats.micro.service import DEFAULT_QUEUE_GROUP
+from support import ROOT
 
-from contract_helpers import DOCUMENT, resolve, run_node, schema_validator
 from shared import asyncapi, names
 from shared.yaml_text import dumps
-from support import ROOT
 
 # DESIGN §11's roles.
 ROLES = {"proxy", "prober", "state-keeper", "janitor", "reaper", "provisioner", "gateway", "operator"}
@@ -38,7 +38,8 @@ def test_the_cli_check_tells_a_stale_file_from_a_current_one(tmp_path):
 
 def test_every_subject_in_names_is_a_channel(contract):
     subjects = {
-        value for key, value in vars(names).items()
+        value
+        for key, value in vars(names).items()
         if key.isupper() and isinstance(value, str) and re.fullmatch(r"[a-z]+\.[a-z]+", value)
     }
     addresses = {channel["address"] for channel in contract["channels"].values() if channel["address"]}
@@ -53,7 +54,9 @@ def test_requests_are_served_in_micros_queue_group_and_events_carry_a_msg_id(con
     assert len(answered) == 7  # six state-keeper endpoints and engine.provision
     for operation in answered:
         assert operation["bindings"]["nats"]["queue"] == DEFAULT_QUEUE_GROUP
-        reply, error = (resolve(contract, resolve(contract, ref["$ref"])["$ref"]) for ref in operation["reply"]["messages"])
+        reply, error = (
+            resolve(contract, resolve(contract, ref["$ref"])["$ref"]) for ref in operation["reply"]["messages"]
+        )
         assert "headers" not in reply
         assert set(error["headers"]["required"]) == {"Nats-Service-Error", "Nats-Service-Error-Code"}
         assert "400" in error["headers"]["properties"]["Nats-Service-Error-Code"]["enum"]
@@ -71,10 +74,17 @@ def test_every_channel_names_who_may_publish_and_subscribe(contract):
         assert roles["publish"] and roles["subscribe"], key
         assert set(roles["publish"]) | set(roles["subscribe"]) <= ROLES, key
     proxy_may = {
-        channel["address"] for channel in contract["channels"].values()
+        channel["address"]
+        for channel in contract["channels"].values()
         if channel["address"] and "proxy" in channel["x-roles"]["publish"]
     }
-    assert {names.ENGINE_SELECT, names.ENGINE_GET, names.STREAM_STARTED, names.STREAM_ENDED, names.STREAM_STATS} <= proxy_may
+    assert {
+        names.ENGINE_SELECT,
+        names.ENGINE_GET,
+        names.STREAM_STARTED,
+        names.STREAM_ENDED,
+        names.STREAM_STATS,
+    } <= proxy_may
 
 
 def test_schemas_stay_within_draft_07(contract):

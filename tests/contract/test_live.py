@@ -7,11 +7,11 @@ import json
 import os
 import re
 
-
 from contract_helpers import JS_DIR, resolve, run_node, schema_validator
+from support import ROOT, keeper_stats, request_json, wait_until
+
 from shared import names
 from shared.schemas import EngineHealth, encode, utcnow
-from support import ROOT, keeper_stats, request_json, wait_until
 
 # No prober runs in the examples test: a verdict the test reports must hold until it is done with it.
 LASTING_VERDICT = {"HEALTH_CHECK_INTERVAL_S": 60, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
@@ -37,7 +37,9 @@ async def _ask(nc, contract: dict, subject: str, timeout: float = 5.0) -> dict:
     key = next(key for key, channel in contract["channels"].items() if channel["address"] == subject)
     operation = next(o for o in contract["operations"].values() if o["channel"]["$ref"] == f"#/channels/{key}")
     reply_ref, error_ref = (resolve(contract, ref["$ref"])["$ref"] for ref in operation["reply"]["messages"])
-    body, headers = await request_json(nc, subject, _example(contract, f"{subject} request")["payload"], timeout=timeout)
+    body, headers = await request_json(
+        nc, subject, _example(contract, f"{subject} request")["payload"], timeout=timeout
+    )
     code = headers.get("Nats-Service-Error-Code")
     if code is None:
         schema_validator(contract, resolve(contract, reply_ref)["payload"]["$ref"]).validate(body)
@@ -104,7 +106,9 @@ async def test_every_example_is_accepted_or_answered(live_system, nc, contract):
     assert (await keeper_stats(nc)).get("bad_requests", {}) == {}
 
     # What the system itself sends fits the document too.
-    await wait_until(lambda: heard[names.ENGINE_IDLE] and heard[names.ENGINE_DEMAND], what="engine.idle and engine.demand")
+    await wait_until(
+        lambda: heard[names.ENGINE_IDLE] and heard[names.ENGINE_DEMAND], what="engine.idle and engine.demand"
+    )
     for subject, bodies in heard.items():
         validator = schema_validator(contract, _message(contract, subject)["payload"]["$ref"])
         for body in bodies:

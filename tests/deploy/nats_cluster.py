@@ -59,7 +59,9 @@ class Cluster:
             name = f"aceorch-test-{index}"
             config = self.workdir / f"{name}.conf"
             store = self.workdir / name
-            config.write_text(CONFIG.format(name=name, client_port=client, route_port=route, store=store, routes=routes))
+            config.write_text(
+                CONFIG.format(name=name, client_port=client, route_port=route, store=store, routes=routes)
+            )
             self.nodes.append(Node(name, client, route, config))
 
     def start(self, node: Node) -> None:

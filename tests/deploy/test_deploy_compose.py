@@ -18,9 +18,9 @@ import docker
 import httpx
 import nats
 import pytest
+from support import ROOT, free_port, free_port_range, wait_for_service, wait_until
 
 from shared import names
-from support import ROOT, free_port, free_port_range, wait_for_service, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -42,7 +42,9 @@ def compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed (deploy/ci_setup.sh installs docker-compose)")
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed (deploy/ci_setup.sh installs docker-compose)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,11 @@ def images() -> None:
     if problem:
         pytest.skip(problem)
     build = subprocess.run(
-        ["bash", "deploy/images.sh", "acesim", "services", "nats"], cwd=ROOT, capture_output=True, text=True, timeout=1500
+        ["bash", "deploy/images.sh", "acesim", "services", "nats"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     if build.returncode != 0:
         pytest.fail(f"bash deploy/images.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
@@ -75,7 +81,11 @@ class Stack:
     def compose(self, *args: str, timeout: float = 300) -> str:
         done = subprocess.run(
             [*self.command, "-f", str(ROOT / "docker-compose.yml"), "-p", self.project, *args],
-            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout,
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         assert done.returncode == 0, f"compose {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
         return done.stdout + done.stderr
@@ -110,8 +120,23 @@ def stack(images, tmp_path):
     try:
         yield deployed
     finally:
-        logs = subprocess.run([*deployed.command, "-f", str(ROOT / "docker-compose.yml"), "-p", deployed.project,
-                               "logs", "--no-color", "--tail", "60"], cwd=ROOT, env=env, capture_output=True, text=True)
+        logs = subprocess.run(
+            [
+                *deployed.command,
+                "-f",
+                str(ROOT / "docker-compose.yml"),
+                "-p",
+                deployed.project,
+                "logs",
+                "--no-color",
+                "--tail",
+                "60",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         print(logs.stdout[-20000:])  # shown by pytest when the test failed
         deployed.compose("down", "--volumes", "--remove-orphans", "--timeout", "5")
         _remove_engines(deployed.pool)
@@ -131,6 +156,7 @@ async def test_compose_stack_provisions_healthy_engine_containers_and_scales(sta
     stack.compose("up", "-d", *[arg for name, count in SCALED.items() for arg in ("--scale", f"{name}={count}")])
 
     async with httpx.AsyncClient(base_url=stack.gateway, timeout=5) as http:
+
         async def healthy():
             try:
                 engines = (await http.get("/engines", params={"health_status": "healthy"})).json()

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import yaml
+from support import ROOT
 
 from shared.config import Config
-from support import ROOT
 
 SERVICES = ("state-keeper", "prober", "provisioner", "janitor", "reaper", "gateway")
 # On the host network, replicas of one service would collide on a fixed metrics port.

@@ -14,18 +14,23 @@ import time
 import nats
 import pytest
 from nats.js.api import StreamInfo
-
 from nats_cluster import Cluster
+from support import base_env, wait_for_service, wait_until
+
 from shared import names
 from shared.schemas import utcnow
-from support import base_env, wait_for_service, wait_until
 
 KEEPER_HEALTH = {"HEALTH_CHECK_INTERVAL_S": 300, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
 
 pytestmark = pytest.mark.slow
 
 ENGINES = ("cluster-engine-1", "cluster-engine-2", "cluster-engine-3")
-REPLICATED = (names.EVENTS_STREAM, f"KV_{names.ENGINES_BUCKET}", f"KV_{names.STREAMS_BUCKET}", f"KV_{names.LEASES_BUCKET}")
+REPLICATED = (
+    names.EVENTS_STREAM,
+    f"KV_{names.ENGINES_BUCKET}",
+    f"KV_{names.STREAMS_BUCKET}",
+    f"KV_{names.LEASES_BUCKET}",
+)
 OP_TIMEOUT_S = 2.0
 RETRY_FOR_S = 30.0
 
@@ -49,14 +54,16 @@ class Driver:
                 result = await step()
                 self.successes.append(time.monotonic())
                 return result
-            except (nats.errors.Error, asyncio.TimeoutError, LookupError) as exc:
+            except (TimeoutError, nats.errors.Error, LookupError) as exc:
                 if time.monotonic() > deadline:
                     raise AssertionError(f"{what} kept failing for {RETRY_FOR_S}s: {exc!r}") from None
                 self.retries += 1
                 await asyncio.sleep(0.2)
 
     async def select(self, content: str) -> dict:
-        msg = await self.nc.request(names.ENGINE_SELECT, json.dumps({"content_key": content}).encode(), timeout=OP_TIMEOUT_S)
+        msg = await self.nc.request(
+            names.ENGINE_SELECT, json.dumps({"content_key": content}).encode(), timeout=OP_TIMEOUT_S
+        )
         if (msg.headers or {}).get("Nats-Service-Error-Code"):
             raise LookupError(msg.data.decode())
         return json.loads(msg.data)
@@ -69,8 +76,12 @@ class Driver:
         stream_id, content = f"c-stream-{number}", f"channel-{number % 5}"
         choice = await self.retry(f"select for {stream_id}", lambda: self.select(content))
         container_id = choice["engine"]["container_id"]
-        started = {"stream_id": stream_id, "container_id": container_id, "content_key": content,
-                   "reservation_id": choice["reservation_id"]}
+        started = {
+            "stream_id": stream_id,
+            "container_id": container_id,
+            "content_key": content,
+            "reservation_id": choice["reservation_id"],
+        }
         await self.retry(f"{stream_id} started", lambda: self.publish(names.STREAM_STARTED, started, f"s-{stream_id}"))
         self.started[stream_id] = container_id
         if number > 0:
@@ -102,12 +113,16 @@ async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_kil
     cluster = Cluster(tmp_path, processes)
     cluster.write_configs(3)
     cluster.start_all()
-    nc = await nats.connect(servers=cluster.urls.split(","), reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=quiet)
+    nc = await nats.connect(
+        servers=cluster.urls.split(","), reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=quiet
+    )
     try:
         js = nc.jetstream(timeout=3)
         await wait_until(lambda: _meta_leader(js), timeout=60, interval=0.5, what="a JetStream meta leader")
         # Health is reported once, by hand (below): a 300 s interval keeps that verdict fresh for the whole run.
-        processes.service("state_keeper", base_env(cluster.urls, NATS_REPLICAS=3, MAX_STREAMS_PER_ENGINE=10, **KEEPER_HEALTH))
+        processes.service(
+            "state_keeper", base_env(cluster.urls, NATS_REPLICAS=3, MAX_STREAMS_PER_ENGINE=10, **KEEPER_HEALTH)
+        )
         await wait_for_service(nc, names.SERVICE_NAME, 1, timeout=60)
         for stream in REPLICATED:
             info = await js.stream_info(stream)
@@ -128,21 +143,27 @@ async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_kil
         await wait_until(lambda: _recorded(nc, driver), timeout=60, interval=0.5, what="every acknowledged event in KV")
         # A stream record is written before its engine's: an end whose engine write failed
         # while the node was down reaches the engine on redelivery, so this converges later.
-        engines = await wait_until(lambda: _engines_without_streams(nc), timeout=60, interval=0.5,
-                                   what="no engine still listing an ended stream")
+        engines = await wait_until(
+            lambda: _engines_without_streams(nc),
+            timeout=60,
+            interval=0.5,
+            what="no engine still listing an ended stream",
+        )
         assert sum(1 for e in engines["engines"] if e["last_stream_usage"]) >= 2
     finally:
         await nc.close()
     assert driver.longest_gap() < 20, f"no acknowledged step for {driver.longest_gap():.1f}s"
     assert len(driver.successes) > killed_at
-    print(f"cluster: {driver.rounds} rounds, {during_outage} with {leader.name} down, "
-          f"{driver.retries} retries, longest gap {driver.longest_gap():.2f}s")
+    print(
+        f"cluster: {driver.rounds} rounds, {during_outage} with {leader.name} down, "
+        f"{driver.retries} retries, longest gap {driver.longest_gap():.2f}s"
+    )
 
 
 async def _meta_leader(js) -> bool:
     try:
         await js.account_info()
-    except (nats.errors.Error, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.Error):
         return False
     return True
 
@@ -156,7 +177,9 @@ async def _request(nc, subject: str, payload: dict) -> dict:
 async def _register_engines(nc, js) -> None:
     for number, container_id in enumerate(ENGINES, start=1):
         registered = {"container_id": container_id, "host": "127.0.0.1", "port": 7000 + number, "runtime": "external"}
-        await js.publish(names.ENGINE_REGISTERED, json.dumps(registered).encode(), headers={"Nats-Msg-Id": f"r-{container_id}"})
+        await js.publish(
+            names.ENGINE_REGISTERED, json.dumps(registered).encode(), headers={"Nats-Msg-Id": f"r-{container_id}"}
+        )
         health = {"container_id": container_id, "ok": True, "checked_at": utcnow().isoformat()}
         await js.publish(names.ENGINE_HEALTH, json.dumps(health).encode(), headers={"Nats-Msg-Id": f"h-{container_id}"})
 
@@ -171,7 +194,7 @@ async def _all_current(js) -> bool:
     for stream in REPLICATED:
         try:
             info: StreamInfo = await js.stream_info(stream)
-        except (nats.errors.Error, asyncio.TimeoutError):
+        except (TimeoutError, nats.errors.Error):
             return False
         replicas = info.cluster.replicas or []
         if info.cluster.leader is None or len(replicas) != 2 or not all(r.current and not r.offline for r in replicas):
@@ -182,7 +205,7 @@ async def _all_current(js) -> bool:
 async def _engines_without_streams(nc) -> dict | None:
     try:
         engines = await _request(nc, names.ENGINE_LIST, {})
-    except (nats.errors.Error, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.Error):
         return None
     return engines if all(engine["streams"] == [] for engine in engines["engines"]) else None
 
@@ -190,7 +213,7 @@ async def _engines_without_streams(nc) -> dict | None:
 async def _recorded(nc, driver: Driver) -> bool:
     try:
         listing = await _request(nc, names.STREAM_LIST, {"status": "ended"})
-    except (nats.errors.Error, asyncio.TimeoutError):
+    except (TimeoutError, nats.errors.Error):
         return False
     ended = {record["stream_id"]: record for record in listing["streams"]}
     return set(driver.started) <= set(ended) and all(ended[s]["container_id"] == c for s, c in driver.started.items())

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import httpx
 import pytest
-
 from gateway_stack import Stack
-from shared import names
 from support import base_env, wait_for_service
+
+from shared import names
 
 
 @pytest.fixture

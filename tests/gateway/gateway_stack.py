@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 import nats
+from support import ROOT, NatsServer, Process, Processes, free_port, free_port_range, wait_for_port, wait_until
 
 from shared import names
 from shared.engine_client import probe
 from shared.schemas import EngineHealth, encode, utcnow
-from support import ROOT, NatsServer, Process, Processes, free_port, free_port_range, wait_for_port, wait_until
 
 PROBER_MAIN = ROOT / "services" / "prober" / "__main__.py"
 # For stacks whose health a test reports by hand (no prober): a verdict older than interval + 2 x timeout
@@ -56,7 +56,15 @@ class Stack:
         """`count` acesim engines in one process; their ports."""
         first = free_port_range(count)
         last = first + count - 1
-        argv = [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{last}", "--cache-dir", str(self.tmp / "cache")]
+        argv = [
+            sys.executable,
+            "-m",
+            "deploy.acesim",
+            "--ports",
+            f"{first}-{last}",
+            "--cache-dir",
+            str(self.tmp / "cache"),
+        ]
         self.engines_started.append(self.processes.start("acesim", argv))
         for port in range(first, last + 1):
             wait_for_port(port, timeout=20)
@@ -93,8 +101,12 @@ class Stack:
     async def _probe_one(self, client: httpx.AsyncClient, engine: dict, timeout: float) -> None:
         result = await probe(client, engine["host"], engine["port"], timeout)
         observation = EngineHealth(
-            container_id=engine["container_id"], ok=result.ok, checked_at=utcnow(),
-            latency_ms=result.latency_ms, error=result.error, version=result.version,
+            container_id=engine["container_id"],
+            ok=result.ok,
+            checked_at=utcnow(),
+            latency_ms=result.latency_ms,
+            error=result.error,
+            version=result.version,
         )
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(names.ENGINE_HEALTH, encode(observation))

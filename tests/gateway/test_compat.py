@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 import pytest
@@ -22,14 +22,17 @@ from shared.compat import (
 from shared.decode_errors import describe_decode_error
 from shared.schemas import Key, StreamEnded, StreamStarted
 
-NOW = datetime(2025, 1, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 ACEXY_STARTED = {
     "container_id": "acexy-proxy",
     "engine": {"host": "10.0.0.5", "port": 6878},
     "stream": {"key_type": "content_id", "key": "94c2fd8f"},
     "session": {
-        "playback_session_id": "ps-1", "stat_url": "http://e/ace/stat/x/ps-1",
-        "command_url": "http://e/ace/cmd/x/ps-1", "is_live": 1, "something_new": True,
+        "playback_session_id": "ps-1",
+        "stat_url": "http://e/ace/stat/x/ps-1",
+        "command_url": "http://e/ace/cmd/x/ps-1",
+        "is_live": 1,
+        "something_new": True,
     },
     "labels": {"stream_id": "94c2fd8f|client-1"},
 }
@@ -87,19 +90,33 @@ def test_without_a_stream_id_the_session_decides_so_retries_agree():
 
 
 def test_our_flat_shape_passes_through_and_wins_over_nested_fields():
-    event = started({
-        "stream_id": "s1", "container_id": "acestream-1", "content_key": "ch", "key_type": "infohash",
-        "is_live": False, "reservation_id": "r1", "stream": {"key_type": "url", "key": "other"},
-    })
+    event = started(
+        {
+            "stream_id": "s1",
+            "container_id": "acestream-1",
+            "content_key": "ch",
+            "key_type": "infohash",
+            "is_live": False,
+            "reservation_id": "r1",
+            "stream": {"key_type": "url", "key": "other"},
+        }
+    )
     assert (event.stream_id, event.container_id, event.reservation_id) == ("s1", "acestream-1", "r1")
     assert (event.content_key, event.key_type, event.is_live) == ("ch", "infohash", False)
 
 
-@pytest.mark.parametrize("payload, error, text", [
-    ({"container_id": "ghost"}, UnknownEngine, "engine ghost not found"),
-    (ACEXY_STARTED | {"engine": {"host": "10.0.0.9", "port": 1}}, UnknownEngine, "no engine registered at 10.0.0.9:1"),
-    ({"stream_id": "s1"}, CompatError, "needs container_id"),
-])
+@pytest.mark.parametrize(
+    "payload, error, text",
+    [
+        ({"container_id": "ghost"}, UnknownEngine, "engine ghost not found"),
+        (
+            ACEXY_STARTED | {"engine": {"host": "10.0.0.9", "port": 1}},
+            UnknownEngine,
+            "no engine registered at 10.0.0.9:1",
+        ),
+        ({"stream_id": "s1"}, CompatError, "needs container_id"),
+    ],
+)
 def test_started_that_names_no_known_engine_is_refused(payload, error, text):
     with pytest.raises(error, match=text) as caught:
         started(payload)
@@ -130,15 +147,20 @@ def test_bodies_are_strict_at_the_top_and_lenient_inside_the_reference_parts():
 
     assert refusal(b'{"stream_key": "x"}').startswith("invalid body: field `$.stream_key` is not accepted")
     decode_started(msgspec.json.encode(ACEXY_STARTED))  # session.something_new is ignored
-    assert refusal(b'{"session": {"is_live": "yes"}}').startswith("invalid body: field `$.session.is_live`: expected true or false")
+    assert refusal(b'{"session": {"is_live": "yes"}}').startswith(
+        "invalid body: field `$.session.is_live`: expected true or false"
+    )
 
 
-@pytest.mark.parametrize("host, port, expected", [
-    ("127.0.0.1", 6878, "ext-127-0-0-1-6878"),
-    ("engine.lan", 1, "ext-engine-lan-1"),
-    ("::1", 40000, "ext-1-40000"),
-    ("[fe80::1%eth0]", 9, "ext-fe80-1-eth0-9"),
-])
+@pytest.mark.parametrize(
+    "host, port, expected",
+    [
+        ("127.0.0.1", 6878, "ext-127-0-0-1-6878"),
+        ("engine.lan", 1, "ext-engine-lan-1"),
+        ("::1", 40000, "ext-1-40000"),
+        ("[fe80::1%eth0]", 9, "ext-fe80-1-eth0-9"),
+    ],
+)
 def test_engine_ids_from_addresses_are_keys(host, port, expected):
     assert engine_id_for(host, port) == expected
     assert is_key(msgspec.json.encode(expected)) == expected

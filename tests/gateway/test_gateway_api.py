@@ -6,16 +6,22 @@ import asyncio
 import time
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
-
 from gateway_stack import HEALTH_BY_HAND, read_sse
-from shared import names
-from shared.schemas import EngineRecord, EngineRegistered, encode
+from prometheus_client.parser import text_string_to_metric_families
 from support import free_port, request_json, wait_until
 
+from shared import names
+from shared.schemas import EngineRecord, EngineRegistered, encode
+
 SEED_FIELDS = {
-    "container_id", "container_name", "host", "port", "health_status",
-    "last_health_check", "last_stream_usage", "streams",
+    "container_id",
+    "container_name",
+    "host",
+    "port",
+    "health_status",
+    "last_health_check",
+    "last_stream_usage",
+    "streams",
 }
 
 
@@ -66,12 +72,22 @@ async def test_select_then_start_and_end_a_stream_over_http(make_stack):
     assert selection["reservation_id"] in selection["engine"]["reservations"]
 
     async with httpx.AsyncClient() as engine_http:
-        session = (await engine_http.get(f"http://127.0.0.1:{port}/ace/getstream?id=ch-1&format=json")).json()["response"]
-    started = await stack.http.post("/events/stream_started", json={
-        "container_id": cid, "content_key": "ch-1", "key_type": "content_id",
-        "playback_session_id": session["playback_session_id"], "stat_url": session["stat_url"],
-        "command_url": session["command_url"], "is_live": True, "reservation_id": selection["reservation_id"],
-    })
+        session = (await engine_http.get(f"http://127.0.0.1:{port}/ace/getstream?id=ch-1&format=json")).json()[
+            "response"
+        ]
+    started = await stack.http.post(
+        "/events/stream_started",
+        json={
+            "container_id": cid,
+            "content_key": "ch-1",
+            "key_type": "content_id",
+            "playback_session_id": session["playback_session_id"],
+            "stat_url": session["stat_url"],
+            "command_url": session["command_url"],
+            "is_live": True,
+            "reservation_id": selection["reservation_id"],
+        },
+    )
     assert started.status_code == 202, started.text
     stream_id = started.json()["stream_id"]
     assert started.json()["container_id"] == cid
@@ -102,8 +118,10 @@ async def test_reference_proxy_payloads_start_and_end_streams(stack):
         "engine": {"host": "127.0.0.1", "port": port},
         "stream": {"key_type": "infohash", "key": "0a48d1d8"},
         "session": {
-            "playback_session_id": "ps-1", "stat_url": f"http://127.0.0.1:{port}/ace/stat/x/ps-1",
-            "command_url": f"http://127.0.0.1:{port}/ace/cmd/x/ps-1", "is_live": 1,
+            "playback_session_id": "ps-1",
+            "stat_url": f"http://127.0.0.1:{port}/ace/stat/x/ps-1",
+            "command_url": f"http://127.0.0.1:{port}/ace/cmd/x/ps-1",
+            "is_live": 1,
         },
         "labels": {"stream_id": "0a48d1d8|client 1"},
     }
@@ -117,9 +135,14 @@ async def test_reference_proxy_payloads_start_and_end_streams(stack):
     assert (stream["content_key"], stream["key_type"], stream["is_live"]) == ("0a48d1d8", "infohash", True)
     assert stream["playback_session_id"] == "ps-1"
 
-    ended = await stack.http.post("/events/stream_ended", json={
-        "container_id": "acexy-proxy-7f3a", "stream_id": "0a48d1d8|client 1", "reason": "client disconnected",
-    })
+    ended = await stack.http.post(
+        "/events/stream_ended",
+        json={
+            "container_id": "acexy-proxy-7f3a",
+            "stream_id": "0a48d1d8|client 1",
+            "reason": "client disconnected",
+        },
+    )
     assert ended.status_code == 202 and ended.json()["stream_id"] == stream_id
     await stack.engine(cid, lambda r: r["streams"] == [], what="stream ended by its label id")
 
@@ -135,7 +158,9 @@ async def test_reference_proxy_payloads_start_and_end_streams(stack):
     assert by_engine.status_code == 202 and by_engine.json()["stream_id"] == derived
     await stack.engine(cid, lambda r: r["streams"] == [], what="stream ended by engine")
 
-    unknown = await stack.http.post("/events/stream_started", json=acexy_started | {"engine": {"host": "127.0.0.1", "port": 1}})
+    unknown = await stack.http.post(
+        "/events/stream_started", json=acexy_started | {"engine": {"host": "127.0.0.1", "port": 1}}
+    )
     assert unknown.status_code == 404 and "127.0.0.1:1" in unknown.json()["error"]
 
 
@@ -166,7 +191,11 @@ async def test_register_and_remove_an_external_engine(stack):
     cid = registered.json()["container_id"]
     assert cid == f"ext-127-0-0-1-{port}"
     record = await stack.engine(cid)
-    assert (record["runtime"], record["container_name"], record["labels"]) == ("external", "lab-engine", {"site": "lab"})
+    assert (record["runtime"], record["container_name"], record["labels"]) == (
+        "external",
+        "lab-engine",
+        {"site": "lab"},
+    )
     assert record["health_status"] == "unknown"
 
     again = await stack.http.post("/engines", json=body)
@@ -202,8 +231,12 @@ async def test_api_key_protects_writes_and_leaves_reads_open(make_stack):
     for header in ("Bearer wrong", "Bearer s3cret-key2", b"Bearer \xff\xfe"):
         wrong = await stack.http.post("/engines", json=body, headers={"Authorization": header})
         assert wrong.status_code == 403 and wrong.json()["code"] == 403
-    writes = [("POST", "/engines/select"), ("DELETE", "/engines/x"), ("POST", "/events/stream_started"),
-              ("POST", "/events/stream_ended")]
+    writes = [
+        ("POST", "/engines/select"),
+        ("DELETE", "/engines/x"),
+        ("POST", "/events/stream_started"),
+        ("POST", "/events/stream_ended"),
+    ]
     for method, path in writes:
         assert (await stack.http.request(method, path, json={})).status_code == 401, path
     good = await stack.http.post("/engines", json=body, headers={"Authorization": "Bearer s3cret-key"})
@@ -225,7 +258,9 @@ async def test_metrics_show_the_fleet_and_the_sum_of_state_keeper_counters(make_
     assert (await stack.http.post("/engines/select")).status_code == 200
     assert (await stack.http.post("/engines/select")).status_code == 503
     await nc.jetstream().publish(names.STREAM_STARTED, b"{not json")
-    await nc.jetstream().publish(names.ENGINE_CLEANED, b'{"container_id": "%s", "ok": true, "cache_size_bytes": 1234}' % healthy_id.encode())
+    await nc.jetstream().publish(
+        names.ENGINE_CLEANED, b'{"container_id": "%s", "ok": true, "cache_size_bytes": 1234}' % healthy_id.encode()
+    )
 
     async def scraped():
         reply = await stack.http.get("/metrics")
@@ -235,8 +270,15 @@ async def test_metrics_show_the_fleet_and_the_sum_of_state_keeper_counters(make_
             for family in text_string_to_metric_families(reply.text)
             for s in family.samples
         }
-        ready = samples.get(("aceorch_state_keeper_replicas", ())) == 2 and samples.get(("aceorch_cache_cleaned_bytes", ())) == 1234
-        return samples if ready and samples.get(("aceorch_events_rejected_total", (("reason", "malformed_json"),))) else None
+        ready = (
+            samples.get(("aceorch_state_keeper_replicas", ())) == 2
+            and samples.get(("aceorch_cache_cleaned_bytes", ())) == 1234
+        )
+        return (
+            samples
+            if ready and samples.get(("aceorch_events_rejected_total", (("reason", "malformed_json"),)))
+            else None
+        )
 
     samples = await wait_until(scraped, timeout=20, interval=0.3, what="metrics with both replicas' counters")
     assert samples[("aceorch_engines", (("health_status", "healthy"), ("state", "active")))] == 1
@@ -270,7 +312,8 @@ async def test_live_feed_keeps_alive_and_survives_a_nats_restart(make_stack, nat
 
         await wait_until(lambda: _report_after_restart(stack, cid), timeout=20, what="health report after restart")
         change = await _next(
-            events, lambda kind, data: kind == "engine" and data["engine"] and data["engine"]["health_status"] == "healthy"
+            events,
+            lambda kind, data: kind == "engine" and data["engine"] and data["engine"]["health_status"] == "healthy",
         )
         assert change["id"] == cid
 

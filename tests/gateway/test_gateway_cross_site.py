@@ -17,19 +17,28 @@ from pathlib import Path
 import httpx
 import pytest
 from playwright.async_api import async_playwright
-
 from support import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 async def test_a_text_plain_post_registers_nothing(stack):
     body = json.dumps({"host": "127.0.0.1", "port": free_port()})
-    for headers in ({"Content-Type": "text/plain;charset=UTF-8"}, {"Content-Type": "application/x-www-form-urlencoded"}, {}):
+    for headers in (
+        {"Content-Type": "text/plain;charset=UTF-8"},
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        {},
+    ):
         reply = await stack.http.post("/engines", content=body, headers=headers)
         _assert_refused(reply, 415, "application/json")
     reply = await stack.http.post("/engines/select", content=b"", headers={"Content-Type": "text/plain"})
@@ -91,7 +100,9 @@ async def test_a_page_of_another_loopback_origin_cannot_register_an_engine(stack
                 sent = await page.evaluate("window.__sent")
             finally:
                 await browser.close()
-    assert sent == "opaque", sent  # the browser did send it (no preflight); the gateway's answer is hidden from the page
+    assert sent == "opaque", (
+        sent
+    )  # the browser did send it (no preflight); the gateway's answer is hidden from the page
     assert (await stack.http.get("/engines")).json() == []
     assert "Traceback" not in stack.gateway.log()
 

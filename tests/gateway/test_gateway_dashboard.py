@@ -8,23 +8,29 @@ test-artifacts/ for a human to look at.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import async_playwright
+from support import ROOT
 
 from shared import names
 from shared.schemas import PlaybackStats, StreamStats, encode
-from support import ROOT
 
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = ROOT / "test-artifacts"
 GREEN, RED, GRAY = "rgb(22, 163, 74)", "rgb(220, 38, 38)", "rgb(156, 163, 175)"
@@ -58,7 +64,9 @@ async def test_dashboard_shows_health_colours_and_turns_a_hung_engine_red_live(m
     assert await page.text_content("#kpi-healthy-total") == "0 / 3"
 
     health_source = await stack.start_health_checks()
-    await page.wait_for_function("document.querySelectorAll('tr.engine[data-health=healthy]').length === 3", timeout=30_000)
+    await page.wait_for_function(
+        "document.querySelectorAll('tr.engine[data-health=healthy]').length === 3", timeout=30_000
+    )
     for cid in ids:
         assert await _health(page, cid) == ("healthy", GREEN)
     assert await page.text_content("#kpi-healthy-total") == "3 / 3"
@@ -70,7 +78,7 @@ async def test_dashboard_shows_health_colours_and_turns_a_hung_engine_red_live(m
     assert await page.text_content("#kpi-streams") == "1"
     assert await _stream_cell(page, stream_id, "Peers") == "—", "no figures yet"
     # A proxy's figures (stream.stats) reach the row live.
-    figures = PlaybackStats(status="dl", peers=17, speed_down=640, speed_up=33, reported_at=datetime.now(timezone.utc))
+    figures = PlaybackStats(status="dl", peers=17, speed_down=640, speed_up=33, reported_at=datetime.now(UTC))
     await stack.nc.publish(names.STREAM_STATS, encode(StreamStats(stream_id=stream_id, stats=figures)))
     await page.wait_for_function(
         f"document.querySelector('tr.stream[data-id=\"{stream_id}\"] td[data-label=\"Peers\"]').textContent === '17'"
@@ -95,7 +103,9 @@ async def test_dashboard_shows_health_colours_and_turns_a_hung_engine_red_live(m
 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
-    phone = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, bypass_csp=True)
+    phone = await browser.new_page(
+        viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True, bypass_csp=True
+    )
     await phone.goto(stack.url)
     await phone.wait_for_selector(f'tr.engine[data-id="{ids[1]}"][data-health="unhealthy"]')
     await phone.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"))
@@ -115,21 +125,25 @@ async def test_dashboard_shows_names_as_text_and_formats_times(make_stack, brows
     await page.wait_for_selector('#conn[data-state="live"]')
     assert await page.is_visible("#engines-empty")
 
-    registered = await stack.http.post("/engines", json={"host": "127.0.0.1", "port": 6999, "container_name": HOSTILE_NAME})
+    registered = await stack.http.post(
+        "/engines", json={"host": "127.0.0.1", "port": 6999, "container_name": HOSTILE_NAME}
+    )
     cid = registered.json()["container_id"]
     await page.wait_for_selector(f'tr.engine[data-id="{cid}"]')
     assert await page.text_content(f'tr.engine[data-id="{cid}"] .name') == HOSTILE_NAME
     assert await page.evaluate("window.__xss") is None
     assert await page.is_hidden("#engines-empty")
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ago = {
         "never": None,
         "minutes": (now - timedelta(minutes=5, seconds=10)).isoformat(),
         "hours": (now - timedelta(hours=2, minutes=3)).isoformat(),
         "seconds": (now - timedelta(seconds=42)).isoformat(),
     }
-    texts = await page.evaluate("(ago) => Object.fromEntries(Object.entries(ago).map(([k, v]) => [k, aceDashboard.relTime(v)]))", ago)
+    texts = await page.evaluate(
+        "(ago) => Object.fromEntries(Object.entries(ago).map(([k, v]) => [k, aceDashboard.relTime(v)]))", ago
+    )
     assert texts == {"never": "Never", "minutes": "5m ago", "hours": "2h ago", "seconds": "42s ago"}
     assert await page.evaluate("aceDashboard.formatBytes(734003200)") == "700 MB"
 
@@ -170,11 +184,20 @@ async def _stream_cell(page, stream_id: str, label: str) -> str:
 
 async def _start_stream(stack, cid: str, port: int) -> str:
     async with httpx.AsyncClient() as engine_http:
-        session = (await engine_http.get(f"http://127.0.0.1:{port}/ace/getstream?id=ch-news&format=json")).json()["response"]
-    started = await stack.http.post("/events/stream_started", json={
-        "container_id": cid, "content_key": "ch-news", "key_type": "content_id", "is_live": True,
-        "playback_session_id": session["playback_session_id"], "stat_url": session["stat_url"],
-        "command_url": session["command_url"],
-    })
+        session = (await engine_http.get(f"http://127.0.0.1:{port}/ace/getstream?id=ch-news&format=json")).json()[
+            "response"
+        ]
+    started = await stack.http.post(
+        "/events/stream_started",
+        json={
+            "container_id": cid,
+            "content_key": "ch-news",
+            "key_type": "content_id",
+            "is_live": True,
+            "playback_session_id": session["playback_session_id"],
+            "stat_url": session["stat_url"],
+            "command_url": session["command_url"],
+        },
+    )
     assert started.status_code == 202, started.text
     return started.json()["stream_id"]

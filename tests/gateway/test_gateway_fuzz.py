@@ -8,9 +8,10 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 from gateway_stack import HEALTH_BY_HAND
+from support import ROOT, free_port, wait_until
+
 from shared import names
 from shared.schemas import PlaybackStats, StreamStarted, StreamStats, encode, utcnow
-from support import ROOT, free_port, wait_until
 
 ARTIFACTS = ROOT / "test-artifacts"
 MAX_EXAMPLES = 30  # per operation: enough to mutate every field, small enough to stay well under a minute
@@ -46,18 +47,35 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
     config.write_text(PER_OPERATION)
     st = Path(sys.executable).parent / "st"
     proc = await asyncio.create_subprocess_exec(
-        str(st), "--config-file", str(config), "run", f"{stack.url}/openapi.json",
-        "--checks", CHECKS,
-        "--max-examples", str(MAX_EXAMPLES),
-        "--phases", "examples,coverage,fuzzing",
-        "--exclude-path", "/api/live",  # an endless event stream, tested on its own
-        "--workers", "2",
-        "--seed", "1",
-        "--request-timeout", "10",
-        "--generation-database", "none",
-        "--report", "junit", "--report-junit-path", str(report),
+        str(st),
+        "--config-file",
+        str(config),
+        "run",
+        f"{stack.url}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--exclude-path",
+        "/api/live",  # an endless event stream, tested on its own
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--request-timeout",
+        "10",
+        "--generation-database",
+        "none",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(report),
         "--no-color",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        cwd=tmp_path,
     )
     output, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
     text = output.decode(errors="replace")
@@ -65,9 +83,14 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
     # What ran is read from the JUnit report (a format), not from Schemathesis' console wording:
     # one test case per operation of our schema, none failed, errored or skipped.
     cases = ElementTree.parse(report).getroot().iter("testcase")
-    outcomes = {case.get("name"): [child.tag for child in case if child.tag in ("failure", "error", "skipped")] for case in cases}
+    outcomes = {
+        case.get("name"): [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        for case in cases
+    }
     schema = (await stack.http.get("/openapi.json")).json()
-    operations = {f"{method.upper()} {path}" for path, item in schema["paths"].items() if path != "/api/live" for method in item}
+    operations = {
+        f"{method.upper()} {path}" for path, item in schema["paths"].items() if path != "/api/live" for method in item
+    }
     assert set(outcomes) == operations, (sorted(outcomes), sorted(operations))
     assert not any(outcomes.values()), {name: tags for name, tags in outcomes.items() if tags}
     assert "Traceback" not in stack.gateway.log(), stack.gateway.log()[-4000:]
@@ -76,10 +99,28 @@ async def test_fuzzing_the_openapi_schema_finds_no_server_errors(make_stack, tmp
 
 async def _stream_with_figures(stack, engine: str) -> None:
     """A stream record carrying every figure, so /streams' replies are checked against the schema with them."""
-    await stack.nc.jetstream().publish(names.STREAM_STARTED, encode(StreamStarted(
-        stream_id="fuzz-stream", container_id=engine, content_key="fuzz", key_type="content_id", proxy="fuzz-proxy")))
-    figures = PlaybackStats(status="dl", peers=4, speed_down=300, speed_up=20, downloaded=1 << 30, uploaded=1 << 20,
-                            livepos={"pos": 1700000000, "first": 1699990000, "buffer_pieces": 15}, reported_at=utcnow())
+    await stack.nc.jetstream().publish(
+        names.STREAM_STARTED,
+        encode(
+            StreamStarted(
+                stream_id="fuzz-stream",
+                container_id=engine,
+                content_key="fuzz",
+                key_type="content_id",
+                proxy="fuzz-proxy",
+            )
+        ),
+    )
+    figures = PlaybackStats(
+        status="dl",
+        peers=4,
+        speed_down=300,
+        speed_up=20,
+        downloaded=1 << 30,
+        uploaded=1 << 20,
+        livepos={"pos": 1700000000, "first": 1699990000, "buffer_pieces": 15},
+        reported_at=utcnow(),
+    )
 
     async def shown() -> bool:
         await stack.nc.publish(names.STREAM_STATS, encode(StreamStats(stream_id="fuzz-stream", stats=figures)))

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 
 import httpx
-
 from gateway_stack import read_sse
 from support import free_port, wait_until
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from shared import names
 from support import wait_for_service, wait_until
+
+from shared import names
 
 
 async def test_readiness_names_a_missing_state_keeper_while_liveness_stays_up(stack, processes):

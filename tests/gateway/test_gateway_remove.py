@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from support import free_port, wait_until
+
 from shared import names
 from shared.schemas import EngineRegistered, encode
-from support import free_port, wait_until
 
 
 async def test_a_managed_engine_is_refused_with_the_reason_and_kept(stack):

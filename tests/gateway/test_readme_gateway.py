@@ -3,7 +3,6 @@
 import asyncio
 
 import httpx
-
 from gateway_stack import HEALTH_BY_HAND
 from support import wait_until
 from test_readme import readme_example

@@ -7,8 +7,9 @@ covers the provisioner's side).
 
 from __future__ import annotations
 
-from shared.policy.provisioning import NO_PROVISIONER_ETA_S
 from support import wait_until
+
+from shared.policy.provisioning import NO_PROVISIONER_ETA_S
 
 KEY = "s3cret"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -56,8 +57,13 @@ async def status(stack) -> dict:
 
 
 async def test_status_counts_slots_and_says_no_provisioner_answers(make_stack):
-    stack = await make_stack(API_KEY=KEY, MAX_STREAMS_PER_ENGINE=SLOTS, HEALTH_CHECK_INTERVAL_S=30,
-                             HEALTH_CHECK_TIMEOUT_S=5, HEALTH_RECHECK_S=5)
+    stack = await make_stack(
+        API_KEY=KEY,
+        MAX_STREAMS_PER_ENGINE=SLOTS,
+        HEALTH_CHECK_INTERVAL_S=30,
+        HEALTH_CHECK_TIMEOUT_S=5,
+        HEALTH_RECHECK_S=5,
+    )
     stack.http.headers.update(AUTH)
     first, second = stack.start_engines(2)
     a, b = await stack.register(first), await stack.register(second)
@@ -101,8 +107,14 @@ async def test_bodies_openapi_and_engine_items_fit_the_reference(make_stack):
     assert reply.status_code == 422 and "labels" in reply.json()["error"]
 
     paths = (await stack.http.get("/openapi.json")).json()["paths"]
-    for path in ("/orchestrator/status", "/provision/acestream", "/api/v1/events/stream_started",
-                 "/api/v1/events/stream_ended", "/events/stream_started", "/events/stream_ended"):
+    for path in (
+        "/orchestrator/status",
+        "/provision/acestream",
+        "/api/v1/events/stream_started",
+        "/api/v1/events/stream_ended",
+        "/events/stream_started",
+        "/events/stream_ended",
+    ):
         assert path in paths, path
     assert "security" not in paths["/orchestrator/status"]["get"]
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from support import wait_until
+
+from services.janitor.janitor import Janitor
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
 from shared.runtime import ExecStillRunning
 from shared.schemas import EngineRemoved, encode
-from services.janitor.janitor import Janitor
-from support import wait_until
 
 
 class ExecOutlivesItsTimeout:
@@ -67,7 +68,9 @@ async def test_the_failures_of_engines_that_are_gone_are_forgotten(pools):
         await janitor.clean(spec.container_id, "test")
         assert spec.container_id in janitor._failures
         await pool.runtime.remove(spec)
-        await pool.js.publish(names.ENGINE_REMOVED, encode(EngineRemoved(container_id=spec.container_id, reason="test")))
+        await pool.js.publish(
+            names.ENGINE_REMOVED, encode(EngineRemoved(container_id=spec.container_id, reason="test"))
+        )
         await wait_until(lambda: janitor.view.get(spec.container_id) is None, what="the record gone from the view")
         await janitor.sweep()
         assert janitor._failures == {}

@@ -6,10 +6,10 @@ import sys
 from pathlib import Path
 
 from prometheus_client.utils import floatToGoString
+from support import free_port, wait_for_port, wait_until
 
 from shared import names
 from shared.policy.cleanup import format_bytes
-from support import free_port, wait_for_port, wait_until
 
 
 async def started(process, text="started with"):
@@ -20,8 +20,10 @@ async def test_caches_are_cleaned_when_streams_end(pools, processes, tmp_path):
     """engine.idle → claim → du → empty → release → engine.cleaned; external engines are left alone."""
     pool = await pools()
     external_port, external_cache = free_port(), tmp_path / "external-cache"
-    processes.start("acesim-external", [sys.executable, "-m", "deploy.acesim", "--port", str(external_port),
-                                        "--cache-dir", str(external_cache)])
+    processes.start(
+        "acesim-external",
+        [sys.executable, "-m", "deploy.acesim", "--port", str(external_port), "--cache-dir", str(external_cache)],
+    )
     wait_for_port(external_port)
     specs = await pool.create_engines(2)
     await pool.register_external("127.0.0.1", external_port, "external-1")
@@ -83,8 +85,11 @@ async def test_a_busy_engine_is_skipped_and_the_sweep_cleans_it_once_free(pools)
     janitor = pool.service("janitor", LOG_LEVEL="DEBUG")
     await started(janitor)
     await pool.nc.publish(names.ENGINE_IDLE, f'{{"container_id": "{spec.container_id}"}}'.encode())
-    await wait_until(lambda: f"skipping {spec.container_id} (idle)" in janitor.log(), timeout=10,
-                     what="the janitor to skip the busy engine")
+    await wait_until(
+        lambda: f"skipping {spec.container_id} (idle)" in janitor.log(),
+        timeout=10,
+        what="the janitor to skip the busy engine",
+    )
     assert "is busy: 1 streams or reservations" in janitor.log()
     assert pool.recorder.of(names.ENGINE_CLEANED) == []
     assert (await pool.sim_state(spec.port))["cache_bytes"] == size > 0

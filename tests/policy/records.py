@@ -1,10 +1,10 @@
 """Record builders for pure tests: one obvious default, override what the case is about."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from shared.schemas import Claim, EngineRecord
 
-NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=UTC)
 
 
 def ago(seconds: float) -> datetime:

@@ -2,10 +2,11 @@
 
 from datetime import timedelta
 
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from records import NOW, claim, engine
+
 from shared.policy.selection import CandidateIndex, SelectionPolicy, select_engine
 from shared.schemas import Claim
 
@@ -47,7 +48,9 @@ class IndexMachine(RuleBasedStateMachine):
             health_status="healthy" if healthy else "unhealthy",
             streams=[f"s{i}" for i in range(streams)],
             reservations={f"r{i}": self.at(s) for i, s in enumerate(reservations)},
-            claim=None if claimed is None else Claim(claim_id="c", purpose=claimed[0], holder="t", expires_at=self.at(claimed[1])),
+            claim=None
+            if claimed is None
+            else Claim(claim_id="c", purpose=claimed[0], holder="t", expires_at=self.at(claimed[1])),
             last_stream_usage=None if used is None else self.at(used),
             last_health_check=None if checked is None else self.at(checked),
         )
@@ -80,8 +83,14 @@ class IndexMachine(RuleBasedStateMachine):
     )
     def choose(self, content, hosts, exclude):
         expected = select_engine(
-            self.records.values(), self.now, self.policy,
-            content_key=content, playing=hosts, tiebreak=tiebreak, in_flight=self.in_flight, exclude=exclude,
+            self.records.values(),
+            self.now,
+            self.policy,
+            content_key=content,
+            playing=hosts,
+            tiebreak=tiebreak,
+            in_flight=self.in_flight,
+            exclude=exclude,
         )
         got = self.index.choose(self.now, content, hosts, exclude)
         summary = lambda s: None if s is None else (s.engine.container_id, s.shared)  # noqa: E731

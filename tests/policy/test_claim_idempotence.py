@@ -5,8 +5,8 @@ The first request's write may have been applied although its reply was lost
 """
 
 import pytest
-
 from records import NOW, engine, later
+
 from shared.policy.events import ClaimRefused, apply_claim
 from shared.schemas import ClaimRequest
 
@@ -22,9 +22,7 @@ def test_same_holder_and_purpose_reclaiming_gets_the_claim_it_already_holds():
     assert again.claim.claim_id == "c1" and again.state == "cleaning"
 
 
-@pytest.mark.parametrize(
-    "retry", [ask(holder="janitor-2"), ask(purpose="reap")], ids=["other-holder", "other-purpose"]
-)
+@pytest.mark.parametrize("retry", [ask(holder="janitor-2"), ask(purpose="reap")], ids=["other-holder", "other-purpose"])
 def test_a_claim_held_for_someone_or_something_else_is_still_refused(retry):
     claimed = apply_claim(engine(), ask(), "c1", NOW, 60)
     with pytest.raises(ClaimRefused) as refused:

@@ -1,8 +1,8 @@
 """When a reap claim still covers stopping the engine: a lapsed claim does not (issue 21 item 10)."""
 
 import pytest
-
 from records import NOW, claim, engine, later
+
 from shared.policy.claims import claim_covers_removal
 from shared.schemas import Claim
 
@@ -16,7 +16,10 @@ def test_a_live_claim_of_ours_on_an_idle_engine_covers_the_removal():
     [
         (None, "its record is gone"),
         (engine(), "our claim was cancelled"),
-        (engine(claim=Claim(claim_id="c2", purpose="reap", holder="x", expires_at=later(30))), "our claim was cancelled"),
+        (
+            engine(claim=Claim(claim_id="c2", purpose="reap", holder="x", expires_at=later(30))),
+            "our claim was cancelled",
+        ),
         (engine(claim=claim("reap", expires_in=30), streams=["s1"]), "a stream started on it"),
         # The record still names our claim after it lapsed: only its expiry tells.
         (engine(claim=claim("reap", expires_in=-1)), "our claim lapsed"),

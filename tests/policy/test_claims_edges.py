@@ -7,8 +7,8 @@ the boundary of CLAIM_MARGIN (found by `make mutate`).
 from datetime import timedelta
 
 import pytest
-
 from records import NOW, claim, engine, later
+
 from shared.policy.claims import CLAIM_MARGIN, claim_covers_removal
 from shared.schemas import Claim
 
@@ -18,12 +18,16 @@ from shared.schemas import Claim
     [
         (None, "its record is gone"),
         (engine(), "our claim was cancelled (a stream started on it)"),
-        (engine(claim=Claim(claim_id="c2", purpose="reap", holder="x", expires_at=later(30))),
-         "our claim was cancelled (a stream started on it)"),
+        (
+            engine(claim=Claim(claim_id="c2", purpose="reap", holder="x", expires_at=later(30))),
+            "our claim was cancelled (a stream started on it)",
+        ),
         (engine(claim=claim("reap", expires_in=30), streams=["s1"]), "a stream started on it"),
         (engine(claim=claim("reap", expires_in=1)), "our claim lapsed (or is about to) before the removal"),
-        (engine(claim=claim("reap", expires_in=30), reservations={"r1": later(20)}),
-         "a selection reserved it after our claim lapsed"),
+        (
+            engine(claim=claim("reap", expires_in=30), reservations={"r1": later(20)}),
+            "a selection reserved it after our claim lapsed",
+        ),
     ],
     ids=["gone", "no-claim", "other-claim", "stream", "lapsing", "reserved"],
 )

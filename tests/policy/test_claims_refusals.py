@@ -5,8 +5,8 @@ error code: both are part of the contract (DESIGN §3, `409` busy).
 """
 
 import pytest
-
 from records import NOW, engine, later
+
 from shared.policy.events import ClaimRefused, apply_claim, apply_release
 from shared.schemas import ClaimRequest
 

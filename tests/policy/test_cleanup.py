@@ -4,8 +4,8 @@ import os
 import subprocess
 
 import pytest
-
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.cleanup import (
     DONE_MARKER,
     SIZE_MARKER,
@@ -54,8 +54,20 @@ USED = dict(last_stream_usage=ago(60), idle_since=ago(50))
         (engine("x", **USED, last_cache_cleanup=ago(10)), False),
         (engine("x", idle_since=ago(50)), False),
     ],
-    ids=["idle-and-used", "streaming", "live-reservation", "expired-reservation", "being-cleaned", "being-reaped",
-         "lapsed-claim", "external-never", "docker", "unhealthy-still-cleaned", "already-cleaned", "never-used"],
+    ids=[
+        "idle-and-used",
+        "streaming",
+        "live-reservation",
+        "expired-reservation",
+        "being-cleaned",
+        "being-reaped",
+        "lapsed-claim",
+        "external-never",
+        "docker",
+        "unhealthy-still-cleaned",
+        "already-cleaned",
+        "never-used",
+    ],
 )
 def test_needs_clean(record, expected):
     assert needs_clean(record, NOW) is expected
@@ -153,8 +165,16 @@ def test_parse_success(exit_code, output, expected):
         (4, f"{SIZE_MARKER}x\n", None, "exited 4"),
         (1, "e" * 5000, None, "e" * 500),
     ],
-    ids=["nothing", "no-size", "raw-du-output-is-not-trusted", "not-emptied", "exec-failed", "delete-failed",
-         "garbled-size", "long-output-truncated"],
+    ids=[
+        "nothing",
+        "no-size",
+        "raw-du-output-is-not-trusted",
+        "not-emptied",
+        "exec-failed",
+        "delete-failed",
+        "garbled-size",
+        "long-output-truncated",
+    ],
 )
 def test_parse_failure(exit_code, output, size, fragment):
     result = parse_clean_output(exit_code, output)
@@ -164,8 +184,16 @@ def test_parse_failure(exit_code, output, size, fragment):
 
 @pytest.mark.parametrize(
     "size, text",
-    [(None, "size unknown"), (0, "0 B"), (999, "999 B"), (1000, "1.0 KB"), (12_345_678, "12.3 MB"),
-     (999_960, "1.0 MB"), (3_210_000_000, "3.2 GB"), (5 * 10**12, "5.0 TB")],
+    [
+        (None, "size unknown"),
+        (0, "0 B"),
+        (999, "999 B"),
+        (1000, "1.0 KB"),
+        (12_345_678, "12.3 MB"),
+        (999_960, "1.0 MB"),
+        (3_210_000_000, "3.2 GB"),
+        (5 * 10**12, "5.0 TB"),
+    ],
 )
 def test_format_bytes(size, text):
     assert format_bytes(size) == text

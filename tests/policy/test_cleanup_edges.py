@@ -10,8 +10,8 @@ import shutil
 import subprocess
 
 import pytest
-
 from records import NOW, ago, engine, later
+
 from shared.policy.cleanup import (
     DONE_MARKER,
     SIZE_MARKER,

@@ -5,6 +5,7 @@ measure the state-keeper logs (found by `make mutate`).
 """
 
 from records import NOW, ago, later
+
 from shared.policy.clock import off_by
 
 SKEW = 30.0

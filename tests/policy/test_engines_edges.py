@@ -5,6 +5,7 @@ with the cases they leave open (found by `make mutate`).
 """
 
 from records import NOW, claim, engine, later
+
 from shared.policy.engines import is_idle, live_reservations, load, tidy
 
 

@@ -1,13 +1,14 @@
 """Event application is idempotent and order-independent (pure, no I/O)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-
 from records import NOW, ago, engine, later
+
 from shared.policy.events import (
     MAX_RECORD_STREAMS,
     ClaimRefused,
@@ -35,8 +36,6 @@ from shared.schemas import (
     decode_engine,
     encode,
 )
-
-import pytest
 
 SKEW = 30.0
 
@@ -116,7 +115,9 @@ def test_last_stream_ending_marks_idle_once():
 
 
 def test_registration_creates_unknown_record_and_reregistration_keeps_usage():
-    event = EngineRegistered(container_id="e9", host="127.0.0.1", port=7000, container_name="acestream-9", runtime="local")
+    event = EngineRegistered(
+        container_id="e9", host="127.0.0.1", port=7000, container_name="acestream-9", runtime="local"
+    )
     record = apply_engine_registered(None, event, NOW, seq=4)
     assert record.health_status == "unknown" and record.created_at == NOW and record.container_name == "acestream-9"
     assert record.registered_seq == 4
@@ -127,7 +128,9 @@ def test_registration_creates_unknown_record_and_reregistration_keeps_usage():
 
 
 def test_cleaned_records_time_and_size_and_ignores_stale_reports():
-    record = apply_engine_cleaned(engine(), EngineCleaned(container_id="e1", ok=True, cache_size_bytes=42, cleaned_at=ago(1)), NOW)
+    record = apply_engine_cleaned(
+        engine(), EngineCleaned(container_id="e1", ok=True, cache_size_bytes=42, cleaned_at=ago(1)), NOW
+    )
     assert record.last_cache_cleanup == ago(1) and record.cache_size_bytes == 42
     stale = EngineCleaned(container_id="e1", ok=True, cache_size_bytes=7, cleaned_at=ago(2))
     assert apply_engine_cleaned(record, stale, NOW) is record
@@ -238,7 +241,7 @@ def test_ended_streams_expire_after_the_ttl_and_started_ones_never():
 
 def test_an_end_stamped_in_the_past_keeps_its_tombstone_for_the_ttl():
     """A proxy clock far behind must not expire the tombstone at once (a late start would revive it)."""
-    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     done = apply_stream_ended_to_stream(None, StreamEnded(stream_id="s1", ended_at=epoch), NOW, SKEW)
     assert done.ended_at == ago(SKEW)
     assert not stream_expired(done, later(3600 - SKEW - 1), 3600)
@@ -247,7 +250,7 @@ def test_an_end_stamped_in_the_past_keeps_its_tombstone_for_the_ttl():
 
 def test_an_end_stamped_in_the_future_does_not_keep_its_tombstone_for_ever():
     done = apply_stream_ended_to_stream(
-        None, StreamEnded(stream_id="s1", ended_at=datetime(2099, 1, 1, tzinfo=timezone.utc)), NOW, SKEW
+        None, StreamEnded(stream_id="s1", ended_at=datetime(2099, 1, 1, tzinfo=UTC)), NOW, SKEW
     )
     assert done.ended_at == NOW and stream_expired(done, later(3600), 3600)
 
@@ -255,7 +258,7 @@ def test_an_end_stamped_in_the_future_does_not_keep_its_tombstone_for_ever():
 def test_a_start_stamped_in_the_future_is_taken_as_now():
     """Otherwise last_stream_usage sits in 2099: the engine looks busy to selection and due to the janitor for ever."""
     world = World()
-    world.apply(StreamStarted(stream_id="s1", container_id="e1", started_at=datetime(2099, 1, 1, tzinfo=timezone.utc)))
+    world.apply(StreamStarted(stream_id="s1", container_id="e1", started_at=datetime(2099, 1, 1, tzinfo=UTC)))
     assert world.streams["s1"].started_at == NOW and world.engine.last_stream_usage == NOW
     old = apply_stream_started_to_stream(None, StreamStarted(stream_id="s2", started_at=ago(7200)), "e1", NOW)
     assert old.started_at == ago(7200), "a start from the past (a replay) keeps its time"
@@ -279,8 +282,11 @@ def test_a_full_record_of_the_longest_ids_stays_far_below_nats_max_payload():
     longest = "x" * 255
     with pytest.raises(msgspec.ValidationError):  # ids are capped at decode
         msgspec.json.decode(encode({"stream_id": longest + "x"}), type=StreamStarted)
-    full = engine("e1", streams=[f"{i:03d}{longest[3:]}" for i in range(MAX_RECORD_STREAMS)],
-                  labels={f"{i:03d}{'k' * 252}": "v" * 800 for i in range(64)})
+    full = engine(
+        "e1",
+        streams=[f"{i:03d}{longest[3:]}" for i in range(MAX_RECORD_STREAMS)],
+        labels={f"{i:03d}{'k' * 252}": "v" * 800 for i in range(64)},
+    )
     size = len(encode(full))
     assert decode_engine(encode(full)) == full
     assert size < 256 * 1024, size  # NATS's default max_payload is 1 MB
@@ -310,7 +316,9 @@ class Registry:
             removed_seq = self.tombstone.removed_seq if self.tombstone else 0
             self.record = apply_engine_registered(self.record, event, NOW, seq, removed_seq)
         else:
-            self.tombstone = later_removal(self.tombstone, EngineRemoval(container_id="g1", removed_seq=seq, removed_at=NOW))
+            self.tombstone = later_removal(
+                self.tombstone, EngineRemoval(container_id="g1", removed_seq=seq, removed_at=NOW)
+            )
             if removal_applies(self.record, seq):
                 self.record = None
 
@@ -354,8 +362,10 @@ def _expected(published):
 @settings(max_examples=300)
 @given(st.lists(st.sampled_from(["registered", "removed"]), min_size=1, max_size=8), st.randoms())
 def test_registrations_and_removals_in_any_order_with_duplicates_end_as_published(kinds, rnd):
-    published = [registered(seq, port=7000 + seq) if kind == "registered" else removed(seq)
-                 for seq, kind in enumerate(kinds, start=1)]
+    published = [
+        registered(seq, port=7000 + seq) if kind == "registered" else removed(seq)
+        for seq, kind in enumerate(kinds, start=1)
+    ]
     delivered = published + [rnd.choice(published) for _ in range(len(published) // 2)]
     rnd.shuffle(delivered)
     registry = Registry()

@@ -6,8 +6,8 @@ Complements test_events.py and test_first_end_wins.py with the cases those leave
 """
 
 import msgspec
-
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.events import (
     ClaimRefused,
     apply_engine_cleaned,
@@ -18,14 +18,28 @@ from shared.policy.events import (
     later_removal,
     reconcile_stream,
 )
-from shared.schemas import EngineCleaned, EngineRecord, EngineRegistered, EngineRemoval, StreamEnded, StreamRecord, StreamStarted
+from shared.schemas import (
+    EngineCleaned,
+    EngineRecord,
+    EngineRegistered,
+    EngineRemoval,
+    StreamEnded,
+    StreamRecord,
+    StreamStarted,
+)
 
 SKEW = 30.0
 
 
 def registration(**fields) -> EngineRegistered:
-    defaults = dict(container_id="d1", host="127.0.0.5", port=7005, container_name="acestream-5", runtime="docker",
-                    labels={"aceorch.pool": "blue"})
+    defaults = dict(
+        container_id="d1",
+        host="127.0.0.5",
+        port=7005,
+        container_name="acestream-5",
+        runtime="docker",
+        labels={"aceorch.pool": "blue"},
+    )
     defaults.update(fields)
     return EngineRegistered(**defaults)
 
@@ -47,19 +61,44 @@ def test_the_first_registration_in_the_events_stream_creates_its_engine_when_no_
 def test_a_new_record_takes_its_identity_address_runtime_and_labels_from_the_registration():
     record = apply_engine_registered(None, registration(), NOW, seq=7)
     assert record == EngineRecord(
-        container_id="d1", container_name="acestream-5", host="127.0.0.5", port=7005, runtime="docker",
-        labels={"aceorch.pool": "blue"}, health_status="unknown", state="active",
-        created_at=NOW, idle_since=NOW, registered_seq=7, health_seq=7,
+        container_id="d1",
+        container_name="acestream-5",
+        host="127.0.0.5",
+        port=7005,
+        runtime="docker",
+        labels={"aceorch.pool": "blue"},
+        health_status="unknown",
+        state="active",
+        created_at=NOW,
+        idle_since=NOW,
+        registered_seq=7,
+        health_seq=7,
     )
 
 
 def test_a_re_registration_takes_the_new_name_address_runtime_and_labels_and_keeps_the_rest():
-    before = engine("d1", container_name="old", host="127.0.0.4", port=7004, runtime="local", labels={"a": "b"},
-                    streams=["s1"], health_status="healthy", health_seq=3, registered_seq=2, last_error="x")
+    before = engine(
+        "d1",
+        container_name="old",
+        host="127.0.0.4",
+        port=7004,
+        runtime="local",
+        labels={"a": "b"},
+        streams=["s1"],
+        health_status="healthy",
+        health_seq=3,
+        registered_seq=2,
+        last_error="x",
+    )
     after = apply_engine_registered(before, registration(), NOW, seq=9)
     assert after == msgspec.structs.replace(
-        before, container_name="acestream-5", host="127.0.0.5", port=7005, runtime="docker",
-        labels={"aceorch.pool": "blue"}, registered_seq=9,
+        before,
+        container_name="acestream-5",
+        host="127.0.0.5",
+        port=7005,
+        runtime="docker",
+        labels={"aceorch.pool": "blue"},
+        registered_seq=9,
     )
 
 
@@ -90,13 +129,29 @@ def test_sequences_up_to_and_including_the_streams_last_are_kept():
 
 
 def test_a_started_record_keeps_every_detail_of_its_start():
-    start = StreamStarted(stream_id="s1", container_id="e1", content_key="news", key_type="infohash",
-                          playback_session_id="p1", stat_url="http://127.0.0.1:6878/stat", is_live=False,
-                          command_url="http://127.0.0.1:6878/cmd", reservation_id="r1", started_at=ago(2))
+    start = StreamStarted(
+        stream_id="s1",
+        container_id="e1",
+        content_key="news",
+        key_type="infohash",
+        playback_session_id="p1",
+        stat_url="http://127.0.0.1:6878/stat",
+        is_live=False,
+        command_url="http://127.0.0.1:6878/cmd",
+        reservation_id="r1",
+        started_at=ago(2),
+    )
     assert apply_stream_started_to_stream(None, start, "e1", NOW) == StreamRecord(
-        stream_id="s1", container_id="e1", content_key="news", key_type="infohash", playback_session_id="p1",
-        stat_url="http://127.0.0.1:6878/stat", command_url="http://127.0.0.1:6878/cmd", is_live=False,
-        status="started", started_at=ago(2),
+        stream_id="s1",
+        container_id="e1",
+        content_key="news",
+        key_type="infohash",
+        playback_session_id="p1",
+        stat_url="http://127.0.0.1:6878/stat",
+        command_url="http://127.0.0.1:6878/cmd",
+        is_live=False,
+        status="started",
+        started_at=ago(2),
     )
 
 
@@ -118,8 +173,9 @@ def test_an_end_heard_before_its_start_leaves_a_tombstone_naming_the_stream_and_
     tombstone = apply_stream_ended_to_stream(
         None, StreamEnded(stream_id="s1", container_id="e1", reason="player left", ended_at=ago(3)), NOW, SKEW
     )
-    assert tombstone == StreamRecord(stream_id="s1", container_id="e1", status="ended", ended_at=ago(3),
-                                     reason="player left")
+    assert tombstone == StreamRecord(
+        stream_id="s1", container_id="e1", status="ended", ended_at=ago(3), reason="player left"
+    )
 
 
 def test_an_engine_was_last_used_when_its_stream_started_by_the_proxys_stamp():
@@ -146,8 +202,11 @@ def test_a_stream_starting_during_a_clean_leaves_the_engine_cleaning():
 
 
 def test_the_last_stream_ending_announces_which_engine_went_idle():
-    change = reconcile_stream(engine("e7", streams=["s1"], idle_since=None),
-                              apply_stream_ended_to_stream(playing("s1"), StreamEnded(stream_id="s1"), NOW, SKEW), NOW)
+    change = reconcile_stream(
+        engine("e7", streams=["s1"], idle_since=None),
+        apply_stream_ended_to_stream(playing("s1"), StreamEnded(stream_id="s1"), NOW, SKEW),
+        NOW,
+    )
     assert [note.container_id for note in change.notifications] == ["e7"] and change.record.idle_since == NOW
 
 

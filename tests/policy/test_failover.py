@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import pytest
 
-from shared.policy.failover import FailoverPolicy, UpstreamView, failover_reason, may_fail_over, starving, starving_since
+from shared.policy.failover import (
+    FailoverPolicy,
+    UpstreamView,
+    failover_reason,
+    may_fail_over,
+    starving,
+    starving_since,
+)
 from shared.schemas import Claim, EngineRecord, PlaybackStats
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 POLICY = FailoverPolicy(stall_timeout_s=10, first_byte_timeout_s=30, starvation_s=30, attempts=3)
 ENGINE = EngineRecord(container_id="e1", container_name="e1", host="127.0.0.1", port=6878, health_status="healthy")
 
@@ -45,7 +52,10 @@ def claimed(expires_in_s: float) -> EngineRecord:
         # what the engine said outranks its record, which outranks silence
         ({"session_gone": True, "engine": None, "last_byte_at": 0.0}, "session_gone"),
         ({"upstream_closed": "failed: x", "engine": None}, "upstream failed: x"),
-        ({"engine": msgspec.structs.replace(ENGINE, health_status="unhealthy"), "last_byte_at": 0.0}, "engine_unhealthy"),
+        (
+            {"engine": msgspec.structs.replace(ENGINE, health_status="unhealthy"), "last_byte_at": 0.0},
+            "engine_unhealthy",
+        ),
     ],
 )
 def test_failover_reason(changes, reason):

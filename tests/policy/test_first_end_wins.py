@@ -3,9 +3,9 @@
 from datetime import timedelta
 
 from records import NOW
+
 from shared.policy.events import apply_stream_ended_to_stream, apply_stream_started_to_stream
 from shared.schemas import StreamEnded, StreamStarted
-
 
 SKEW_S = 30.0
 APPLIED = NOW + timedelta(seconds=10)  # the keeper's clock when it applies the ends: after both stamps
@@ -29,10 +29,21 @@ def test_an_end_before_the_start_is_kept_when_a_second_end_arrives():
 
 
 def test_a_start_after_its_end_leaves_the_record_the_other_order_gives():
-    start = StreamStarted(stream_id="s1", container_id="e1", content_key="news", key_type="content_id",
-                          playback_session_id="p1", is_live=True, started_at=NOW)
+    start = StreamStarted(
+        stream_id="s1",
+        container_id="e1",
+        content_key="news",
+        key_type="content_id",
+        playback_session_id="p1",
+        is_live=True,
+        started_at=NOW,
+    )
     stop = end("player left", 3)
-    in_order = apply_stream_ended_to_stream(apply_stream_started_to_stream(None, start, "e1", NOW), stop, APPLIED, SKEW_S)
-    overtaken = apply_stream_started_to_stream(apply_stream_ended_to_stream(None, stop, APPLIED, SKEW_S), start, "e1", APPLIED)
+    in_order = apply_stream_ended_to_stream(
+        apply_stream_started_to_stream(None, start, "e1", NOW), stop, APPLIED, SKEW_S
+    )
+    overtaken = apply_stream_started_to_stream(
+        apply_stream_ended_to_stream(None, stop, APPLIED, SKEW_S), start, "e1", APPLIED
+    )
     assert overtaken == in_order
     assert apply_stream_started_to_stream(overtaken, start, "e1", NOW) == overtaken, "a repeated start changes nothing"

@@ -3,8 +3,8 @@
 from datetime import timedelta
 
 import pytest
-
 from records import NOW, ago, engine, later
+
 from shared.config import load_config
 from shared.policy.freshness import (
     DEFAULT_HEALTH_MAX_AGE_S,

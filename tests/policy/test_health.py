@@ -1,10 +1,10 @@
 """Health hysteresis: fall, rise, first success, stale observations, reporters' clocks."""
 
+from datetime import UTC, datetime
+
 import pytest
-
-from datetime import datetime, timezone
-
 from records import NOW, ago, engine, later
+
 from shared.policy.clock import ClockSkewed
 from shared.policy.health import HealthPolicy, check_report, next_status, observe
 from shared.schemas import EngineHealth
@@ -68,13 +68,15 @@ def test_stale_and_duplicate_observations_change_nothing():
 
 
 def test_version_is_kept_from_the_latest_success():
-    record = observe(engine(), EngineHealth(container_id="e1", ok=True, checked_at=NOW, version="3.2.11"), POLICY, NOW, 1)
+    record = observe(
+        engine(), EngineHealth(container_id="e1", ok=True, checked_at=NOW, version="3.2.11"), POLICY, NOW, 1
+    )
     assert record.version == "3.2.11"
 
 
 def test_a_report_stamped_in_the_future_does_not_freeze_health():
     """Order is the event sequence, not the prober's clock: later reports still count (issue 20, item 3)."""
-    from_2099 = EngineHealth(container_id="e1", ok=True, checked_at=datetime(2099, 1, 1, tzinfo=timezone.utc))
+    from_2099 = EngineHealth(container_id="e1", ok=True, checked_at=datetime(2099, 1, 1, tzinfo=UTC))
     record = observe(engine(health_status="healthy"), from_2099, POLICY, NOW, seq=1)
     for seq in (2, 3):  # the engine hangs: two ordinary failed probes
         record = observe(record, obs(False), POLICY, NOW, seq=seq)
@@ -85,7 +87,8 @@ def test_reports_too_far_ahead_of_the_state_keepers_clock_are_refused():
     check_report(EngineHealth(container_id="e1", ok=True, checked_at=later(30)), NOW, max_skew_s=30)
     check_report(EngineHealth(container_id="e1", ok=True, checked_at=ago(86400)), NOW, max_skew_s=30)
     with pytest.raises(ClockSkewed, match="checked_at 2099-01-01T00:00:00\\+00:00 is [0-9]+s ahead"):
-        check_report(EngineHealth(container_id="e1", ok=True, checked_at=datetime(2099, 1, 1, tzinfo=timezone.utc)),
-                     NOW, max_skew_s=30)
+        check_report(
+            EngineHealth(container_id="e1", ok=True, checked_at=datetime(2099, 1, 1, tzinfo=UTC)), NOW, max_skew_s=30
+        )
     with pytest.raises(ClockSkewed, match="MAX_CLOCK_SKEW_S=30"):
         check_report(EngineHealth(container_id="e1", ok=True, checked_at=later(31)), NOW, max_skew_s=30)

@@ -6,6 +6,7 @@ provisioner read: when the check ran, since when the status holds, the last erro
 """
 
 from records import NOW, ago, engine
+
 from shared.policy.health import HealthPolicy, observe
 from shared.schemas import EngineHealth
 

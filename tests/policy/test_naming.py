@@ -1,8 +1,8 @@
 """Choosing a new engine's name and port; the provisioner's count of engines still to come; backoff."""
 
 import pytest
-
 from records import NOW, claim, engine
+
 from shared.policy.naming import free_port, free_ports, lowest_free_name, name_number, render_command
 from shared.policy.pool import PoolPolicy, engines_to_start, is_pending, start_backoff_s
 

@@ -1,6 +1,7 @@
 """Which record-less streams on engines are orphans (pure, no I/O)."""
 
 from records import NOW, later
+
 from shared.policy.orphans import orphans_due
 
 GRACE = 30

@@ -5,8 +5,8 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from records import engine
+
 from shared.policy.partition import (
     ProbeSchedule,
     Streak,

@@ -4,8 +4,8 @@ Complements test_partition.py with the cases it leaves open (found by `make muta
 """
 
 import pytest
-
 from records import engine
+
 from shared.policy.partition import ProbeSchedule, Streak, after_probe, jittered, streak_of
 
 S = ProbeSchedule(interval_s=30, recheck_s=5, jitter=0.1, new_engine_window_s=1, fall=2, rise=2)

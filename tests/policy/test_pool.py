@@ -2,8 +2,8 @@
 
 import msgspec
 import pytest
-
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.pool import (
     PoolPolicy,
     above_floors_without,
@@ -18,7 +18,9 @@ from shared.policy.pool import (
     unhealthy_for_s,
 )
 
-POLICY = PoolPolicy(min_replicas=2, min_free_replicas=1, max_replicas=10, grace_period_s=30, unhealthy_replace_after_s=120)
+POLICY = PoolPolicy(
+    min_replicas=2, min_free_replicas=1, max_replicas=10, grace_period_s=30, unhealthy_replace_after_s=120
+)
 
 
 def idle(cid, seconds=3600, **fields):
@@ -53,8 +55,17 @@ def ids(records):
         (engine("x", claim=claim("reap"), state="draining"), False),
         (engine("x", claim=claim("reap", expires_in=-1), state="draining"), True),
     ],
-    ids=["healthy-idle", "unhealthy", "unknown", "streaming", "live-reservation", "expired-reservation",
-         "being-cleaned", "being-reaped", "lapsed-reap-claim"],
+    ids=[
+        "healthy-idle",
+        "unhealthy",
+        "unknown",
+        "streaming",
+        "live-reservation",
+        "expired-reservation",
+        "being-cleaned",
+        "being-reaped",
+        "lapsed-reap-claim",
+    ],
 )
 def test_is_free(record, free):
     assert is_free(record, NOW) is free
@@ -97,7 +108,11 @@ def test_counted_keeps_unhealthy_engines_during_an_outage():
         ([busy("a"), busy("b")], {"demand": True}, 1),
         ([busy("a"), busy("b")], {"demand": True, "starting": 1}, 0),
         ([engine("ext", runtime="external"), engine("ext2", runtime="external")], {}, 2),
-        ([engine("a", claim=claim("clean"), state="cleaning"), engine("b", claim=claim("clean"), state="cleaning")], {}, 0),
+        (
+            [engine("a", claim=claim("clean"), state="cleaning"), engine("b", claim=claim("clean"), state="cleaning")],
+            {},
+            0,
+        ),
         ([engine("a"), engine("b", claim=claim("reap"), state="draining")], {}, 1),
         ([engine("a"), sick("b", 600)], {}, 1),
         ([engine("a"), sick("b", 10)], {}, 0),
@@ -109,14 +124,30 @@ def test_counted_keeps_unhealthy_engines_during_an_outage():
         ([busy(f"e{i}") for i in range(9)] + [engine("x", claim=claim("reap"), state="draining")], {"demand": True}, 0),
     ],
     ids=[
-        "empty-pool-fills-min", "one-short-of-min", "at-min-with-free", "above-min",
-        "all-busy-needs-a-free-one", "all-busy-above-min", "unknown-is-not-free",
-        "a-starting-engine-is-a-free-one-to-come", "starting-counts-towards-min", "enough-starting",
-        "demand-with-a-free-engine-adds-nothing", "demand-with-none-free-adds-one", "demand-already-served-by-a-start",
-        "external-engines-are-not-the-pool", "engines-being-cleaned-stay-free", "an-engine-being-reaped-is-leaving",
-        "an-engine-due-for-replacement-makes-room-for-its-successor", "a-recently-unhealthy-engine-still-counts",
-        "no-successors-during-an-outage", "never-above-max", "up-to-max", "max-counts-starting-engines",
-        "max-counts-an-engine-due-for-replacement", "max-counts-an-engine-being-reaped",
+        "empty-pool-fills-min",
+        "one-short-of-min",
+        "at-min-with-free",
+        "above-min",
+        "all-busy-needs-a-free-one",
+        "all-busy-above-min",
+        "unknown-is-not-free",
+        "a-starting-engine-is-a-free-one-to-come",
+        "starting-counts-towards-min",
+        "enough-starting",
+        "demand-with-a-free-engine-adds-nothing",
+        "demand-with-none-free-adds-one",
+        "demand-already-served-by-a-start",
+        "external-engines-are-not-the-pool",
+        "engines-being-cleaned-stay-free",
+        "an-engine-being-reaped-is-leaving",
+        "an-engine-due-for-replacement-makes-room-for-its-successor",
+        "a-recently-unhealthy-engine-still-counts",
+        "no-successors-during-an-outage",
+        "never-above-max",
+        "up-to-max",
+        "max-counts-starting-engines",
+        "max-counts-an-engine-due-for-replacement",
+        "max-counts-an-engine-being-reaped",
     ],
 )
 def test_engines_to_add(records, kwargs, expected):
@@ -164,9 +195,21 @@ def test_idle_time_counts_from_idle_since_then_created_at():
         (idle("x", runtime="docker"), True),
         (engine("x", idle_since=None, created_at=None), False),
     ],
-    ids=["past-grace", "exactly-grace", "within-grace", "streaming", "live-reservation", "expired-reservation",
-         "being-cleaned", "being-reaped", "lapsed-claim", "external", "unhealthy-idle", "docker",
-         "no-timestamps"],
+    ids=[
+        "past-grace",
+        "exactly-grace",
+        "within-grace",
+        "streaming",
+        "live-reservation",
+        "expired-reservation",
+        "being-cleaned",
+        "being-reaped",
+        "lapsed-claim",
+        "external",
+        "unhealthy-idle",
+        "docker",
+        "no-timestamps",
+    ],
 )
 def test_reapable(record, expected):
     assert reapable(record, NOW, POLICY) is expected
@@ -186,10 +229,18 @@ def test_reapable(record, expected):
         ([idle("a"), idle("b"), sick("due", 600)], "a", False),
         ([idle("a"), idle("b"), sick("due", 600)], "due", True),
     ],
-    ids=["three-to-two", "would-drop-below-min", "would-leave-no-free-engine", "another-free-engine-remains",
-         "an-unhealthy-engine-is-not-a-free-one", "external-engines-do-not-hold-the-floor",
-         "another-reapers-victim-is-already-gone", "an-engine-being-cleaned-is-still-free",
-         "an-engine-due-for-replacement-does-not-hold-the-floor", "the-engine-due-for-replacement-can-go"],
+    ids=[
+        "three-to-two",
+        "would-drop-below-min",
+        "would-leave-no-free-engine",
+        "another-free-engine-remains",
+        "an-unhealthy-engine-is-not-a-free-one",
+        "external-engines-do-not-hold-the-floor",
+        "another-reapers-victim-is-already-gone",
+        "an-engine-being-cleaned-is-still-free",
+        "an-engine-due-for-replacement-does-not-hold-the-floor",
+        "the-engine-due-for-replacement-can-go",
+    ],
 )
 def test_above_floors_without(records, victim, expected):
     target = next(r for r in records if r.container_id == victim)
@@ -291,8 +342,18 @@ def test_reaping_never_takes_the_last_free_engine_whatever_the_order():
         ([sick("a"), sick("x", runtime="external"), sick("y", runtime="external"), engine("b")], False),
         ([sick("x", runtime="external")], False),
     ],
-    ids=["empty", "healthy", "one-of-one", "half-is-not-more-than-half", "two-of-three", "one-of-three",
-         "two-of-four", "unknown-is-not-unhealthy", "external-engines-ignored", "only-external"],
+    ids=[
+        "empty",
+        "healthy",
+        "one-of-one",
+        "half-is-not-more-than-half",
+        "two-of-three",
+        "one-of-three",
+        "two-of-four",
+        "unknown-is-not-unhealthy",
+        "external-engines-ignored",
+        "only-external",
+    ],
 )
 def test_is_outage(records, expected):
     assert is_outage(records) is expected
@@ -325,8 +386,18 @@ def test_unhealthy_for_s(record, seconds):
         ([sick("a", 600, health_since=None), engine("b")], None),
         ([sick("a", 600, claim=claim("reap"), state="draining"), engine("b"), engine("c")], "a"),
     ],
-    ids=["overdue", "exactly-at-the-limit", "not-yet", "with-a-stream", "longest-first", "ties-by-id",
-         "outage", "external", "unknown-since", "already-claimed-is-still-reported"],
+    ids=[
+        "overdue",
+        "exactly-at-the-limit",
+        "not-yet",
+        "with-a-stream",
+        "longest-first",
+        "ties-by-id",
+        "outage",
+        "external",
+        "unknown-since",
+        "already-claimed-is-still-reported",
+    ],
 )
 def test_next_to_replace(records, expected):
     found = next_to_replace(records, NOW, POLICY)

@@ -5,8 +5,8 @@ cases those leave open (found by `make mutate`).
 """
 
 import pytest
-
 from records import NOW, ago, claim, engine, later
+
 from shared.config import Config
 from shared.policy.pool import PoolPolicy, engines_to_add, engines_to_start, is_pending
 

@@ -1,8 +1,8 @@
 """What reference-API proxies are told: stream slots, whether an engine can be provisioned, when to retry."""
 
 import pytest
-
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.pool import PoolPolicy
 from shared.policy.provisioning import (
     ENGINE_INTERNAL_PORT,
@@ -166,7 +166,10 @@ def test_bridged_docker_engines_listen_inside_on_the_engine_port():
 
 
 def test_docker_engines_on_a_named_network_are_published_at_their_label_port():
-    assert engine_ports(ENGINE_INTERNAL_PORT, {"aceorch.port": "40002"}, "docker", "aceorch") == (40002, ENGINE_INTERNAL_PORT)
+    assert engine_ports(ENGINE_INTERNAL_PORT, {"aceorch.port": "40002"}, "docker", "aceorch") == (
+        40002,
+        ENGINE_INTERNAL_PORT,
+    )
     assert engine_ports(ENGINE_INTERNAL_PORT, {}, "docker", "aceorch") == (ENGINE_INTERNAL_PORT, ENGINE_INTERNAL_PORT)
 
 

@@ -1,8 +1,8 @@
 """select_engine: candidates, stickiness, least load, longest idle, reservations as load."""
 
 import pytest
-
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.selection import SelectionPolicy, reserve, retry_after_s, select_engine
 
 POLICY = SelectionPolicy(max_streams_per_engine=3)
@@ -31,8 +31,9 @@ def test_engines_that_cannot_take_a_stream_are_never_chosen(excluded):
 
 
 def test_expired_claim_and_reservations_do_not_hold_an_engine_back():
-    lapsed = engine("x", claim=claim("clean", expires_in=-1), state="cleaning", reservations={"r": ago(1)},
-                    streams=["a", "b"])
+    lapsed = engine(
+        "x", claim=claim("clean", expires_in=-1), state="cleaning", reservations={"r": ago(1)}, streams=["a", "b"]
+    )
     assert chosen([lapsed]) == "x"
 
 
@@ -124,8 +125,9 @@ def test_an_excluded_engine_is_never_chosen_even_when_it_is_the_best():
 
 def test_an_excluded_engine_is_not_shared_even_when_it_plays_the_content():
     engines = [engine("stalled", streams=["s1"]), engine("other", streams=["s2", "s3"])]
-    selection = select_engine(engines, NOW, POLICY, content_key="ch1", playing={"ch1": {"stalled"}},
-                              exclude=["stalled"])
+    selection = select_engine(
+        engines, NOW, POLICY, content_key="ch1", playing={"ch1": {"stalled"}}, exclude=["stalled"]
+    )
     assert selection.engine.container_id == "other" and selection.shared is False
 
 

@@ -1,8 +1,9 @@
 """Selection's promises that the mutation audit found untested (MUTATION-NOTES.md maps each mutant)."""
 
-from hypothesis import given, strategies as st
-
+from hypothesis import given
+from hypothesis import strategies as st
 from records import NOW, ago, claim, engine, later
+
 from shared.policy.selection import CandidateIndex, SelectionPolicy, is_candidate, retry_after_s, select_engine
 
 POLICY = SelectionPolicy(max_streams_per_engine=3)

@@ -1,8 +1,8 @@
 """Streams after their start: figures applied, lost proxies, stale sessions (DESIGN §10)."""
 
 import pytest
-
 from records import NOW, ago, later
+
 from shared.engine_client import says_session_gone
 from shared.policy.events import apply_stream_started_to_stream
 from shared.policy.streams import apply_stats, last_heard, lost_to_proxies, needs_session_check, stat_url_on_engine
@@ -12,8 +12,13 @@ INTERVAL_S = 5.0
 
 
 def stream(stream_id="s1", **fields) -> StreamRecord:
-    defaults = dict(container_id="e1", status="started", started_at=ago(60), proxy="p1",
-                    stat_url="http://127.0.0.1:6878/ace/stat/x/y")
+    defaults = dict(
+        container_id="e1",
+        status="started",
+        started_at=ago(60),
+        proxy="p1",
+        stat_url="http://127.0.0.1:6878/ace/stat/x/y",
+    )
     defaults.update(fields)
     return StreamRecord(stream_id=stream_id, **defaults)
 
@@ -46,8 +51,9 @@ def test_figures_land_on_a_started_stream():
     assert after.stats.peers == 7 and after.stats.speed_down == 512 and after.stats.reported_at == ago(1)
 
 
-@pytest.mark.parametrize("record", [None, stream(status="ended", ended_at=ago(2), reason="viewer_left")],
-                         ids=["unknown", "ended"])
+@pytest.mark.parametrize(
+    "record", [None, stream(status="ended", ended_at=ago(2), reason="viewer_left")], ids=["unknown", "ended"]
+)
 def test_figures_never_make_or_reopen_a_record(record):
     assert apply_stats(record, report(), NOW) is record
 
@@ -102,8 +108,9 @@ def test_a_stream_never_reporting_is_checked_once_its_start_is_stale():
     assert needs_session_check(stream(started_at=None), NOW, INTERVAL_S)
 
 
-@pytest.mark.parametrize("record", [stream(stat_url=None), stream(status="ended", ended_at=ago(1))],
-                         ids=["no-stat-url", "ended"])
+@pytest.mark.parametrize(
+    "record", [stream(stat_url=None), stream(status="ended", ended_at=ago(1))], ids=["no-stat-url", "ended"]
+)
 def test_streams_without_a_stat_url_or_ended_are_never_checked(record):
     assert not needs_session_check(record, NOW, INTERVAL_S)
 
@@ -120,7 +127,7 @@ def test_last_heard_is_the_latest_figures_else_the_start():
         (200, b'{"response": null, "error": "Unknown playback session id"}', True),
         (200, b'{"response": {"status": "dl", "peers": 3}, "error": null}', False),
         (200, b'{"response": null, "error": "failed to load content"}', False),
-        (404, b'', False),
+        (404, b"", False),
         (500, b'{"error": "unknown playback session id"}', False),
         (200, b"not json", False),
         (200, b'["unknown playback session id"]', False),
@@ -138,19 +145,22 @@ def test_only_the_engines_own_answer_says_a_session_is_gone(status, body, gone):
 ENGINE = EngineRecord(container_id="e1", container_name="acestream-1", host="127.0.0.1", port=6878)
 
 
-@pytest.mark.parametrize("url, fetched", [
-    ("http://127.0.0.1:6878/ace/stat/x/y", True),
-    ("HTTP://127.0.0.1:6878/ace/stat/x/y", True),  # the scheme is case-insensitive
-    ("http://127.0.0.1:6879/ace/stat/x/y", False),  # another port of the same host
-    ("http://127.0.0.1/ace/stat/x/y", False),  # port 80
-    ("http://10.0.0.1:6878/ace/stat/x/y", False),
-    ("http://metadata.internal:6878/ace/stat", False),
-    ("https://127.0.0.1:6878/ace/stat/x/y", False),
-    ("file:///etc/passwd", False),
-    ("http://127.0.0.1:99999/ace/stat", False),  # not a port: refused, not a crash
-    ("http://user@127.0.0.1:6878/ace/stat", True),  # still that engine
-    ("", False),
-])
+@pytest.mark.parametrize(
+    "url, fetched",
+    [
+        ("http://127.0.0.1:6878/ace/stat/x/y", True),
+        ("HTTP://127.0.0.1:6878/ace/stat/x/y", True),  # the scheme is case-insensitive
+        ("http://127.0.0.1:6879/ace/stat/x/y", False),  # another port of the same host
+        ("http://127.0.0.1/ace/stat/x/y", False),  # port 80
+        ("http://10.0.0.1:6878/ace/stat/x/y", False),
+        ("http://metadata.internal:6878/ace/stat", False),
+        ("https://127.0.0.1:6878/ace/stat/x/y", False),
+        ("file:///etc/passwd", False),
+        ("http://127.0.0.1:99999/ace/stat", False),  # not a port: refused, not a crash
+        ("http://user@127.0.0.1:6878/ace/stat", True),  # still that engine
+        ("", False),
+    ],
+)
 def test_the_keeper_fetches_a_stat_url_only_on_the_streams_own_engine(url, fetched):
     assert stat_url_on_engine(stream(stat_url=url), ENGINE) is fetched
 

@@ -30,7 +30,8 @@ def test_a_cross_origin_refusal_quotes_at_most_100_characters_of_the_origin():
 def test_a_body_without_a_content_type_is_refused_saying_none_was_given():
     refusal = check_request("POST", "127.0.0.1:8000", None, None, True, DEFAULT)
     assert (refusal.status, refusal.message) == (
-        415, "writes must be sent as Content-Type: application/json (got none)"
+        415,
+        "writes must be sent as Content-Type: application/json (got none)",
     )
 
 

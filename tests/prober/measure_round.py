@@ -29,6 +29,7 @@ import nats
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
 from support import NatsServer, Processes, base_env, free_port, free_port_range, wait_for_port  # noqa: E402
+
 from shared.schemas import EngineRegistered, encode  # noqa: E402
 
 
@@ -54,11 +55,21 @@ async def _measure(args: argparse.Namespace, workdir: Path, processes: Processes
     processes.service("state_keeper", env)
     first = free_port_range(args.engines, start=20000, stop=32000)
     ports = list(range(first, first + args.engines))
-    processes.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{ports[-1]}",
-                               "--cache-dir", str(workdir / "cache")])
+    processes.start(
+        "acesim",
+        [
+            sys.executable,
+            "-m",
+            "deploy.acesim",
+            "--ports",
+            f"{first}-{ports[-1]}",
+            "--cache-dir",
+            str(workdir / "cache"),
+        ],
+    )
     for port in ports:
         wait_for_port(port, timeout=60)
-    hung = ports[1:: max(len(ports) // max(args.hung, 1), 1)][: args.hung]
+    hung = ports[1 :: max(len(ports) // max(args.hung, 1), 1)][: args.hung]
     async with httpx.AsyncClient(trust_env=False) as http:
         for port in hung:
             await http.get(f"http://127.0.0.1:{port}/__sim/fault", params={"mode": "hang"})
@@ -94,14 +105,18 @@ def report(seen, args, before, after, elapsed) -> None:
     healthy = [key for key, v in seen.items() if all(ok for _, ok, _ in v)]
     gaps = sorted(b[0] - a[0] for key in healthy for a, b in zip(seen[key], seen[key][1:]))
     user, system = after[0] - before[0], after[1] - before[1]
-    print(f"{args.engines} engines ({args.hung} hung), interval {args.interval:g}s, {args.rounds} rounds "
-          f"over {elapsed:.1f}s: {len(seen)} engines observed, {total / args.rounds:.0f} observations/round, "
-          f"failures {dict(failures)}")
+    print(
+        f"{args.engines} engines ({args.hung} hung), interval {args.interval:g}s, {args.rounds} rounds "
+        f"over {elapsed:.1f}s: {len(seen)} engines observed, {total / args.rounds:.0f} observations/round, "
+        f"failures {dict(failures)}"
+    )
     if gaps:
         print(f"healthy engines: gap between probes median {statistics.median(gaps):.2f}s, max {gaps[-1]:.2f}s")
-    print(f"prober CPU: {user + system:.2f}s ({user:.2f} user + {system:.2f} system) = "
-          f"{100 * (user + system) / elapsed:.2f}% of one core, {1000 * (user + system) / max(total, 1):.2f} ms "
-          f"per observation")
+    print(
+        f"prober CPU: {user + system:.2f}s ({user:.2f} user + {system:.2f} system) = "
+        f"{100 * (user + system) / elapsed:.2f}% of one core, {1000 * (user + system) / max(total, 1):.2f} ms "
+        f"per observation"
+    )
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import httpx
-
 from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
+
 from shared.schemas import EngineRegistered, EngineRemoved, encode
 
 INTERVAL_S = 1.0
@@ -69,7 +69,10 @@ class Fleet:
         js = self.nc.jetstream()
         for port in ports:
             event = EngineRegistered(
-                container_id=engine_id(port), container_name=engine_id(port), host="127.0.0.1", port=port,
+                container_id=engine_id(port),
+                container_name=engine_id(port),
+                host="127.0.0.1",
+                port=port,
                 runtime="external",
             )
             await js.publish("engine.registered", encode(event), headers={"Nats-Msg-Id": f"reg-{port}-{time.time()}"})

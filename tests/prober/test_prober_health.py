@@ -8,7 +8,6 @@ import asyncio
 import time
 
 import httpx
-
 from prober_fleet import INTERVAL_S, RECHECK_S, TIMEOUT_S, engine_id
 from support import free_port, wait_until
 
@@ -34,8 +33,9 @@ async def test_hung_engine_turns_unhealthy_in_time_without_delaying_the_others(f
         record = await fleet.engine(hung)
         return record if record["health_status"] == "unhealthy" else None
 
-    record = await wait_until(hung_is_unhealthy, timeout=UNHEALTHY_BOUND_S + SLACK_S, interval=0.1,
-                              what="the hung engine to turn unhealthy")
+    record = await wait_until(
+        hung_is_unhealthy, timeout=UNHEALTHY_BOUND_S + SLACK_S, interval=0.1, what="the hung engine to turn unhealthy"
+    )
     took = time.monotonic() - hung_at
     assert record["last_error"] == "timeout"
     assert record["consecutive_failures"] >= 2
@@ -63,8 +63,12 @@ async def test_hung_engine_turns_unhealthy_in_time_without_delaying_the_others(f
         return record if record["health_status"] == "healthy" else None
 
     # settled-unhealthy engines are probed every interval; the first success is re-checked after RECHECK_S
-    record = await wait_until(hung_is_healthy, timeout=INTERVAL_S + TIMEOUT_S + RECHECK_S + SLACK_S, interval=0.1,
-                              what="the engine to be healthy again")
+    record = await wait_until(
+        hung_is_healthy,
+        timeout=INTERVAL_S + TIMEOUT_S + RECHECK_S + SLACK_S,
+        interval=0.1,
+        what="the engine to be healthy again",
+    )
     assert record["consecutive_successes"] >= 2
     assert time.monotonic() - cleared_at <= INTERVAL_S + TIMEOUT_S + RECHECK_S + SLACK_S
     assert "Health monitor started with 1s interval" in prober.log()
@@ -94,10 +98,13 @@ async def test_each_fault_leads_to_unhealthy_with_its_error_kind(fleet):
         unhealthy = await fleet.engines(health_status="unhealthy")
         return unhealthy if {engine_id(port) for port in faulty} <= set(unhealthy) else None
 
-    unhealthy = await wait_until(all_unhealthy, timeout=UNHEALTHY_BOUND_S + SLACK_S, interval=0.1,
-                                 what="every faulty engine to turn unhealthy")
-    errors = {mode_and_params(mode, params): unhealthy[engine_id(port)]["last_error"]
-              for port, (mode, params, _) in zip(faulty, FAULTS)}
+    unhealthy = await wait_until(
+        all_unhealthy, timeout=UNHEALTHY_BOUND_S + SLACK_S, interval=0.1, what="every faulty engine to turn unhealthy"
+    )
+    errors = {
+        mode_and_params(mode, params): unhealthy[engine_id(port)]["last_error"]
+        for port, (mode, params, _) in zip(faulty, FAULTS)
+    }
     assert errors == {mode_and_params(mode, params): expected for mode, params, expected in FAULTS}
     assert (await fleet.engine(healthy))["health_status"] == "healthy"
 

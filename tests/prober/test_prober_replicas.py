@@ -10,7 +10,6 @@ import time
 from collections import Counter
 
 import pytest
-
 from prober_fleet import Observations, engine_id
 from support import wait_until
 
@@ -43,7 +42,9 @@ async def watch_window(observations: Observations, keys: list[str]) -> tuple[flo
     end = time.monotonic()
     rate, holes = coverage(observations, keys, start, end)
     failed = Counter(
-        payload["error"] for key in keys for t, payload in observations.seen.get(key, [])
+        payload["error"]
+        for key in keys
+        for t, payload in observations.seen.get(key, [])
         if start <= t <= end and not payload["ok"]
     )
     return rate, holes, f"rate {rate:.2f}, {len(holes)} holes (e.g. {list(holes.items())[:5]}), failed probes {failed}"

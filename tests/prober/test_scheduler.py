@@ -8,10 +8,11 @@ import asyncio
 import time
 from collections import defaultdict
 
+from support import wait_until
+
 from services.prober.scheduler import ProbeScheduler
 from shared.engine_client import ProbeResult
 from shared.policy.partition import ProbeSchedule, Streak
-from support import wait_until
 
 SCHEDULE = ProbeSchedule(interval_s=0.2, recheck_s=0.1, jitter=0.1)
 

@@ -6,10 +6,10 @@ import subprocess
 import uuid
 
 import pytest
-
 from provisioner_harness import PORTS, System, Tier, docker_available
-from shared import names
 from support import ROOT, base_env, free_port_range, wait_for_service
+
+from shared import names
 
 
 @pytest.fixture(scope="session")
@@ -53,5 +53,3 @@ async def system(tier, nats_server, processes, nc) -> System:
     await wait_for_service(nc, names.SERVICE_NAME, 1, timeout=60)  # generous: a busy 2-core machine
     yield System(tier, nats_server.url, processes, nc, {"MAX_STREAMS_PER_ENGINE": 1})
     processes.stop_all()  # provisioners first (reverse order), so none recreates what cleanup removes
-
-

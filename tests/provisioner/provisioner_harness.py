@@ -19,9 +19,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support import Process, base_env, request_json, wait_until
+
 from shared import names
 from shared.schemas import StreamStarted, encode
-from support import Process, base_env, request_json, wait_until
 
 PORTS = 20  # each test's ENGINE_PORT_RANGE
 
@@ -83,7 +84,9 @@ class Tier:
         if self.kind == "docker":
             ids = subprocess.run(
                 ["docker", "ps", "-aq", "--filter", f"label=aceorch.pool={self.pool}"],
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             ).stdout.split()
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
@@ -97,9 +100,19 @@ class Tier:
 
 def docker_engines(pool: str) -> dict[str, int]:
     out = subprocess.run(
-        ["docker", "ps", "--no-trunc", "--filter", f"label=aceorch.pool={pool}",
-         "--format", '{{.ID}} {{.Label "aceorch.port"}}'],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            "docker",
+            "ps",
+            "--no-trunc",
+            "--filter",
+            f"label=aceorch.pool={pool}",
+            "--format",
+            '{{.ID}} {{.Label "aceorch.port"}}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout
     return {cid: int(port) for cid, port in (line.split() for line in out.splitlines() if line.strip())}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from services.provisioner.lock import KvLock
 from shared.bus import connect
 from shared.config import load_config

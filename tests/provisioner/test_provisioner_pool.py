@@ -11,11 +11,11 @@ from datetime import datetime
 import httpx
 import nats.errors
 import pytest
-
 from provisioner_harness import PORTS, sample_max
+from support import free_port, wait_until
+
 from shared import names
 from shared.schemas import EngineRegistered, encode
-from support import free_port, wait_until
 
 PORTS_BEYOND = PORTS + 5  # an address outside the test's ENGINE_PORT_RANGE
 LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
@@ -101,7 +101,10 @@ async def test_at_restart_records_of_vanished_engines_are_removed_and_no_others(
     await asyncio.to_thread(tier.destroy, gone["container_id"])
     # Same runtime kind, but another provisioner's (another host or daemon): not ours to judge.
     foreign = EngineRegistered(
-        container_id="foreign-1", host="127.0.0.1", port=tier.first_port + PORTS_BEYOND, runtime=tier.kind,
+        container_id="foreign-1",
+        host="127.0.0.1",
+        port=tier.first_port + PORTS_BEYOND,
+        runtime=tier.kind,
         labels={"aceorch.managed": "true", "aceorch.scope": "another-host"},
     )
     await system.nc.jetstream().publish(names.ENGINE_REGISTERED, encode(foreign))
@@ -216,7 +219,10 @@ async def test_two_provisioners_racing_never_exceed_max_replicas(system, tier):
 
 async def test_an_engine_that_never_answers_is_removed_counted_and_backed_off(system, tier):
     provisioner = system.provisioner(
-        MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, MAX_REPLICAS=2, ENGINE_START_TIMEOUT_S=1.5,
+        MIN_REPLICAS=1,
+        MIN_FREE_REPLICAS=0,
+        MAX_REPLICAS=2,
+        ENGINE_START_TIMEOUT_S=1.5,
         ENGINE_COMMAND=tier.silent_command,
     )
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-
 from support import free_port, wait_until
 
 KEY = "k3y"
@@ -132,7 +131,11 @@ async def test_a_reference_proxy_gets_a_provisioned_engine_until_max_replicas(sy
     assert second.status == 200 and len(second.data) >= PLAYBACK_BYTES, second
     provisioned = second.provisioned
     assert set(provisioned) == {
-        "container_id", "container_name", "host_http_port", "container_http_port", "container_https_port"
+        "container_id",
+        "container_name",
+        "host_http_port",
+        "container_http_port",
+        "container_https_port",
     }
     assert type(provisioned["host_http_port"]) is int and type(provisioned["container_http_port"]) is int
     assert provisioned["container_https_port"] is None

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 
 from pool_harness import pools  # noqa: F401 (the fixture)
+from support import wait_until
+
+from services.provisioner import provisioner as provisioner_module
+from services.provisioner.provisioner import Provisioner
 from shared.bus import connect
 from shared.config import load_config
 from shared.engine_client import new_client
 from shared.kv import KvView
 from shared.schemas import decode_engine
-from services.provisioner import provisioner as provisioner_module
-from services.provisioner.provisioner import Provisioner
-from support import wait_until
 
 
 class SlowCreate:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from proxy_stack import make_stack
 
 

@@ -16,10 +16,19 @@ from pathlib import Path
 
 import httpx
 import nats
+from support import (
+    Process,
+    Processes,
+    base_env,
+    free_port,
+    free_port_range,
+    wait_for_port,
+    wait_for_service,
+    wait_until,
+)
 
 from shared import names
 from shared.schemas import EngineRegistered, encode
-from support import Process, Processes, base_env, free_port, free_port_range, wait_for_port, wait_until, wait_for_service
 
 FAST = {
     "PROXY_LINGER_S": 0.5,
@@ -54,15 +63,27 @@ class ProxyStack:
     async def add_engines(self, count: int) -> list[str]:
         """`count` healthy engines in one acesim process (a crash fault kills one of them only); their ids."""
         first = free_port_range(count)
-        self.processes.start("acesim", [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{first + count - 1}",
-                                        "--cache-dir", str(self.tmp / f"cache-{first}")])
+        self.processes.start(
+            "acesim",
+            [
+                sys.executable,
+                "-m",
+                "deploy.acesim",
+                "--ports",
+                f"{first}-{first + count - 1}",
+                "--cache-dir",
+                str(self.tmp / f"cache-{first}"),
+            ],
+        )
         added = []
         for port in range(first, first + count):
             wait_for_port(port, timeout=20)
             cid = f"sim-{port}"
             self.engines[cid] = port
             event = EngineRegistered(container_id=cid, host="127.0.0.1", port=port, runtime="external")
-            await self.nc.jetstream().publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": f"reg-{cid}"})
+            await self.nc.jetstream().publish(
+                names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": f"reg-{cid}"}
+            )
             added.append(cid)
         for cid in added:
             await self.wait_engine(cid, lambda r: r["health_status"] == "healthy", what=f"{cid} healthy")
@@ -161,8 +182,11 @@ class Watcher:
         self._paused.clear()
 
     async def got(self, at_least: int, timeout: float = 15.0) -> None:
-        await wait_until(lambda: self.count >= at_least or self.ended.is_set(), timeout=timeout,
-                         what=f"{at_least} bytes from {self.url} (got {self.count}, error {self.error})")
+        await wait_until(
+            lambda: self.count >= at_least or self.ended.is_set(),
+            timeout=timeout,
+            what=f"{at_least} bytes from {self.url} (got {self.count}, error {self.error})",
+        )
         assert self.count >= at_least, f"stream ended after {self.count} bytes ({self.error})"
 
     async def close(self) -> None:

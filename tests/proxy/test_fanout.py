@@ -8,7 +8,10 @@ from services.proxy.fanout import PACKET, Aligner, FanoutBuffer, Lagged, pat_off
 
 
 def packet(pid: int, counter: int = 0, start: bool = False, fill: int = 0xFF) -> bytes:
-    return bytes((0x47, (0x40 if start else 0) | (pid >> 8) & 0x1F, pid & 0xFF, 0x10 | counter & 0x0F)) + bytes([fill]) * 184
+    return (
+        bytes((0x47, (0x40 if start else 0) | (pid >> 8) & 0x1F, pid & 0xFF, 0x10 | counter & 0x0F))
+        + bytes([fill]) * 184
+    )
 
 
 def packets(count: int, pid: int = 0x100) -> bytes:
@@ -36,8 +39,8 @@ def test_aligner_skips_garbage_before_the_first_proven_boundary():
 def test_aligner_waits_for_three_sync_bytes_before_trusting_a_boundary():
     aligner = Aligner()
     data = packets(3)
-    assert aligner.feed(data[:PACKET * 2]) == b""  # two sync bytes prove nothing yet
-    assert aligner.feed(data[PACKET * 2:]) == data
+    assert aligner.feed(data[: PACKET * 2]) == b""  # two sync bytes prove nothing yet
+    assert aligner.feed(data[PACKET * 2 :]) == data
 
 
 def test_aligner_resyncs_after_a_lost_packet_boundary():
@@ -46,8 +49,8 @@ def test_aligner_resyncs_after_a_lost_packet_boundary():
     broken = packet(0x100)[:100]  # a cut packet
     after = packets(4)
     out = aligner.feed(good + broken + after)
-    assert out[:len(good)] == good
-    assert out[len(good):] == after
+    assert out[: len(good)] == good
+    assert out[len(good) :] == after
     assert len(out) % PACKET == 0
 
 
@@ -74,14 +77,14 @@ def test_a_reader_gets_every_byte_in_order_from_its_cursor():
     buffer = FanoutBuffer(capacity=PACKET * 100)
     stream = b"".join(packet(0x100, i) for i in range(40))
     for i in range(0, len(stream), PACKET * 4):
-        buffer.append(stream[i:i + PACKET * 4])
+        buffer.append(stream[i : i + PACKET * 4])
     got = b""
     cursor = PACKET * 3 + 10  # mid-chunk, even mid-packet: read returns exactly from there
     while cursor < buffer.end:
         part = buffer.read(cursor, PACKET * 5)
         got += part
         cursor += len(part)
-    assert got == stream[PACKET * 3 + 10:]
+    assert got == stream[PACKET * 3 + 10 :]
 
 
 def test_a_reader_behind_the_buffer_lags():

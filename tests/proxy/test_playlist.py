@@ -55,7 +55,8 @@ def test_rewriting_replaces_only_segment_uris_and_keeps_every_tag_and_comment():
     assert [line for line in lines if line.startswith("#")] == [line for line in original if line.startswith("#")]
     assert "10.0.0.5" not in out and "6878" not in out
     assert segment_uris(out, "http://proxy:8080/ace/manifest.m3u8?id=x") == [
-        f"http://proxy:8080/ace/hls/tok/{n}.ts" for n in range(4)]
+        f"http://proxy:8080/ace/hls/tok/{n}.ts" for n in range(4)
+    ]
 
 
 def test_a_playlist_without_segments_stays_a_valid_empty_playlist():
@@ -94,9 +95,14 @@ def test_a_playlist_with_a_bom_and_crlf_lines_is_read():
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(LIVE, 4.0), ("#EXTM3U\n", None), ("#EXTM3U\n#EXT-X-TARGETDURATION:x\n", None),
-     ("#EXTM3U\n#EXT-X-TARGETDURATION:0\n", None), ("#EXTM3U\n#EXT-X-TARGETDURATION:inf\n", None),
-     ("#EXTM3U\n#EXT-X-TARGETDURATION:6\n", 6.0)],
+    [
+        (LIVE, 4.0),
+        ("#EXTM3U\n", None),
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:x\n", None),
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:0\n", None),
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:inf\n", None),
+        ("#EXTM3U\n#EXT-X-TARGETDURATION:6\n", 6.0),
+    ],
 )
 def test_target_duration(text, seconds):
     assert target_duration(text) == seconds
@@ -104,8 +110,17 @@ def test_target_duration(text, seconds):
 
 def test_segment_paths():
     assert parse_segment_path("/ace/hls/Ab-_9/17.ts") == ("Ab-_9", 17)
-    for bad in ("/ace/hls/", "/ace/hls/tok", "/ace/hls/tok/", "/ace/hls/tok/x.ts", "/ace/hls/tok/-1.ts",
-                "/ace/hls//1.ts", "/ace/hls/tok/1.m3u8", "/ace/hls/tok/1/2.ts", "/ace/hls/tok/" + "9" * 40 + ".ts"):
+    for bad in (
+        "/ace/hls/",
+        "/ace/hls/tok",
+        "/ace/hls/tok/",
+        "/ace/hls/tok/x.ts",
+        "/ace/hls/tok/-1.ts",
+        "/ace/hls//1.ts",
+        "/ace/hls/tok/1.m3u8",
+        "/ace/hls/tok/1/2.ts",
+        "/ace/hls/tok/" + "9" * 40 + ".ts",
+    ):
         with pytest.raises(WireError) as caught:
             parse_segment_path(bad)
         assert caught.value.status == 404, bad

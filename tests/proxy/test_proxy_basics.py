@@ -7,10 +7,9 @@ import json
 import subprocess
 
 import pytest
+from proxy_stack import Watcher
 
 from services.proxy.fanout import pat_offsets
-
-from proxy_stack import Watcher
 
 
 async def test_a_player_watches_through_the_proxy(stack_factory):
@@ -24,13 +23,25 @@ async def test_a_player_watches_through_the_proxy(stack_factory):
     [started] = await stack.started(1)
     assert started["content_key"] == "channel-one" and started["key_type"] == "content_id"
     await viewer.close()
-    if not pat_offsets(bytes(viewer.data[:len(viewer.data) - len(viewer.data) % 188])):
+    if not pat_offsets(bytes(viewer.data[: len(viewer.data) - len(viewer.data) % 188])):
         pytest.skip("this acesim sends no PAT/PMT: ffprobe cannot find a program in its output")
     probe = await asyncio.to_thread(
         subprocess.run,
-        ["ffprobe", "-v", "error", "-show_format", "-show_programs", "-of", "json", "-rw_timeout", "10000000",
-         f"{stack.url}/ace/getstream?id=channel-one"],
-        capture_output=True, text=True, timeout=30,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_format",
+            "-show_programs",
+            "-of",
+            "json",
+            "-rw_timeout",
+            "10000000",
+            f"{stack.url}/ace/getstream?id=channel-one",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout)

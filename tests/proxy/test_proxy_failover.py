@@ -6,7 +6,6 @@ import asyncio
 import time
 
 import pytest
-
 from proxy_stack import Watcher
 from support import wait_until
 

@@ -8,10 +8,10 @@ import json
 import subprocess
 import time
 
-from services.proxy.hls import IDLE_TARGETS
-
 from support import wait_until
 from test_proxy_lifecycle import _ended, nothing_left
+
+from services.proxy.hls import IDLE_TARGETS
 
 LINGER_S = 0.5
 
@@ -28,9 +28,21 @@ async def test_hls_viewers_share_one_engine_session_through_proxy_urls_until_the
 
     probe = await asyncio.to_thread(
         subprocess.run,
-        ["ffprobe", "-v", "error", "-show_programs", "-show_streams", "-of", "json", "-rw_timeout", "10000000",
-         manifest],
-        capture_output=True, text=True, timeout=60,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-show_programs",
+            "-show_streams",
+            "-of",
+            "json",
+            "-rw_timeout",
+            "10000000",
+            manifest,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert probe.returncode == 0, probe.stderr
     report = json.loads(probe.stdout)
@@ -61,8 +73,11 @@ async def test_hls_viewers_share_one_engine_session_through_proxy_urls_until_the
 
     # Nobody asks any more: after the linger plus IDLE_TARGETS target durations the stream ends.
     stopped_at = time.monotonic()
-    ended = await wait_until(_ended(stack, stream["stream_id"]), timeout=LINGER_S + IDLE_TARGETS * 4 + 10,
-                             what="stream.ended once HLS viewers stopped asking")
+    ended = await wait_until(
+        _ended(stack, stream["stream_id"]),
+        timeout=LINGER_S + IDLE_TARGETS * 4 + 10,
+        what="stream.ended once HLS viewers stopped asking",
+    )
     assert ended["reason"] == "viewers_left"
     assert time.monotonic() - stopped_at >= LINGER_S + IDLE_TARGETS * 3  # not before (targets ≥ 3 s here)
     await wait_until(nothing_left(stack), timeout=10, what="engine session stopped, nothing left")

@@ -8,7 +8,6 @@ import random
 import socket
 
 import httpx
-
 from proxy_stack import Watcher
 from support import wait_until
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from shared import names
 from proxy_stack import Watcher
 from support import wait_until
+
+from shared import names
 
 
 async def test_stats_are_published_and_a_session_that_is_gone_fails_over(stack_factory, nc):

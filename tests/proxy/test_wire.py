@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from services.proxy.wire import Content, SessionGone, WireError, content_of, parse_query, session_of, stats_of
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -47,11 +47,24 @@ def test_bad_queries_are_refused_with_what_is_wrong(query, status, names):
 
 
 def test_session_of_a_getstream_reply():
-    body = json.dumps({"response": {"playback_url": "http://e/r/1", "stat_url": "http://e/s/1",
-                                    "command_url": "http://e/c/1", "playback_session_id": "k", "is_live": 1},
-                       "error": None}).encode()
+    body = json.dumps(
+        {
+            "response": {
+                "playback_url": "http://e/r/1",
+                "stat_url": "http://e/s/1",
+                "command_url": "http://e/c/1",
+                "playback_session_id": "k",
+                "is_live": 1,
+            },
+            "error": None,
+        }
+    ).encode()
     session = session_of(200, body)
-    assert (session.playback_url, session.stat_url, session.playback_session_id) == ("http://e/r/1", "http://e/s/1", "k")
+    assert (session.playback_url, session.stat_url, session.playback_session_id) == (
+        "http://e/r/1",
+        "http://e/s/1",
+        "k",
+    )
 
 
 @pytest.mark.parametrize(

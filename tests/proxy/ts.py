@@ -10,7 +10,7 @@ def continuity_breaks(data: bytes) -> int:
     last: dict[int, int] = {}
     breaks = 0
     for offset in range(0, len(data) - len(data) % PACKET, PACKET):
-        head = data[offset:offset + 4]
+        head = data[offset : offset + 4]
         assert head[0] == 0x47, f"no sync byte at {offset}"
         pid = ((head[1] & 0x1F) << 8) | head[2]
         if not head[3] & 0x10 or pid == 0x1FFF:

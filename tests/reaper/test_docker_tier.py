@@ -5,9 +5,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from shared import names
-from support import wait_until
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,22 +20,36 @@ def acesim_image() -> str:
         subprocess.run(["docker", "info"], check=True, capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"no Docker Engine ({exc}); run `bash deploy/ci_setup.sh`")
-    build = subprocess.run(["bash", "deploy/images.sh", "acesim"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    build = subprocess.run(
+        ["bash", "deploy/images.sh", "acesim"], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     if build.returncode != 0:
         pytest.fail(f"bash deploy/images.sh acesim failed:\n{build.stdout}\n{build.stderr}")
     return "aceorch/acesim:latest"
 
 
 def containers(pool_label: str) -> list[str]:
-    out = subprocess.run(["docker", "ps", "-q", "--filter", f"label=aceorch.pool={pool_label}"],
-                         capture_output=True, text=True, timeout=30, check=True).stdout
+    out = subprocess.run(
+        ["docker", "ps", "-q", "--filter", f"label=aceorch.pool={pool_label}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
     return out.split()
 
 
 async def test_docker_exec_clean_measures_and_empties_and_the_reaper_removes_containers(pools, acesim_image):
     label = f"test-{uuid.uuid4().hex[:10]}"
-    pool = await pools(ENGINE_RUNTIME="docker", DOCKER_NETWORK="host", ENGINE_IMAGE=acesim_image, ENGINE_POOL=label,
-                       MIN_REPLICAS=1, MIN_FREE_REPLICAS=1, ENGINE_GRACE_PERIOD_S=5)
+    pool = await pools(
+        ENGINE_RUNTIME="docker",
+        DOCKER_NETWORK="host",
+        ENGINE_IMAGE=acesim_image,
+        ENGINE_POOL=label,
+        MIN_REPLICAS=1,
+        MIN_FREE_REPLICAS=1,
+        ENGINE_GRACE_PERIOD_S=5,
+    )
     specs = await pool.create_engines(2)
     assert len(containers(label)) == 2
     engines = await pool.wait_healthy(2)

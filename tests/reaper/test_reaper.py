@@ -6,8 +6,9 @@ import time
 import uuid
 from collections import Counter
 
-from shared import names
 from support import free_port, request_json, wait_until
+
+from shared import names
 
 
 async def started(process, text="started with"):
@@ -110,8 +111,9 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
     engines to take until it has done six reaps (8 engines and a selection every 0.05-0.3 s starved it:
     the last idle engines held a live reservation at almost every sweep, and the wait timed out).
     """
-    pool = await pools(MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=1, RESERVATION_TTL_S=1,
-                       MAX_STREAMS_PER_ENGINE=2)
+    pool = await pools(
+        MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=1, RESERVATION_TTL_S=1, MAX_STREAMS_PER_ENGINE=2
+    )
     await pool.create_engines(ENGINES_FOR_RACES)
     await pool.wait_healthy(ENGINES_FOR_RACES)
     rng = random.Random(7)
@@ -146,8 +148,9 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
                     stream_id = f"sel-{uuid.uuid4().hex[:8]}"
                     await pool.started(stream_id, engine["container_id"], body["reservation_id"])
                     asyncio.get_running_loop().call_later(
-                        rng.uniform(0.2, 1.5), lambda s=stream_id, c=engine["container_id"]:
-                        asyncio.ensure_future(pool.ended(s, c)))
+                        rng.uniform(0.2, 1.5),
+                        lambda s=stream_id, c=engine["container_id"]: asyncio.ensure_future(pool.ended(s, c)),
+                    )
             await asyncio.sleep(rng.uniform(*SELECTION_PAUSE_S))
 
     selecting_since = time.time()
@@ -155,13 +158,19 @@ async def test_streams_starting_while_the_reaper_works_never_land_on_a_removed_e
     pool.service("reaper")
     pool.service("janitor")
     try:
+
         def progress():
             removals = len(pool.recorder.of(names.ENGINE_REMOVED))
             done = removals >= 3 and len(raced) >= 3 and selections >= 10
-            return done or f"{removals} removals, {len(raced)} raced, {selections} selections, {len(reap_claims)} reap claims"
+            return (
+                done
+                or f"{removals} removals, {len(raced)} raced, {selections} selections, {len(reap_claims)} reap claims"
+            )
 
         try:
-            await wait_until(lambda: progress() is True, timeout=90, what="removals with streams and selections racing them")
+            await wait_until(
+                lambda: progress() is True, timeout=90, what="removals with streams and selections racing them"
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; so far {progress()}") from None
     finally:

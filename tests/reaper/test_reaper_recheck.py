@@ -5,18 +5,26 @@ that pick and the claim. Driven in-process against a real nats-server and state-
 with the victim picked from a snapshot taken before the stream started.
 """
 
+from support import base_env, request_json, wait_for_service, wait_until
+
+from services.reaper.reaper import Reaper, Sweep
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
 from shared.policy.pool import PoolPolicy, next_to_reap
-from shared.schemas import EngineHealth, EngineRegistered, StreamStarted, decode_engine, encode, utcnow
-from services.reaper.reaper import Reaper, Sweep
 from shared.runtime import make_runtime
-from support import base_env, request_json, wait_for_service, wait_until
+from shared.schemas import EngineHealth, EngineRegistered, StreamStarted, decode_engine, encode, utcnow
 
-SETTINGS = {"MIN_REPLICAS": 1, "MIN_FREE_REPLICAS": 1, "ENGINE_GRACE_PERIOD_S": 0, "ENGINE_RUNTIME": "local",
-            # health is reported once, by hand: a long interval keeps that verdict fresh for the test
-            "HEALTH_CHECK_INTERVAL_S": 300, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
+SETTINGS = {
+    "MIN_REPLICAS": 1,
+    "MIN_FREE_REPLICAS": 1,
+    "ENGINE_GRACE_PERIOD_S": 0,
+    "ENGINE_RUNTIME": "local",
+    # health is reported once, by hand: a long interval keeps that verdict fresh for the test
+    "HEALTH_CHECK_INTERVAL_S": 300,
+    "HEALTH_CHECK_TIMEOUT_S": 5,
+    "HEALTH_RECHECK_S": 5,
+}
 
 
 async def engines(nc) -> dict[str, dict]:
@@ -24,13 +32,18 @@ async def engines(nc) -> dict[str, dict]:
     return {record["container_id"]: record for record in body["engines"]}
 
 
-async def test_a_victim_is_spared_when_a_stream_elsewhere_puts_the_pool_at_its_floors(nats_server, processes, nc, tmp_path):
+async def test_a_victim_is_spared_when_a_stream_elsewhere_puts_the_pool_at_its_floors(
+    nats_server, processes, nc, tmp_path
+):
     env = base_env(nats_server.url, **SETTINGS)
     processes.service("state_keeper", env)
     await wait_for_service(nc, names.SERVICE_NAME, 1)
     js = nc.jetstream()
     for i, cid in enumerate(("e1", "e2")):
-        await js.publish(names.ENGINE_REGISTERED, encode(EngineRegistered(container_id=cid, host="127.0.0.1", port=7000 + i, runtime="local")))
+        await js.publish(
+            names.ENGINE_REGISTERED,
+            encode(EngineRegistered(container_id=cid, host="127.0.0.1", port=7000 + i, runtime="local")),
+        )
         await js.publish(names.ENGINE_HEALTH, encode(EngineHealth(container_id=cid, ok=True, checked_at=utcnow())))
     await wait_until(lambda: _all_healthy(nc, {"e1", "e2"}), what="e1 and e2 healthy", timeout=15)
 
@@ -55,7 +68,9 @@ async def test_a_victim_is_spared_when_a_stream_elsewhere_puts_the_pool_at_its_f
 
 
 async def _all_healthy(nc, wanted: set[str]) -> bool:
-    return all(r["health_status"] == "healthy" for cid, r in (await engines(nc)).items() if cid in wanted) and wanted <= set(await engines(nc))
+    return all(
+        r["health_status"] == "healthy" for cid, r in (await engines(nc)).items() if cid in wanted
+    ) and wanted <= set(await engines(nc))
 
 
 async def _lists(nc, cid: str, stream_id: str) -> bool:

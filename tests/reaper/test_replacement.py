@@ -2,8 +2,9 @@
 
 import asyncio
 
-from shared import names
 from support import wait_until
+
+from shared import names
 
 
 async def hang(pool, port, mode="hang"):
@@ -16,8 +17,9 @@ def replaced(pool):
 
 
 async def test_an_unhealthy_engine_is_replaced_but_not_during_an_outage(pools):
-    pool = await pools(MIN_REPLICAS=3, MIN_FREE_REPLICAS=1, MAX_REPLICAS=5, UNHEALTHY_REPLACE_AFTER_S=2,
-                       ENGINE_GRACE_PERIOD_S=600)
+    pool = await pools(
+        MIN_REPLICAS=3, MIN_FREE_REPLICAS=1, MAX_REPLICAS=5, UNHEALTHY_REPLACE_AFTER_S=2, ENGINE_GRACE_PERIOD_S=600
+    )
     specs = await pool.create_engines(3)
     await pool.wait_healthy(3)
     pool.sample_counts(0.1)
@@ -40,8 +42,11 @@ async def test_an_unhealthy_engine_is_replaced_but_not_during_an_outage(pools):
     engines = await pool.wait_healthy(3)
     assert len(engines) == 3 and first.container_id not in {e["container_id"] for e in engines}
     successor = next(e for e in engines if e["container_id"] not in {s.container_id for s in specs})
-    registered_at = min(t for t, s, p in pool.recorder.events
-                        if s == names.ENGINE_REGISTERED and p["container_id"] == successor["container_id"])
+    registered_at = min(
+        t
+        for t, s, p in pool.recorder.events
+        if s == names.ENGINE_REGISTERED and p["container_id"] == successor["container_id"]
+    )
     removed_at = min(t for t, s, p in pool.recorder.events if s == names.ENGINE_REMOVED)
     assert registered_at < removed_at  # the successor first
     assert min(pool.recorder.counts) >= 3, pool.recorder.counts

@@ -4,8 +4,9 @@ import asyncio
 import math
 from collections import defaultdict
 
-from shared import names
 from support import wait_until
+
+from shared import names
 
 INTERVAL_S = 2
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
+from support import wait_until
+
+from services.reaper.reaper import Reaper
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
-from services.reaper.reaper import Reaper
-from support import wait_until
 
 
 class SlowGet:
@@ -37,7 +38,11 @@ class SlowGet:
 
 async def test_a_reap_claim_that_lapses_during_a_slow_runtime_call_stops_nothing(pools):
     pool = await pools(
-        MIN_REPLICAS=0, MIN_FREE_REPLICAS=0, ENGINE_GRACE_PERIOD_S=1, CLAIM_TTL_S=3, RESERVATION_TTL_S=30,
+        MIN_REPLICAS=0,
+        MIN_FREE_REPLICAS=0,
+        ENGINE_GRACE_PERIOD_S=1,
+        CLAIM_TTL_S=3,
+        RESERVATION_TTL_S=30,
     )
     [spec] = await pool.create_engines(1)
     await pool.wait_healthy(1)

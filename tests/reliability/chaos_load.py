@@ -159,7 +159,9 @@ class StreamLoad:
             await asyncio.sleep(rng.uniform(*self.hold_s))
             if rng.random() < self.keep_open and len(self.open) < self.max_open:
                 continue
-            ended = StreamEnded(stream_id=stream_id, container_id=reply.engine.container_id, reason="chaos", ended_at=utcnow())
+            ended = StreamEnded(
+                stream_id=stream_id, container_id=reply.engine.container_id, reason="chaos", ended_at=utcnow()
+            )
             await self.publish(names.STREAM_ENDED, ended, f"{stream_id}.ended")
             self.ended.add(stream_id)
             self.open.discard(stream_id)
@@ -222,7 +224,9 @@ class StreamLoad:
         data = encode(event)
         for attempt in range(600):
             try:
-                await self.bus.js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=self.publish_timeout_s)
+                await self.bus.js.publish(
+                    subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=self.publish_timeout_s
+                )
             except NATS_ERRORS:
                 self.stats.publish_retries += 1
                 await asyncio.sleep(0.1)
@@ -257,7 +261,8 @@ class StreamLoad:
         # Applied, counted from KV alone: a start shows as a record with its `started_at` on its
         # engine, an end as an ended record — not derived from the acked count.
         starts_applied = sum(
-            1 for s, c in self.started.items()
+            1
+            for s, c in self.started.items()
             if (r := streams.get(s)) is not None and r.started_at is not None and r.container_id == c
         )
         ends_applied = sum(1 for s in self.ended if (r := streams.get(s)) is not None and r.status == "ended")
@@ -366,8 +371,9 @@ async def raw_records(bus: Bus, bucket: str) -> dict[str, bytes]:
     return found
 
 
-def record_invariants(engines: dict[str, EngineRecord], streams: dict[str, StreamRecord], now: datetime,
-                      max_streams: int | None = None) -> list[str]:
+def record_invariants(
+    engines: dict[str, EngineRecord], streams: dict[str, StreamRecord], now: datetime, max_streams: int | None = None
+) -> list[str]:
     """Cross-record invariants that hold whatever happened: unique streams, state agrees with claim,
     every listed stream is a started stream of that engine, every started stream is listed."""
     problems = []
@@ -377,7 +383,9 @@ def record_invariants(engines: dict[str, EngineRecord], streams: dict[str, Strea
             problems.append(f"{key}: record names {engine.container_id}")
         if len(set(engine.streams)) != len(engine.streams):
             problems.append(f"{key}: duplicate streams {engine.streams}")
-        expected_state = "active" if engine.claim is None else ("cleaning" if engine.claim.purpose == "clean" else "draining")
+        expected_state = (
+            "active" if engine.claim is None else ("cleaning" if engine.claim.purpose == "clean" else "draining")
+        )
         if engine.state != expected_state and not (engine.claim and engine.claim.expires_at <= now):
             problems.append(f"{key}: state {engine.state} but claim {engine.claim}")
         for stream_id in engine.streams:

@@ -14,12 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 import httpx
-
-from shared import names
-from shared.bus import Bus, connect
-from shared.config import load_config
 from support import (
     NatsServer,
     Process,
@@ -33,6 +28,10 @@ from support import (
     wait_until,
 )
 
+from shared import names
+from shared.bus import Bus, connect
+from shared.config import load_config
+
 # Scaled-down timings shared by every scenario (DESIGN §5 bound = 1 + 2×0.5 + 0.5 = 2.5 s).
 INTERVAL_S = 1.0
 TIMEOUT_S = 0.5
@@ -40,7 +39,6 @@ RECHECK_S = 0.5
 HEALTH_BOUND_S = INTERVAL_S + 2 * TIMEOUT_S + RECHECK_S
 
 SERVICES = ("state_keeper", "prober", "gateway", "provisioner", "reaper", "janitor")
-
 
 
 def port_block(count: int) -> int:
@@ -206,7 +204,9 @@ class Stack:
                 await wait_until(lambda: _http_ok(port), timeout=timeout, what=f"gateway on :{port}")
         for service, marker in (("prober", "Health monitor started"),):
             for proc in self.services.get(service, []):
-                await wait_until(lambda: marker in proc.log() or not proc.alive(), timeout=timeout, what=f"{service} up")
+                await wait_until(
+                    lambda: marker in proc.log() or not proc.alive(), timeout=timeout, what=f"{service} up"
+                )
         for proc in self.all_services():
             if not getattr(proc, "killed_by_test", False):
                 assert proc.alive(), f"{proc.name} exited at start-up:\n{proc.log()[-3000:]}"
@@ -241,8 +241,15 @@ class Stack:
     def acesim(self, count: int) -> list[int]:
         """`count` simulated engines in one process; their ports."""
         first = port_block(count)
-        argv = [sys.executable, "-m", "deploy.acesim", "--ports", f"{first}-{first + count - 1}",
-                "--cache-dir", str(self.tmp / f"acesim-{first}")]
+        argv = [
+            sys.executable,
+            "-m",
+            "deploy.acesim",
+            "--ports",
+            f"{first}-{first + count - 1}",
+            "--cache-dir",
+            str(self.tmp / f"acesim-{first}"),
+        ]
         self.engines.append(self.processes.start("acesim", argv))
         for port in range(first, first + count):
             wait_for_port(port, timeout=30)
@@ -330,8 +337,9 @@ async def register(bus: Bus, port: int, runtime: str = "external", container_id:
     from shared.schemas import EngineRegistered, encode
 
     container_id = container_id or f"sim-{port}"
-    event = EngineRegistered(container_id=container_id, host="127.0.0.1", port=port, runtime=runtime,
-                             container_name=container_id)
+    event = EngineRegistered(
+        container_id=container_id, host="127.0.0.1", port=port, runtime=runtime, container_name=container_id
+    )
     await bus.js.publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": f"register-{container_id}"})
     return container_id
 
@@ -367,8 +375,9 @@ class LiveFeed:
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._read())
-        await wait_until(lambda: any(e[1] == "snapshot" for e in self.events) or self.error, timeout=15,
-                         what="live feed snapshot")
+        await wait_until(
+            lambda: any(e[1] == "snapshot" for e in self.events) or self.error, timeout=15, what="live feed snapshot"
+        )
         assert self.error is None, f"live feed failed: {self.error!r}"
 
     async def _read(self) -> None:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from chaos_stack import Stack
 from support import ROOT, collect_dropped_connections
 

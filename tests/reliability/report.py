@@ -32,19 +32,23 @@ class Scenario:
 
 
 def _events(f: dict) -> str:
-    return (f"events acked/applied/lost: **{f['events_acked']} / {f['events_applied']} / {f['events_lost']}** "
-            f"(applied counted from KV, asserted = acked, lost = 0), duplicates **{f['duplicates']}**, "
-            f"stored twice **{f['stored_twice']}**")
+    return (
+        f"events acked/applied/lost: **{f['events_acked']} / {f['events_applied']} / {f['events_lost']}** "
+        f"(applied counted from KV, asserted = acked, lost = 0), duplicates **{f['duplicates']}**, "
+        f"stored twice **{f['stored_twice']}**"
+    )
 
 
 def _nats_restart(f: dict) -> str:
     r = f["reconnect_s"]
-    return (f"{_events(f)}; observed: nats down {f['outage_s']} s, selections unavailable {f['selection_outages_s']} s "
-            f"({f['selections_failed']} failed, retried); back after restart: state-keeper {r['state_keeper_selection']} s, "
-            f"gateway {r['gateway_healthz']} s, prober {r['prober_first_probe']} s, sweeps "
-            + ", ".join(f"{k[:-6]} {v} s" for k, v in r.items() if k.endswith("_sweep"))
-            + f"; newcomer probed healthy "
-            f"{f['newcomer_probed_healthy_s']} s, on /api/live {f['newcomer_on_live_feed_s']} s")
+    return (
+        f"{_events(f)}; observed: nats down {f['outage_s']} s, selections unavailable {f['selection_outages_s']} s "
+        f"({f['selections_failed']} failed, retried); back after restart: state-keeper {r['state_keeper_selection']} s, "
+        f"gateway {r['gateway_healthz']} s, prober {r['prober_first_probe']} s, sweeps "
+        + ", ".join(f"{k[:-6]} {v} s" for k, v in r.items() if k.endswith("_sweep"))
+        + f"; newcomer probed healthy "
+        f"{f['newcomer_probed_healthy_s']} s, on /api/live {f['newcomer_on_live_feed_s']} s"
+    )
 
 
 def _cluster(f: dict) -> str:
@@ -53,44 +57,54 @@ def _cluster(f: dict) -> str:
         f"events acked again after {k['events_acked_again_after_s']} s, selections after {k['selections_again_after_s']} s"
         for k in f["kills"]
     )
-    return (f"{_events(f)}; replicas **{f['replicas']['ACE_EVENTS']}×**; observed: {kills}; {f['selections_failed']} selections "
-            f"answered 503 (retried), {f['publish_retries']} publish retries with the same Nats-Msg-Id; "
-            f"newcomer seen by every replica after {f['newcomer_seen_everywhere_s']} s")
+    return (
+        f"{_events(f)}; replicas **{f['replicas']['ACE_EVENTS']}×**; observed: {kills}; {f['selections_failed']} selections "
+        f"answered 503 (retried), {f['publish_retries']} publish retries with the same Nats-Msg-Id; "
+        f"newcomer seen by every replica after {f['newcomer_seen_everywhere_s']} s"
+    )
 
 
 def _replicas(f: dict) -> str:
     sweeps = ", ".join(f"{job} {s['first_after_s']} s (interval {s['interval_s']} s)" for job, s in f["sweeps"].items())
-    return (f"{_events(f)}; selections failed at the kill: **{f['selections_failed_at_kill']}** (bound: {f['in_flight_bound']} in flight); "
-            f"every engine probed again within **{f['max_time_to_reprobe_s']} s** (bound: 2 intervals); sweeps run again after "
-            f"(bound: 2 intervals each): {sweeps}; engines max **{f['engine_count_max']}** (bound MAX_REPLICAS), "
-            f"records {f['engine_records']} = processes {f['engine_processes']} (asserted equal)")
+    return (
+        f"{_events(f)}; selections failed at the kill: **{f['selections_failed_at_kill']}** (bound: {f['in_flight_bound']} in flight); "
+        f"every engine probed again within **{f['max_time_to_reprobe_s']} s** (bound: 2 intervals); sweeps run again after "
+        f"(bound: 2 intervals each): {sweeps}; engines max **{f['engine_count_max']}** (bound MAX_REPLICAS), "
+        f"records {f['engine_records']} = processes {f['engine_processes']} (asserted equal)"
+    )
 
 
 def _faults(f: dict) -> str:
     changes = sum(f["flapping_status_changes"].values())
     allowed = sum(f["flapping_changes_allowed_by_hysteresis"].values())
-    return (f"{f['replies_checked']} selection replies checked, **{f['violations']} violations**; hung engines selectable at most "
-            f"**{f['max_selectable_after_hang_s']} s** after hanging, unhealthy in KV within {f['max_hung_to_unhealthy_s']} s "
-            f"(bound {f['bound_s']} s + {f['pipeline_slack_s']} s slack); flapping engines: {changes} status changes "
-            f"(asserted ≤ {allowed}, what hysteresis allows) from {sum(f['flapping_observations'].values())} observations, "
-            f"**{len(f['unjustified_transitions'])} unjustified**; observed, not asserted: healthy engines turned unhealthy "
-            f"{len(f['false_alarms_on_healthy_engines'])} (a stalled 2-core box can time out two probes in a row: each such "
-            f"change is checked for justification above); claims granted {f['claims']['granted']} (asserted > 0)")
+    return (
+        f"{f['replies_checked']} selection replies checked, **{f['violations']} violations**; hung engines selectable at most "
+        f"**{f['max_selectable_after_hang_s']} s** after hanging, unhealthy in KV within {f['max_hung_to_unhealthy_s']} s "
+        f"(bound {f['bound_s']} s + {f['pipeline_slack_s']} s slack); flapping engines: {changes} status changes "
+        f"(asserted ≤ {allowed}, what hysteresis allows) from {sum(f['flapping_observations'].values())} observations, "
+        f"**{len(f['unjustified_transitions'])} unjustified**; observed, not asserted: healthy engines turned unhealthy "
+        f"{len(f['false_alarms_on_healthy_engines'])} (a stalled 2-core box can time out two probes in a row: each such "
+        f"change is checked for justification above); claims granted {f['claims']['granted']} (asserted > 0)"
+    )
 
 
 def _races(f: dict) -> str:
-    return (f"{f['streams_started']} streams, {f['starts_sent_late_or_near_expiry']} started near/after reservation expiry; "
-            f"{f['engines_removed']} engines reaped ({f['reap_claims_seen']} reap claims), {f['cleans_seen']} cleans; "
-            f"protected starts stranded on a removed engine: **{f['protected_starts_stranded']}**, engines reaped "
-            f"under a protected stream: **{len(f['reaped_under_a_protected_stream'])}** (under a start whose reservation "
-            f"had lapsed: {f['reaped_under_a_lapsed_start']}); grants over "
-            f"MAX_STREAMS_PER_ENGINE: **{f['grants_over_capacity']}**; max engines {f['max_engines']}")
+    return (
+        f"{f['streams_started']} streams, {f['starts_sent_late_or_near_expiry']} started near/after reservation expiry; "
+        f"{f['engines_removed']} engines reaped ({f['reap_claims_seen']} reap claims), {f['cleans_seen']} cleans; "
+        f"protected starts stranded on a removed engine: **{f['protected_starts_stranded']}**, engines reaped "
+        f"under a protected stream: **{len(f['reaped_under_a_protected_stream'])}** (under a start whose reservation "
+        f"had lapsed: {f['reaped_under_a_lapsed_start']}); grants over "
+        f"MAX_STREAMS_PER_ENGINE: **{f['grants_over_capacity']}**; max engines {f['max_engines']}"
+    )
 
 
 def _provisioners(f: dict) -> str:
-    return (f"{f['demands_published']} engine.demand in {f['demand_bursts']} bursts + {sum(f['selections'].values())} selections; "
-            f"max engines seen **{f['max_engines_seen']}** (MAX_REPLICAS 4), {f['engines_at_end']} records = "
-            f"{f['engine_processes_at_end']} processes (asserted equal), no duplicate port or name (asserted)")
+    return (
+        f"{f['demands_published']} engine.demand in {f['demand_bursts']} bursts + {sum(f['selections'].values())} selections; "
+        f"max engines seen **{f['max_engines_seen']}** (MAX_REPLICAS 4), {f['engines_at_end']} records = "
+        f"{f['engine_processes_at_end']} processes (asserted equal), no duplicate port or name (asserted)"
+    )
 
 
 def _hostile(f: dict) -> str:
@@ -100,42 +114,93 @@ def _hostile(f: dict) -> str:
     http = sum(v for k, v in sent.items() if k.startswith("http "))
     codes = ", ".join(f"{k.split()[1]}×{v}" for k, v in sent.items() if k.startswith("http "))
     rejected = sum(f["events_rejected_by_reason"].values())
-    return (f"{events} events, {requests} requests, {http} HTTP calls (statuses {codes}); {rejected} events rejected "
-            f"and counted; records left: {f['engine_records']} engines, {f['stream_records']} streams, "
-            f"**{len(f['undecodable'])} undecodable, {len(f['invariant_violations'])} invariant violations**")
+    return (
+        f"{events} events, {requests} requests, {http} HTTP calls (statuses {codes}); {rejected} events rejected "
+        f"and counted; records left: {f['engine_records']} engines, {f['stream_records']} streams, "
+        f"**{len(f['undecodable'])} undecodable, {len(f['invariant_violations'])} invariant violations**"
+    )
 
 
 def _restart(f: dict) -> str:
-    return (f"{_events(f)}; observed: everything down {f['down_s']} s with {f['streams_open_at_kill']} streams open, first selection "
-            f"{f['first_selection_after_restart_s']} s after the restart; asserted: engines {len(f['engines_before'])} before → "
-            f"{len(f['engines_after'])} after, same processes kept {len(f['engine_processes_kept'])}, new {len(f['engine_processes_new'])}")
+    return (
+        f"{_events(f)}; observed: everything down {f['down_s']} s with {f['streams_open_at_kill']} streams open, first selection "
+        f"{f['first_selection_after_restart_s']} s after the restart; asserted: engines {len(f['engines_before'])} before → "
+        f"{len(f['engines_after'])} after, same processes kept {len(f['engine_processes_kept'])}, new {len(f['engine_processes_new'])}"
+    )
 
 
 SCENARIOS = [
-    Scenario("1", "NATS restart", "SIGKILL nats-server under selections + stream events, restart on the same store: services reconnect, "
-             "acked events applied exactly once (KV = sequential model), KV watchers resume (newcomer probed, on /api/live)",
-             "test_nats_sigkill_and_restart_under_load_loses_nothing", "test_chaos_nats_restart.py", _nats_restart),
-    Scenario("2", "NATS cluster", "3 nodes, stream + buckets R3; SIGKILL the ACE_EVENTS stream leader, restore, then the meta leader, "
-             "under load: selections and events keep succeeding, nothing lost, every watch resumes",
-             "test_cluster_survives_losing_a_node_then_the_meta_leader", "test_chaos_nats_cluster.py", _cluster),
-    Scenario("3", "Replica loss", "2 replicas of all six services; SIGKILL one of each under load: no selection lost beyond those in "
-             "flight, probes and sweeps taken over within two intervals, survivor gateway answers",
-             "test_losing_one_replica_of_each_service_under_load", "test_chaos_replica_loss.py", _replicas),
-    Scenario("4", "Engine faults at scale", "200 acesim engines, 10% hung, 5% flapping, some claimed: every selection reply checked "
-             "against the truth; hung engines out within the DESIGN §5 bound; status changes justified by rise/fall",
-             "test_two_hundred_engines_with_hung_and_flapping_ones", "test_chaos_engine_faults.py", _faults),
-    Scenario("5a", "Races: streams vs reaper, janitor, expiring reservations", "small pool that grows and shrinks; a quarter of "
-             "stream.started sent around reservation expiry: no stream on a removed engine, no grant over the cap, ≤ MAX_REPLICAS",
-             "test_stream_starts_race_reaper_janitor_and_expiring_reservations", "test_chaos_races.py", _races),
-    Scenario("5b", "Races: two provisioners on demand", "bursts of engine.demand heard by two provisioners at once: never more "
-             "than MAX_REPLICAS engines, no duplicate", "test_two_provisioners_racing_on_demand_stay_within_max_replicas",
-             "test_chaos_races.py", _provisioners),
-    Scenario("6", "Hostile input", "Hypothesis payloads on every event subject, request/reply endpoint and gateway HTTP endpoint: "
-             "no crash, no 5xx, consumer keeps going, every KV record decodes and agrees with the others",
-             "test_hostile_input_never_crashes_or_corrupts_records", "test_chaos_hostile.py", _hostile),
-    Scenario("7", "Whole-system restart", "SIGKILL every service and nats-server mid-load, start again: state recovered, "
-             "engines re-adopted (same processes), no duplicate engine",
-             "test_whole_system_restart_mid_load_recovers_state_and_engines", "test_chaos_full_restart.py", _restart),
+    Scenario(
+        "1",
+        "NATS restart",
+        "SIGKILL nats-server under selections + stream events, restart on the same store: services reconnect, "
+        "acked events applied exactly once (KV = sequential model), KV watchers resume (newcomer probed, on /api/live)",
+        "test_nats_sigkill_and_restart_under_load_loses_nothing",
+        "test_chaos_nats_restart.py",
+        _nats_restart,
+    ),
+    Scenario(
+        "2",
+        "NATS cluster",
+        "3 nodes, stream + buckets R3; SIGKILL the ACE_EVENTS stream leader, restore, then the meta leader, "
+        "under load: selections and events keep succeeding, nothing lost, every watch resumes",
+        "test_cluster_survives_losing_a_node_then_the_meta_leader",
+        "test_chaos_nats_cluster.py",
+        _cluster,
+    ),
+    Scenario(
+        "3",
+        "Replica loss",
+        "2 replicas of all six services; SIGKILL one of each under load: no selection lost beyond those in "
+        "flight, probes and sweeps taken over within two intervals, survivor gateway answers",
+        "test_losing_one_replica_of_each_service_under_load",
+        "test_chaos_replica_loss.py",
+        _replicas,
+    ),
+    Scenario(
+        "4",
+        "Engine faults at scale",
+        "200 acesim engines, 10% hung, 5% flapping, some claimed: every selection reply checked "
+        "against the truth; hung engines out within the DESIGN §5 bound; status changes justified by rise/fall",
+        "test_two_hundred_engines_with_hung_and_flapping_ones",
+        "test_chaos_engine_faults.py",
+        _faults,
+    ),
+    Scenario(
+        "5a",
+        "Races: streams vs reaper, janitor, expiring reservations",
+        "small pool that grows and shrinks; a quarter of "
+        "stream.started sent around reservation expiry: no stream on a removed engine, no grant over the cap, ≤ MAX_REPLICAS",
+        "test_stream_starts_race_reaper_janitor_and_expiring_reservations",
+        "test_chaos_races.py",
+        _races,
+    ),
+    Scenario(
+        "5b",
+        "Races: two provisioners on demand",
+        "bursts of engine.demand heard by two provisioners at once: never more than MAX_REPLICAS engines, no duplicate",
+        "test_two_provisioners_racing_on_demand_stay_within_max_replicas",
+        "test_chaos_races.py",
+        _provisioners,
+    ),
+    Scenario(
+        "6",
+        "Hostile input",
+        "Hypothesis payloads on every event subject, request/reply endpoint and gateway HTTP endpoint: "
+        "no crash, no 5xx, consumer keeps going, every KV record decodes and agrees with the others",
+        "test_hostile_input_never_crashes_or_corrupts_records",
+        "test_chaos_hostile.py",
+        _hostile,
+    ),
+    Scenario(
+        "7",
+        "Whole-system restart",
+        "SIGKILL every service and nats-server mid-load, start again: state recovered, "
+        "engines re-adopted (same processes), no duplicate engine",
+        "test_whole_system_restart_mid_load_recovers_state_and_engines",
+        "test_chaos_full_restart.py",
+        _restart,
+    ),
 ]
 
 

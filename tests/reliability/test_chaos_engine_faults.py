@@ -21,10 +21,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 import httpx
-from nats.js.api import DeliverPolicy
-
 from chaos_load import Reply, StreamLoad
 from chaos_stack import HEALTH_BOUND_S, register, wait_healthy
+from nats.js.api import DeliverPolicy
+
 from shared import names
 from shared.kv import KvView
 from shared.schemas import EngineHealth, EngineRecord, decode_engine, decoder, encode, utcnow
@@ -68,8 +68,12 @@ class Truth:
 
 async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
     stack.start_nats()
-    stack.configure(RESERVATION_TTL_S=RESERVATION_TTL_S, MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
-                    HEALTH_FAIL_THRESHOLD=FALL, HEALTH_RISE_THRESHOLD=RISE)
+    stack.configure(
+        RESERVATION_TTL_S=RESERVATION_TTL_S,
+        MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
+        HEALTH_FAIL_THRESHOLD=FALL,
+        HEALTH_RISE_THRESHOLD=RISE,
+    )
     stack.start("state_keeper", 2)
     stack.start("prober", 2)
     ports = stack.acesim(ENGINES)
@@ -101,9 +105,11 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
 
     rng = random.Random(4)
     chosen = rng.sample(ports, HUNG + FLAPPING + CLAIMED)
-    hung, flapping, claimed = chosen[:HUNG], chosen[HUNG:HUNG + FLAPPING], chosen[HUNG + FLAPPING:]
+    hung, flapping, claimed = chosen[:HUNG], chosen[HUNG : HUNG + FLAPPING], chosen[HUNG + FLAPPING :]
     truth = Truth()
-    load = StreamLoad(bus, max_streams_per_engine=MAX_STREAMS, reservation_ttl_s=RESERVATION_TTL_S, on_reply=truth.check)
+    load = StreamLoad(
+        bus, max_streams_per_engine=MAX_STREAMS, reservation_ttl_s=RESERVATION_TTL_S, on_reply=truth.check
+    )
     stop = asyncio.Event()
     control = httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}", timeout=5)
 
@@ -182,12 +188,17 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
     expected = {cid: _model_changes(observations[cid]) for cid in flap_ids}
 
     figures.update(
-        engines=ENGINES, hung=HUNG, flapping=FLAPPING, claimed=CLAIMED,
-        bound_s=HEALTH_BOUND_S, pipeline_slack_s=PIPELINE_SLACK_S,
+        engines=ENGINES,
+        hung=HUNG,
+        flapping=FLAPPING,
+        claimed=CLAIMED,
+        bound_s=HEALTH_BOUND_S,
+        pipeline_slack_s=PIPELINE_SLACK_S,
         all_registered_healthy_after_s=round(all_healthy_s, 2),
         **load.figures(),
         replies_checked=len(load.replies),
-        violations=len(truth.violations), violation_detail=truth.violations[:10],
+        violations=len(truth.violations),
+        violation_detail=truth.violations[:10],
         max_selectable_after_hang_s=round(max(truth.selectable_after_hang.values(), default=0.0), 2),
         max_hung_to_unhealthy_s=max((v for v in left_after.values() if v is not None), default=None),
         hung_never_unhealthy=[cid for cid, v in left_after.items() if v is None],
@@ -199,7 +210,9 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
         failed_probes_of_healthy_engines=sum(len(errors[c]) for c in healthy_ids),
         failed_probe_errors_of_healthy_engines=dict(Counter(e[1] for c in healthy_ids for e in errors[c])),
         claims=claim_figures,
-        hang_timeline={cid: _timeline(truth.hung_wall[cid], observations[cid], left_after[cid]) for cid in truth.hung_wall},
+        hang_timeline={
+            cid: _timeline(truth.hung_wall[cid], observations[cid], left_after[cid]) for cid in truth.hung_wall
+        },
     )
     assert not stack.crashed(), stack.crashed()
     assert load.stats.selections_ok > 500, load.figures()
@@ -257,5 +270,7 @@ def _model_changes(observations: list[tuple[int, object, bool]]) -> int:
 
 def _timeline(hung_wall, observations, unhealthy_after) -> dict:
     """Seconds from the hang to each failed probe's report, and to the record turning unhealthy."""
-    failures = [round((at - hung_wall).total_seconds(), 2) for _, at, ok in sorted(observations) if at > hung_wall and not ok]
+    failures = [
+        round((at - hung_wall).total_seconds(), 2) for _, at, ok in sorted(observations) if at > hung_wall and not ok
+    ]
     return {"failed_probes_reported_at_s": failures[:3], "unhealthy_in_kv_at_s": unhealthy_after}

@@ -13,8 +13,9 @@ import time
 
 from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import engine_records
-from shared.schemas import utcnow
 from support import wait_until
+
+from shared.schemas import utcnow
 
 MIN_REPLICAS = 3
 MAX_REPLICAS = 5
@@ -24,14 +25,21 @@ SERVICES = {"state_keeper": 2, "prober": 1, "provisioner": 1, "reaper": 1, "jani
 
 async def test_whole_system_restart_mid_load_recovers_state_and_engines(stack, figures):
     stack.start_nats()
-    stack.configure(MIN_REPLICAS=MIN_REPLICAS, MIN_FREE_REPLICAS=1, MAX_REPLICAS=MAX_REPLICAS,
-                    MAX_STREAMS_PER_ENGINE=MAX_STREAMS, ENGINE_GRACE_PERIOD_S=300, RESERVATION_TTL_S=5)
+    stack.configure(
+        MIN_REPLICAS=MIN_REPLICAS,
+        MIN_FREE_REPLICAS=1,
+        MAX_REPLICAS=MAX_REPLICAS,
+        MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
+        ENGINE_GRACE_PERIOD_S=300,
+        RESERVATION_TTL_S=5,
+    )
     for service, count in SERVICES.items():
         stack.start(service, count)
     bus = await stack.client()
     await stack.ready(bus.nc, timeout=60)
-    await wait_until(lambda: _healthy(bus, MIN_REPLICAS), timeout=60, interval=0.25,
-                     what=f"{MIN_REPLICAS} healthy engines")
+    await wait_until(
+        lambda: _healthy(bus, MIN_REPLICAS), timeout=60, interval=0.25, what=f"{MIN_REPLICAS} healthy engines"
+    )
 
     load = StreamLoad(bus, workers=4, max_streams_per_engine=MAX_STREAMS, max_open=8, keep_open=0.2)
     load.start()

@@ -22,11 +22,12 @@ from datetime import timedelta
 
 import httpx
 import msgspec
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from chaos_load import raw_records, record_invariants, snapshot, wait_drained
 from chaos_stack import engine_records, register
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import keeper_stats, wait_until
+
 from shared import names
 from shared.schemas import (
     EVENT_TYPES,
@@ -43,7 +44,6 @@ from shared.schemas import (
     encode,
     utcnow,
 )
-from support import keeper_stats, wait_until
 
 ENGINES = ["h-1", "h-2", "h-3"]
 STREAMS = ["st-1", "st-2", "st-3"]
@@ -58,21 +58,33 @@ SETTINGS = settings(
 # ---------------------------------------------------------------- strategies
 
 scalars = (
-    st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=40)
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
 )
 json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
 ids = st.sampled_from(ENGINES + STREAMS) | st.from_regex(r"\A[-_a-z0-9]{1,12}\Z") | st.text(max_size=60)
-timestamps = st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday", "2999-12-31T23:59:59+14:00",
-                              "0001-01-01T00:00:00Z"]) | st.datetimes().map(lambda d: d.isoformat())
+timestamps = st.sampled_from(
+    ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "yesterday", "2999-12-31T23:59:59+14:00", "0001-01-01T00:00:00Z"]
+) | st.datetimes().map(lambda d: d.isoformat())
 FIELD_VALUES = {
-    "stream_id": ids, "container_id": ids, "holder": st.text(max_size=300), "claim_id": ids,
+    "stream_id": ids,
+    "container_id": ids,
+    "holder": st.text(max_size=300),
+    "claim_id": ids,
     "host": st.sampled_from(["127.0.0.1", "localhost", "", "10.0.0.1", "::1", "a b"]) | st.text(max_size=300),
-    "port": st.integers(min_value=-5, max_value=70000), "ok": st.booleans(),
-    "checked_at": timestamps, "started_at": timestamps, "ended_at": timestamps, "cleaned_at": timestamps,
+    "port": st.integers(min_value=-5, max_value=70000),
+    "ok": st.booleans(),
+    "checked_at": timestamps,
+    "started_at": timestamps,
+    "ended_at": timestamps,
+    "cleaned_at": timestamps,
     "key_type": st.sampled_from(["content_id", "infohash", "url", "magnet", "torrent", ""]),
     "runtime": st.sampled_from(["docker", "local", "external", "vm"]),
     "purpose": st.sampled_from(["clean", "reap", "nap"]),
@@ -90,8 +102,10 @@ def shaped(fields: list[str]) -> st.SearchStrategy[dict]:
     """Objects with the type's field names, each absent, well-typed-ish or hostile, plus strangers."""
     value_for = {name: FIELD_VALUES.get(name, st.text(max_size=80)) | json_values for name in fields}
     return st.fixed_dictionaries({}, optional=value_for).flatmap(
-        lambda base: st.dictionaries(st.text(max_size=10), json_values, max_size=2).map(lambda extra: {**extra, **base})
-        | st.just(base)
+        lambda base: (
+            st.dictionaries(st.text(max_size=10), json_values, max_size=2).map(lambda extra: {**extra, **base})
+            | st.just(base)
+        )
     )
 
 
@@ -101,7 +115,9 @@ def payloads(fields: list[str]) -> st.SearchStrategy[bytes]:
         as_json
         | as_json.flatmap(lambda data: st.integers(0, max(len(data) - 1, 0)).map(lambda cut: data[:cut]))
         | st.binary(max_size=120)
-        | st.sampled_from([b"", b"null", b"{}", b"[]", b"\xff\xfe{", b"{" * 5000, b'{"stream_id": "' + b"x" * 70000 + b'"}'])
+        | st.sampled_from(
+            [b"", b"null", b"{}", b"[]", b"\xff\xfe{", b"{" * 5000, b'{"stream_id": "' + b"x" * 70000 + b'"}']
+        )
     )
 
 
@@ -112,29 +128,50 @@ def fields_of(kind) -> list[str]:
 pool_ids = st.sampled_from(ENGINES + ["h-new"])
 now_ish = st.integers(-5, 5).map(lambda s: (utcnow() + timedelta(seconds=s)).isoformat())
 VALID_EVENTS = {
-    names.STREAM_STARTED: st.fixed_dictionaries({"stream_id": st.sampled_from(STREAMS), "container_id": pool_ids},
-                                                optional={"content_key": st.text(max_size=20), "started_at": now_ish}),
-    names.STREAM_ENDED: st.fixed_dictionaries({"stream_id": st.sampled_from(STREAMS)},
-                                              optional={"container_id": pool_ids, "reason": st.text(max_size=20)}),
+    names.STREAM_STARTED: st.fixed_dictionaries(
+        {"stream_id": st.sampled_from(STREAMS), "container_id": pool_ids},
+        optional={"content_key": st.text(max_size=20), "started_at": now_ish},
+    ),
+    names.STREAM_ENDED: st.fixed_dictionaries(
+        {"stream_id": st.sampled_from(STREAMS)}, optional={"container_id": pool_ids, "reason": st.text(max_size=20)}
+    ),
     names.ENGINE_HEALTH: st.fixed_dictionaries({"container_id": pool_ids, "ok": st.booleans(), "checked_at": now_ish}),
-    names.ENGINE_REGISTERED: st.fixed_dictionaries({"container_id": pool_ids, "host": st.just("127.0.0.1"),
-                                                    "port": st.integers(30001, 30004),
-                                                    "runtime": st.sampled_from(["local", "external"])}),
+    names.ENGINE_REGISTERED: st.fixed_dictionaries(
+        {
+            "container_id": pool_ids,
+            "host": st.just("127.0.0.1"),
+            "port": st.integers(30001, 30004),
+            "runtime": st.sampled_from(["local", "external"]),
+        }
+    ),
     names.ENGINE_REMOVED: st.fixed_dictionaries({"container_id": pool_ids}, optional={"reason": st.text(max_size=20)}),
-    names.ENGINE_CLEANED: st.fixed_dictionaries({"container_id": pool_ids, "ok": st.booleans()},
-                                                optional={"cache_size_bytes": st.integers(0, 2**40), "cleaned_at": now_ish}),
+    names.ENGINE_CLEANED: st.fixed_dictionaries(
+        {"container_id": pool_ids, "ok": st.booleans()},
+        optional={"cache_size_bytes": st.integers(0, 2**40), "cleaned_at": now_ish},
+    ),
 }
 # Half near-valid (so state changes happen and races with the hostile ones are exercised), half hostile.
-EVENT_CASES = st.one_of(*(
-    st.tuples(st.just(subject), VALID_EVENTS[subject].map(lambda v: json.dumps(v).encode()) | payloads(fields_of(kind)),
-              st.booleans())
-    for subject, kind in EVENT_TYPES.items()
-))
+EVENT_CASES = st.one_of(
+    *(
+        st.tuples(
+            st.just(subject),
+            VALID_EVENTS[subject].map(lambda v: json.dumps(v).encode()) | payloads(fields_of(kind)),
+            st.booleans(),
+        )
+        for subject, kind in EVENT_TYPES.items()
+    )
+)
 REQUEST_TYPES = {
-    names.ENGINE_SELECT: SelectRequest, names.ENGINE_LIST: ListRequest, names.ENGINE_GET: GetRequest,
-    names.ENGINE_CLAIM: ClaimRequest, names.ENGINE_RELEASE: ReleaseRequest, names.STREAM_LIST: StreamListRequest,
+    names.ENGINE_SELECT: SelectRequest,
+    names.ENGINE_LIST: ListRequest,
+    names.ENGINE_GET: GetRequest,
+    names.ENGINE_CLAIM: ClaimRequest,
+    names.ENGINE_RELEASE: ReleaseRequest,
+    names.STREAM_LIST: StreamListRequest,
 }
-REQUEST_CASES = st.one_of(*(st.tuples(st.just(subject), payloads(fields_of(kind))) for subject, kind in REQUEST_TYPES.items()))
+REQUEST_CASES = st.one_of(
+    *(st.tuples(st.just(subject), payloads(fields_of(kind))) for subject, kind in REQUEST_TYPES.items())
+)
 
 path_ids = (ids | st.text(max_size=80)).map(lambda text: urllib.parse.quote(text, safe=""))
 queries = st.dictionaries(
@@ -152,11 +189,24 @@ HTTP_CASES = st.one_of(
     st.tuples(st.just("POST"), st.just("/engines"), queries, payloads(ENGINE_BODY)),
     st.tuples(st.just("DELETE"), path_ids.map(lambda i: f"/engines/{i}"), queries, st.none()),
     st.tuples(st.just("POST"), st.just("/events/stream_started"), queries, payloads(STARTED_BODY)),
-    st.tuples(st.just("POST"), st.just("/events/stream_ended"), queries, payloads(["stream_id", "container_id", "reason", "ended_at"])),
-    st.tuples(st.sampled_from(["GET", "HEAD"]), st.sampled_from(["/healthz", "/metrics", "/openapi.json", "/", "/schema"]),
-              queries, st.none()),
-    st.tuples(st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
-              st.text(max_size=40).map(lambda p: "/" + urllib.parse.quote(p)), queries, st.none() | st.binary(max_size=50)),
+    st.tuples(
+        st.just("POST"),
+        st.just("/events/stream_ended"),
+        queries,
+        payloads(["stream_id", "container_id", "reason", "ended_at"]),
+    ),
+    st.tuples(
+        st.sampled_from(["GET", "HEAD"]),
+        st.sampled_from(["/healthz", "/metrics", "/openapi.json", "/", "/schema"]),
+        queries,
+        st.none(),
+    ),
+    st.tuples(
+        st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+        st.text(max_size=40).map(lambda p: "/" + urllib.parse.quote(p)),
+        queries,
+        st.none() | st.binary(max_size=50),
+    ),
 )
 
 
@@ -172,7 +222,9 @@ async def test_hostile_input_never_crashes_or_corrupts_records(stack, figures):
     await stack.ready(bus.nc)
     for i, engine in enumerate(ENGINES):
         await register(bus, 30001 + i, runtime="local", container_id=engine)
-        await bus.js.publish(names.ENGINE_HEALTH, encode(EngineHealth(container_id=engine, ok=True, checked_at=utcnow())))
+        await bus.js.publish(
+            names.ENGINE_HEALTH, encode(EngineHealth(container_id=engine, ok=True, checked_at=utcnow()))
+        )
     await wait_until(lambda: _all_healthy(bus), timeout=20, what="seed engines healthy")
 
     loop = asyncio.get_running_loop()
@@ -210,7 +262,9 @@ async def test_hostile_input_never_crashes_or_corrupts_records(stack, figures):
     # The consumer kept going: drained, and a valid event sent now is applied.
     await wait_drained(bus, timeout=60)
     await register(bus, 30009, runtime="local", container_id="after-1")
-    await bus.js.publish(names.STREAM_STARTED, encode(StreamStarted(stream_id="after-the-storm", container_id="after-1")))
+    await bus.js.publish(
+        names.STREAM_STARTED, encode(StreamStarted(stream_id="after-the-storm", container_id="after-1"))
+    )
     await wait_drained(bus, timeout=30)
     engines, streams = await snapshot(bus)
     raw_engines = await raw_records(bus, names.ENGINES_BUCKET)

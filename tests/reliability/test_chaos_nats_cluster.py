@@ -13,9 +13,10 @@ import time
 
 from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import LiveFeed, engine_records, register, wait_healthy
+from support import wait_until
+
 from shared import names
 from shared.schemas import utcnow
-from support import wait_until
 
 MAX_STREAMS = 20
 DOWN_S = 3.0
@@ -48,7 +49,9 @@ async def test_cluster_survives_losing_a_node_then_the_meta_leader(stack, figure
     stream_leader = (await bus.js.stream_info(names.EVENTS_STREAM)).cluster.leader
     meta = cluster.meta_leader()
     first = stream_leader if stream_leader != meta else next(n for n in cluster.names if n != meta)
-    kills.append(await _kill_and_restore(cluster, first, load, "stream leader" if first == stream_leader else "follower"))
+    kills.append(
+        await _kill_and_restore(cluster, first, load, "stream leader" if first == stream_leader else "follower")
+    )
     leader = await wait_until(cluster.meta_leader, timeout=30, what="a meta leader before the second kill")
     kills.append(await _kill_and_restore(cluster, leader, load, "meta leader"))
 
@@ -57,8 +60,9 @@ async def test_cluster_survives_losing_a_node_then_the_meta_leader(stack, figure
     registered = time.monotonic()
     await wait_healthy(bus, [newcomer], timeout=30)
     await wait_until(lambda: _every_replica_sees(bus, newcomer), timeout=30, what="the newcomer in every keeper's view")
-    await wait_until(lambda: feed.engine_seen(newcomer, registered, "healthy"), timeout=30,
-                     what="the newcomer on /api/live")
+    await wait_until(
+        lambda: feed.engine_seen(newcomer, registered, "healthy"), timeout=30, what="the newcomer on /api/live"
+    )
     newcomer_s = time.monotonic() - registered
     await feed.close()
     acked = load.stats.events_acked
@@ -68,8 +72,13 @@ async def test_cluster_survives_losing_a_node_then_the_meta_leader(stack, figure
     engine_view, stream_view = await snapshot(bus)
     problems = record_invariants(engine_view, stream_view, utcnow())
 
-    figures.update(replicas=replicas, kills=kills, newcomer_seen_everywhere_s=round(newcomer_s, 2), **result, **load.figures())
-    assert replicas == {"ACE_EVENTS": 3, **{b: 3 for b in (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET)}}
+    figures.update(
+        replicas=replicas, kills=kills, newcomer_seen_everywhere_s=round(newcomer_s, 2), **result, **load.figures()
+    )
+    assert replicas == {
+        "ACE_EVENTS": 3,
+        **{b: 3 for b in (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET)},
+    }
     assert not stack.crashed(), stack.crashed()
     assert_nothing_lost(result)
     assert not load.stats.bad_replies, load.stats.bad_replies[:5]
@@ -84,14 +93,25 @@ async def _kill_and_restore(cluster, node: str, load: StreamLoad, role: str) -> 
     acked, selected = load.stats.events_acked, load.stats.selections_ok
     cluster.kill(node)
     killed = time.monotonic()
-    new_leader = await wait_until(lambda: (lambda m: m if m and m != node else None)(cluster.meta_leader()),
-                                  timeout=30, what="a meta leader among the survivors")
+    new_leader = await wait_until(
+        lambda: (lambda m: m if m and m != node else None)(cluster.meta_leader()),
+        timeout=30,
+        what="a meta leader among the survivors",
+    )
     elected_s = time.monotonic() - killed
-    await wait_until(lambda: load.stats.events_acked > acked + 20, timeout=45, interval=0.02,
-                     what=f"events acknowledged again with {node} down")
+    await wait_until(
+        lambda: load.stats.events_acked > acked + 20,
+        timeout=45,
+        interval=0.02,
+        what=f"events acknowledged again with {node} down",
+    )
     events_back_s = time.monotonic() - killed
-    await wait_until(lambda: load.stats.selections_ok > selected + 20, timeout=45, interval=0.02,
-                     what=f"selections again with {node} down")
+    await wait_until(
+        lambda: load.stats.selections_ok > selected + 20,
+        timeout=45,
+        interval=0.02,
+        what=f"selections again with {node} down",
+    )
     selections_back_s = time.monotonic() - killed
     await asyncio.sleep(DOWN_S)
     down = {"acked": load.stats.events_acked - acked, "selected": load.stats.selections_ok - selected}

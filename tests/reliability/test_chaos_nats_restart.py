@@ -12,12 +12,12 @@ import asyncio
 import time
 
 import httpx
-
 from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import INTERVAL_S, LiveFeed, engine_records, register, wait_healthy
+from support import wait_until
+
 from shared.lease import epoch_of
 from shared.schemas import utcnow
-from support import wait_until
 
 MAX_STREAMS = 20
 OUTAGE_S = 2.0
@@ -57,15 +57,20 @@ async def test_nats_sigkill_and_restart_under_load_loses_nothing(stack, figures)
     prober_s = time.monotonic() - back
     sweeps_s = {}
     for job, interval in SWEEPS.items():
-        await wait_until(lambda: _swept_since(bus, job, interval, back_wall), timeout=30, what=f"{job} after the restart")
+        await wait_until(
+            lambda: _swept_since(bus, job, interval, back_wall), timeout=30, what=f"{job} after the restart"
+        )
         sweeps_s[job] = round(time.monotonic() - back, 2)
 
     newcomer = await register(bus, ports[5])
     registered = time.monotonic()
     await wait_healthy(bus, [newcomer], timeout=30)
     newcomer_healthy_s = time.monotonic() - registered
-    await wait_until(lambda: feed.engine_seen(newcomer, registered, "healthy"), timeout=30,
-                     what="the newcomer on /api/live as healthy")
+    await wait_until(
+        lambda: feed.engine_seen(newcomer, registered, "healthy"),
+        timeout=30,
+        what="the newcomer on /api/live as healthy",
+    )
     newcomer_live_s = feed.engine_seen(newcomer, registered, "healthy") - registered
 
     await wait_until(lambda: load.stats.events_acked > 2 * acked_at_kill, timeout=60, what="load after the restart")
@@ -80,8 +85,12 @@ async def test_nats_sigkill_and_restart_under_load_loses_nothing(stack, figures)
         events_acked_before_kill=acked_at_kill,
         **result,
         **load.figures(),
-        reconnect_s={"state_keeper_selection": round(keeper_s, 2), "gateway_healthz": round(gateway_s, 2),
-                     "prober_first_probe": round(prober_s, 2), **{f"{job}_sweep": v for job, v in sweeps_s.items()}},
+        reconnect_s={
+            "state_keeper_selection": round(keeper_s, 2),
+            "gateway_healthz": round(gateway_s, 2),
+            "prober_first_probe": round(prober_s, 2),
+            **{f"{job}_sweep": v for job, v in sweeps_s.items()},
+        },
         newcomer_probed_healthy_s=round(newcomer_healthy_s, 2),
         newcomer_on_live_feed_s=round(newcomer_live_s, 2),
         live_feed_error=repr(feed.error) if feed.error else None,

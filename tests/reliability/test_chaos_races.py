@@ -20,10 +20,11 @@ from collections import defaultdict
 
 from chaos_load import StreamLoad, record_invariants, snapshot, wait_drained
 from chaos_stack import engine_records
+from support import wait_until
+
 from shared import names
 from shared.kv import KvView
 from shared.schemas import EngineDemand, EngineRecord, EngineRemoved, decode_engine, decoder, encode, utcnow
-from support import wait_until
 
 MAX_REPLICAS = 4
 MAX_STREAMS = 2
@@ -37,9 +38,16 @@ decode_removed = decoder(EngineRemoved)
 
 async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack, figures):
     stack.start_nats()
-    stack.configure(MIN_REPLICAS=1, MIN_FREE_REPLICAS=1, MAX_REPLICAS=MAX_REPLICAS, MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
-                    RESERVATION_TTL_S=RESERVATION_TTL_S, ENGINE_GRACE_PERIOD_S=0.5, CLAIM_TTL_S=10,
-                    UNKNOWN_ENGINE_RETRY_S=2)
+    stack.configure(
+        MIN_REPLICAS=1,
+        MIN_FREE_REPLICAS=1,
+        MAX_REPLICAS=MAX_REPLICAS,
+        MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
+        RESERVATION_TTL_S=RESERVATION_TTL_S,
+        ENGINE_GRACE_PERIOD_S=0.5,
+        CLAIM_TTL_S=10,
+        UNKNOWN_ENGINE_RETRY_S=2,
+    )
     stack.start("state_keeper", 2)
     stack.start("prober")
     stack.start("provisioner", 2)
@@ -57,8 +65,16 @@ async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack
         # Most starts go at once; a quarter wait about the reservation's TTL, so they race its expiry.
         return rng.uniform(0.7, 1.4) * RESERVATION_TTL_S if rng.random() < 0.25 else 0.0
 
-    load = StreamLoad(bus, workers=5, hold_s=(0.0, 0.8), keep_open=0.0, max_streams_per_engine=MAX_STREAMS,
-                      reservation_ttl_s=RESERVATION_TTL_S, pause_s=0.4, start_delay_s=start_delay)
+    load = StreamLoad(
+        bus,
+        workers=5,
+        hold_s=(0.0, 0.8),
+        keep_open=0.0,
+        max_streams_per_engine=MAX_STREAMS,
+        reservation_ttl_s=RESERVATION_TTL_S,
+        pause_s=0.4,
+        start_delay_s=start_delay,
+    )
     sent_at: dict[str, tuple[float, float]] = {}  # stream → (reservation time left when sent, monotonic send time)
     original_publish = load.publish
 
@@ -94,8 +110,10 @@ async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack
         ended = watch.closed.get(stream_id, float("inf"))
         removed = [t for t in watch.removed_at.get(container_id, []) if started < t < ended]
         if removed and left >= PROTECTED_MARGIN_S:
-            stranded.append(f"{stream_id} on {container_id}: sent with {left:.2f}s of reservation left, "
-                            f"engine removed {removed[0] - started:.2f}s later")
+            stranded.append(
+                f"{stream_id} on {container_id}: sent with {left:.2f}s of reservation left, "
+                f"engine removed {removed[0] - started:.2f}s later"
+            )
         elif removed:
             late_on_removed += 1
     late = sum(1 for left, _ in sent_at.values() if left < PROTECTED_MARGIN_S)
@@ -103,7 +121,9 @@ async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack
     # reservation lapsed (they can land on an engine already claimed for reaping); any other is a reap
     # from under a stream the contract protects.
     reaped_under = [(key, s) for key, streams in watch.removed_with_streams for s in streams]
-    reaped_under_late = [f"{key}: {s}" for key, s in reaped_under if s in sent_at and sent_at[s][0] < PROTECTED_MARGIN_S]
+    reaped_under_late = [
+        f"{key}: {s}" for key, s in reaped_under if s in sent_at and sent_at[s][0] < PROTECTED_MARGIN_S
+    ]
     reaped_under_protected = [f"{key}: {s}" for key, s in reaped_under if f"{key}: {s}" not in reaped_under_late]
     figures.update(
         run_s=RUN_S,
@@ -139,8 +159,14 @@ async def test_stream_starts_race_reaper_janitor_and_expiring_reservations(stack
 
 async def test_two_provisioners_racing_on_demand_stay_within_max_replicas(stack, figures):
     stack.start_nats()
-    stack.configure(MIN_REPLICAS=1, MIN_FREE_REPLICAS=1, MAX_REPLICAS=MAX_REPLICAS, MAX_STREAMS_PER_ENGINE=1,
-                    RESERVATION_TTL_S=3, ENGINE_GRACE_PERIOD_S=300)
+    stack.configure(
+        MIN_REPLICAS=1,
+        MIN_FREE_REPLICAS=1,
+        MAX_REPLICAS=MAX_REPLICAS,
+        MAX_STREAMS_PER_ENGINE=1,
+        RESERVATION_TTL_S=3,
+        ENGINE_GRACE_PERIOD_S=300,
+    )
     stack.start("state_keeper")
     stack.start("prober")
     stack.start("provisioner", 2)
@@ -153,8 +179,9 @@ async def test_two_provisioners_racing_on_demand_stay_within_max_replicas(stack,
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         # Both provisioners hear every demand at once; selections that find no room add more.
-        await asyncio.gather(*(bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=f"c{i}")))
-                               for i in range(50)))
+        await asyncio.gather(
+            *(bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=f"c{i}"))) for i in range(50))
+        )
         bursts += 1
         for _ in range(8):
             msg = await bus.nc.request(names.ENGINE_SELECT, b"{}", timeout=5)
@@ -168,8 +195,12 @@ async def test_two_provisioners_racing_on_demand_stay_within_max_replicas(stack,
     names_ = [r.container_name for r in records.values()]
 
     figures.update(
-        demand_bursts=bursts, demands_published=bursts * 50, selections=selections,
-        max_engines_seen=watch.max_engines, engines_at_end=len(records), engine_processes_at_end=len(live),
+        demand_bursts=bursts,
+        demands_published=bursts * 50,
+        selections=selections,
+        max_engines_seen=watch.max_engines,
+        engines_at_end=len(records),
+        engine_processes_at_end=len(live),
     )
     assert not stack.crashed(), stack.crashed()
     assert watch.max_engines <= MAX_REPLICAS, watch.max_engines

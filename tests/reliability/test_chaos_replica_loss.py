@@ -16,13 +16,13 @@ from collections import defaultdict
 
 import httpx
 import nats.errors
-from nats.js.kv import KV_DEL, KV_PURGE
-
 from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snapshot
 from chaos_stack import INTERVAL_S, engine_records
+from nats.js.kv import KV_DEL, KV_PURGE
+from support import wait_until
+
 from shared import names
 from shared.schemas import EngineHealth, decoder, utcnow
-from support import wait_until
 
 MIN_REPLICAS = 4
 MAX_REPLICAS = 6
@@ -31,8 +31,12 @@ RESERVATION_TTL_S = 5.0
 WORKERS = 6
 # Sweeps and their intervals: AUTOSCALE_INTERVAL_S, and the state-keeper's tidy-up at
 # max(min(RESERVATION_TTL_S, CLAIM_TTL_S) / 2, 1).
-SWEEPS = {"provisioner": INTERVAL_S, "reaper-sweep": INTERVAL_S, "janitor-sweep": INTERVAL_S,
-          "state-keeper-tidy": RESERVATION_TTL_S / 2}
+SWEEPS = {
+    "provisioner": INTERVAL_S,
+    "reaper-sweep": INTERVAL_S,
+    "janitor-sweep": INTERVAL_S,
+    "state-keeper-tidy": RESERVATION_TTL_S / 2,
+}
 ROLES = ("state_keeper", "prober", "provisioner", "reaper", "janitor", "gateway")
 
 decode_health = decoder(EngineHealth)
@@ -40,15 +44,25 @@ decode_health = decoder(EngineHealth)
 
 async def test_losing_one_replica_of_each_service_under_load(stack, figures):
     stack.start_nats()
-    stack.configure(MIN_REPLICAS=MIN_REPLICAS, MIN_FREE_REPLICAS=1, MAX_REPLICAS=MAX_REPLICAS,
-                    MAX_STREAMS_PER_ENGINE=MAX_STREAMS, RESERVATION_TTL_S=RESERVATION_TTL_S,
-                    ENGINE_GRACE_PERIOD_S=300, CLAIM_TTL_S=10)
+    stack.configure(
+        MIN_REPLICAS=MIN_REPLICAS,
+        MIN_FREE_REPLICAS=1,
+        MAX_REPLICAS=MAX_REPLICAS,
+        MAX_STREAMS_PER_ENGINE=MAX_STREAMS,
+        RESERVATION_TTL_S=RESERVATION_TTL_S,
+        ENGINE_GRACE_PERIOD_S=300,
+        CLAIM_TTL_S=10,
+    )
     for role in ROLES:
         stack.start(role, 2)
     bus = await stack.client()
     await stack.ready(bus.nc, timeout=60)
-    await wait_until(lambda: _healthy_pool(bus, MIN_REPLICAS), timeout=60, interval=0.25,
-                     what=f"{MIN_REPLICAS} healthy engines from the provisioners")
+    await wait_until(
+        lambda: _healthy_pool(bus, MIN_REPLICAS),
+        timeout=60,
+        interval=0.25,
+        what=f"{MIN_REPLICAS} healthy engines from the provisioners",
+    )
 
     probes: dict[str, list[float]] = defaultdict(list)
 
@@ -62,8 +76,14 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
     engine_counts: list[int] = []
     sampler = asyncio.create_task(_sample_engines(stack, bus, engine_counts))
 
-    load = StreamLoad(bus, workers=WORKERS, max_streams_per_engine=MAX_STREAMS, reservation_ttl_s=RESERVATION_TTL_S,
-                      max_open=15, select_timeout_s=2.0)
+    load = StreamLoad(
+        bus,
+        workers=WORKERS,
+        max_streams_per_engine=MAX_STREAMS,
+        reservation_ttl_s=RESERVATION_TTL_S,
+        max_open=15,
+        select_timeout_s=2.0,
+    )
     load.start()
     await asyncio.sleep(4 * INTERVAL_S)
     failed_before = load.stats.selections_failed
@@ -89,8 +109,11 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
     live_engines = stack.local_engines()
 
     # Probing resumed for every engine: time from the kill to its first observation after it.
-    reprobed = {cid: next((t - killed_at for t in times if t > killed_at), None) for cid, times in probes.items()
-                if cid in engines}
+    reprobed = {
+        cid: next((t - killed_at for t in times if t > killed_at), None)
+        for cid, times in probes.items()
+        if cid in engines
+    }
     # Every sweep ran again: time from the kill to its first epoch claimed after it, and the holders since.
     swept = {}
     for job, interval in SWEEPS.items():
@@ -126,7 +149,10 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
     for job, seen in swept.items():
         assert seen["first_after_s"] is not None and seen["first_after_s"] <= 2 * seen["interval_s"], (job, seen)
         assert seen["epochs_skipped"] == 0, (job, seen)
-        assert not any(holder.endswith(f"-{pid}") for holder in seen["holders_after"] for pid in killed_pids), (job, seen)
+        assert not any(holder.endswith(f"-{pid}") for holder in seen["holders_after"] for pid in killed_pids), (
+            job,
+            seen,
+        )
     assert gateway_ok
     assert max(engine_counts) <= MAX_REPLICAS, engine_counts
     assert set(live_engines) == set(engines), (sorted(live_engines), sorted(engines))

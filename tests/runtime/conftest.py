@@ -12,10 +12,10 @@ import subprocess
 import uuid
 
 import pytest
+from support import ROOT, free_port_range
 
 from shared.config import load_config
 from shared.runtime import make_runtime
-from support import ROOT, free_port_range
 
 PORTS = 10
 
@@ -53,13 +53,15 @@ class RuntimeTier:
         if self.kind == "docker":
             ids = subprocess.run(
                 ["docker", "ps", "-aq", "--filter", f"label=aceorch.pool={self.env['ENGINE_POOL']}"],
-                capture_output=True, text=True, timeout=30,
+                capture_output=True,
+                text=True,
+                timeout=30,
             ).stdout.split()
             if ids:
                 subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
             return
-        from pathlib import Path
         import json
+        from pathlib import Path
 
         for path in Path(self.env["ENGINE_STATE_DIR"]).glob("*.json"):
             entry = json.loads(path.read_text())

@@ -16,12 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from shared.config import load_config
 from shared.runtime import ExecStillRunning, RuntimeFailure
 from shared.runtime.base import LABEL_SCOPE, managed_labels
 from shared.runtime.docker import DockerRuntime
-from support import wait_until
 
 BOUND_S = 2.0  # the client timeout these tests give the runtime
 
@@ -122,14 +122,27 @@ def create_left_behind(tier, name: str, port: int, *extra: str) -> str:
     labels = managed_labels(name, port, daemon_scope(tier.env["ENGINE_POOL"]), tier.env["ENGINE_POOL"])
     label_args = [arg for key, value in labels.items() for arg in ("--label", f"{key}={value}")]
     return docker(
-        "create", "--name", f"{name}-{tier.env['ENGINE_POOL']}", "--network", "host", *label_args, *extra,
-        "aceorch/acesim:latest", "--port", str(port), "--host", "127.0.0.1", "--cache-dir", "/tmp",
+        "create",
+        "--name",
+        f"{name}-{tier.env['ENGINE_POOL']}",
+        "--network",
+        "host",
+        *label_args,
+        *extra,
+        "aceorch/acesim:latest",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--cache-dir",
+        "/tmp",
     )
 
 
 def status(container_id: str) -> str | None:
-    out = subprocess.run(["docker", "inspect", "-f", "{{.State.Status}}", container_id], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        ["docker", "inspect", "-f", "{{.State.Status}}", container_id], capture_output=True, text=True, timeout=60
+    )
     return out.stdout.strip() if out.returncode == 0 else None
 
 

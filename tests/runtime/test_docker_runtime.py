@@ -52,7 +52,9 @@ async def test_the_memory_limit_is_applied(runtime_tier):
     spec = await runtime_tier.make(ENGINE_MEMORY_LIMIT="64m").create()
     memory = subprocess.run(
         ["docker", "inspect", "-f", "{{.HostConfig.Memory}} {{.HostConfig.NetworkMode}}", spec.container_id],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert memory == [str(64 * 1024 * 1024), "host"]
 

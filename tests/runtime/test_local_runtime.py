@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from support import free_port_range, wait_for_port, wait_until
 
 from shared.config import load_config
 from shared.runtime import RuntimeFailure, placeholder
 from shared.runtime.local import DEFAULT_COMMAND, LocalRuntime
-from support import free_port_range, wait_for_port, wait_until
 
 
 def runtime_for(tmp_path, **env) -> LocalRuntime:
@@ -47,8 +47,14 @@ async def test_a_reused_pid_is_never_taken_for_an_engine_nor_killed(tmp_path):
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         # The state file of an engine that died while we were down; its pid now belongs to someone else.
-        entry = {"pid": stranger.pid, "port": 47003, "name": "acestream-1", "cache_dir": "/nonexistent",
-                 "command": "x --port 47003", "started_at": 0.0}
+        entry = {
+            "pid": stranger.pid,
+            "port": 47003,
+            "name": "acestream-1",
+            "cache_dir": "/nonexistent",
+            "command": "x --port 47003",
+            "started_at": 0.0,
+        }
         (runtime._dir / "acestream-1.json").write_text(json.dumps(entry))
 
         assert await runtime.list_managed() == []
@@ -108,8 +114,10 @@ async def test_an_engine_behind_a_wrapper_script_is_adopted_and_stopped_with_its
     """ENGINE_COMMAND runs a shell script that starts the engine (no exec): the port is in no command line
     the runtime launched, and SIGTERM to the shell alone would leave the engine running."""
     wrapper = tmp_path / "engine.sh"
-    wrapper.write_text(f'#!/bin/sh\n{sys.executable} -m deploy.acesim --port "$ACEORCH_ENGINE_PORT" '
-                       f'--cache-dir "$ENGINE_CACHE_DIR"\necho engine exited\n')
+    wrapper.write_text(
+        f'#!/bin/sh\n{sys.executable} -m deploy.acesim --port "$ACEORCH_ENGINE_PORT" '
+        f'--cache-dir "$ENGINE_CACHE_DIR"\necho engine exited\n'
+    )
     wrapper.chmod(0o755)
     first = free_port_range(10)
     env = {"ENGINE_COMMAND": f"sh {wrapper}", "ENGINE_PORT_RANGE": f"{first}-{first + 9}"}
@@ -144,8 +152,14 @@ async def test_a_state_file_naming_an_unrelated_process_is_neither_adopted_nor_k
     stranger = subprocess.Popen(["sleep", "47005"])  # its command line even names the engine's port
     try:
         await wait_until(lambda: Path(f"/proc/{stranger.pid}/cmdline").read_bytes().startswith(b"sleep"), what="exec")
-        entry = {"pid": stranger.pid, "port": 47005, "name": "acestream-1", "cache_dir": "/nonexistent",
-                 "command": "x --port 47005", "started_at": time.time() - 3600}  # written an hour ago
+        entry = {
+            "pid": stranger.pid,
+            "port": 47005,
+            "name": "acestream-1",
+            "cache_dir": "/nonexistent",
+            "command": "x --port 47005",
+            "started_at": time.time() - 3600,
+        }  # written an hour ago
         if recorded == "other start time":
             entry["start_time"] = 1  # the process that had this pid started at boot
         (runtime._dir / "acestream-1.json").write_text(json.dumps(entry))

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from support import ROOT, free_port
 
 from shared.config import ConfigError, load_config
-from support import ROOT, free_port
 
 
 def test_defaults_follow_the_design():
@@ -21,8 +21,16 @@ def test_defaults_follow_the_design():
 
 
 def test_values_are_parsed_by_type():
-    config = load_config({"AUTO_DELETE": "false", "MAX_REPLICAS": "40", "ENGINE_PORT_RANGE": "41000-41010",
-                          "HEALTH_CHECK_INTERVAL_S": "2.5", "HEALTH_CHECK_TIMEOUT_S": "1", "SHARE_CONTENT": "0"})
+    config = load_config(
+        {
+            "AUTO_DELETE": "false",
+            "MAX_REPLICAS": "40",
+            "ENGINE_PORT_RANGE": "41000-41010",
+            "HEALTH_CHECK_INTERVAL_S": "2.5",
+            "HEALTH_CHECK_TIMEOUT_S": "1",
+            "SHARE_CONTENT": "0",
+        }
+    )
     assert config.auto_delete is False and config.max_replicas == 40 and config.share_content is False
     assert config.engine_port_range == (41000, 41010) and config.health_check_interval_s == 2.5
 
@@ -49,7 +57,11 @@ def test_invalid_values_name_the_variable(env, message):
 
 def test_a_service_with_bad_config_exits_2_with_the_message():
     result = subprocess.run(
-        [sys.executable, "-m", "services.state_keeper"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "services.state_keeper"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "MAX_STREAMS_PER_ENGINE": "lots"},
     )
     assert result.returncode == 2
@@ -59,7 +71,11 @@ def test_a_service_with_bad_config_exits_2_with_the_message():
 def test_a_service_without_nats_fails_fast_with_a_hint():
     url = f"nats://127.0.0.1:{free_port()}"
     result = subprocess.run(
-        [sys.executable, "-m", "services.state_keeper"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "services.state_keeper"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={"PATH": "/usr/bin:/bin", "NATS_URL": url, "NATS_CONNECT_TIMEOUT_S": "2"},
     )
     assert result.returncode == 1

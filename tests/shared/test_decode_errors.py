@@ -42,13 +42,25 @@ def describe(raw: bytes, kind=Body, what="body") -> str:
         (b"[1, 2]", "invalid body: expected an object"),
         (b'{"name": 5}', "invalid body: field `$.name`: expected a string"),
         (b'{"name": "n", "kind": "c"}', "invalid body: field `$.kind`: expected one of 'a', 'b' or null"),
-        (b'{"name": "n", "engine": {"host": "h", "port": 0}}', "invalid body: field `$.engine.port`: expected an integer from 1 to 65535"),
-        (b'{"name": "n", "engine": {"host": "", "port": 1}}', "invalid body: field `$.engine.host`: expected a string of 1 to 253 characters"),
+        (
+            b'{"name": "n", "engine": {"host": "h", "port": 0}}',
+            "invalid body: field `$.engine.port`: expected an integer from 1 to 65535",
+        ),
+        (
+            b'{"name": "n", "engine": {"host": "", "port": 1}}',
+            "invalid body: field `$.engine.host`: expected a string of 1 to 253 characters",
+        ),
         (b'{"name": "n", "engine": {"host": "h"}}', "invalid body: field `$.engine.port` is required"),
-        (b'{"name": "n", "engine": {"host": "h", "port": 1, "x": 1}}', "invalid body: field `$.engine.x` is not accepted"),
+        (
+            b'{"name": "n", "engine": {"host": "h", "port": 1, "x": 1}}',
+            "invalid body: field `$.engine.x` is not accepted",
+        ),
         (b"{}", "invalid body: field `$.name` is required"),
         (b'{"name": "n", "surprise": 1}', "invalid body: field `$.surprise` is not accepted"),
-        (b'{"name": "n", "labels": {"k": "much too long"}}', "invalid body: field `$.labels[...]`: expected a string of at most 8 characters"),
+        (
+            b'{"name": "n", "labels": {"k": "much too long"}}',
+            "invalid body: field `$.labels[...]`: expected a string of at most 8 characters",
+        ),
         (b'{"name": "n", "items": [1, "2"]}', "invalid body: field `$.items[1]`: expected an integer"),
         (b'{"name": "n", "live": "yes"}', "invalid body: field `$.live`: expected true or false"),
     ],
@@ -66,8 +78,12 @@ def test_dates_say_what_is_expected():
     class Event(msgspec.Struct):
         at: Annotated[datetime, msgspec.Meta(tz=True)]
 
-    assert describe(b'{"at": "2024-01-01T00:00:00"}', Event).startswith("invalid body: field `$.at`: expected an RFC 3339 date-time with a timezone")
-    assert describe(b'{"at": "yesterday"}', Event).startswith("invalid body: field `$.at`: expected an RFC 3339 date-time with a timezone")
+    assert describe(b'{"at": "2024-01-01T00:00:00"}', Event).startswith(
+        "invalid body: field `$.at`: expected an RFC 3339 date-time with a timezone"
+    )
+    assert describe(b'{"at": "yesterday"}', Event).startswith(
+        "invalid body: field `$.at`: expected an RFC 3339 date-time with a timezone"
+    )
 
 
 def test_a_bad_utf8_error_from_python_itself_is_named():
@@ -77,11 +93,18 @@ def test_a_bad_utf8_error_from_python_itself_is_named():
 
 def test_without_our_type_the_place_is_still_named():
     # Another layer (Litestar) may report the place itself, and know no type.
-    assert describe_invalid(None, "some text a dependency wrote", where="$.port").startswith("invalid body: field `$.port`: ")
+    assert describe_invalid(None, "some text a dependency wrote", where="$.port").startswith(
+        "invalid body: field `$.port`: "
+    )
     assert describe_invalid(None, "some text a dependency wrote").startswith("invalid body: ")
-    assert describe_invalid(Body, "some text", where="$.name").startswith("invalid body: field `$.name`: expected a string")
+    assert describe_invalid(Body, "some text", where="$.name").startswith(
+        "invalid body: field `$.name`: expected a string"
+    )
     # A place our type does not have: no guess at what is expected.
-    assert describe_invalid(Body, "some text", where="$.nowhere.deeper") == "invalid body: field `$.nowhere.deeper`: some text"
+    assert (
+        describe_invalid(Body, "some text", where="$.nowhere.deeper")
+        == "invalid body: field `$.nowhere.deeper`: some text"
+    )
 
 
 def test_an_unhashable_type_is_still_described():
@@ -90,4 +113,6 @@ def test_an_unhashable_type_is_still_described():
         hash(unhashable)
     with pytest.raises(msgspec.ValidationError) as caught:
         msgspec.json.decode(b"0", type=unhashable)
-    assert describe_decode_error(caught.value, b"0", unhashable).startswith("invalid body: expected an integer of at least 1")
+    assert describe_decode_error(caught.value, b"0", unhashable).startswith(
+        "invalid body: expected an integer of at least 1"
+    )

@@ -1,7 +1,5 @@
 """`describe`: an exception as a log line reads it."""
 
-import asyncio
-
 from shared.errors import describe
 
 
@@ -10,6 +8,5 @@ def test_an_exception_with_a_message_reads_as_its_message():
 
 
 def test_an_exception_without_a_message_reads_as_its_type():
-    assert describe(asyncio.TimeoutError()) == "TimeoutError"
+    assert describe(TimeoutError()) == "TimeoutError"
     assert describe(RuntimeError("")) == "RuntimeError"
-

@@ -31,9 +31,12 @@ async def bucket(nc, url: str, name: str = "t_kv"):
 async def test_concurrent_increments_all_land_exactly_once(nc, nats_server):
     _, kv = await bucket(nc, nats_server.url)
     increments = 60
-    await asyncio.gather(*(
-        cas_update(kv, "k", lambda c: Counter(1) if c is None else Counter(c.n + 1), decode) for _ in range(increments)
-    ))
+    await asyncio.gather(
+        *(
+            cas_update(kv, "k", lambda c: Counter(1) if c is None else Counter(c.n + 1), decode)
+            for _ in range(increments)
+        )
+    )
     assert (await read(kv, "k", decode)).value == Counter(increments)
     outcome = await cas_update(kv, "k", lambda c: DELETE, decode)
     assert outcome.written and await read(kv, "k", decode) is None

@@ -7,13 +7,13 @@ import asyncio
 import time
 
 import msgspec
+from support import wait_until, write_markers
 
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
 from shared.kv import DELETE, KvView, Versioned, _old_markers, _purge_marker, cas_update, purge_markers, read
 from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_stream, encode, utcnow
-from support import wait_until, write_markers
 
 
 class Counter(msgspec.Struct):
@@ -29,8 +29,16 @@ async def _consumers(bus, bucket: str) -> int:
 
 
 def _engine(container_id: str) -> bytes:
-    return encode(EngineRecord(container_id=container_id, container_name=container_id, host="127.0.0.1",
-                               port=6878, runtime="external", created_at=utcnow()))
+    return encode(
+        EngineRecord(
+            container_id=container_id,
+            container_name=container_id,
+            host="127.0.0.1",
+            port=6878,
+            runtime="external",
+            created_at=utcnow(),
+        )
+    )
 
 
 async def test_overlapping_restarts_then_stop_leave_no_subscription_or_consumer_behind(nats_server):

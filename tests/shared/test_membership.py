@@ -13,11 +13,11 @@ import time
 
 import pytest
 from nats.js.errors import KeyNotFoundError
+from support import wait_until
 
 from shared.bus import connect
 from shared.config import load_config
 from shared.membership import Membership
-from support import wait_until
 
 GROUP = "tgroup"
 INTERVAL_S = 2.0  # a TTL of 3 s
@@ -56,8 +56,11 @@ async def test_heartbeats_of_dead_members_are_never_listed_and_are_cleaned_up(bu
     try:
         assert member.members == ("alive",)  # at once, not after a TTL
         assert all(members == ("alive",) for members in seen)
-        await wait_until(lambda: _none_present(bus, ["dead-an-hour-ago", "dead-a-minute-ago"]), timeout=10,
-                         what="the dead members' keys deleted")
+        await wait_until(
+            lambda: _none_present(bus, ["dead-an-hour-ago", "dead-a-minute-ago"]),
+            timeout=10,
+            what="the dead members' keys deleted",
+        )
     finally:
         await member.stop()
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import pytest
+from support import base_env, collect_dropped_connections, wait_for_service
 
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
-from support import base_env, collect_dropped_connections, wait_for_service
 
 # No prober runs here: a test reports an engine healthy once, and that verdict must hold for the whole
 # test (a verdict older than interval + 2 x timeout + recheck reads unknown, shared.policy.freshness).
 KEEPER_HEALTH_TIMING = {"HEALTH_CHECK_INTERVAL_S": 30, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
+
 
 @pytest.fixture
 def start_keepers(nats_server, processes, nc):

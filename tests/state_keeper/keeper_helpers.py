@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
+from support import request_json, wait_until
+
 from shared import names
 from shared.schemas import EngineHealth, EngineRegistered, encode, utcnow
-from support import request_json, wait_until
 
 
 async def publish(bus, subject: str, payload, msg_id: str | None = None) -> None:
@@ -16,11 +17,11 @@ async def publish(bus, subject: str, payload, msg_id: str | None = None) -> None
 
 
 async def register_healthy(bus, nc, container_id: str, port: int = 6878, host: str = "127.0.0.1") -> None:
-    await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=container_id, host=host, port=port, runtime="local"))
-    await publish(bus, names.ENGINE_HEALTH, EngineHealth(container_id=container_id, ok=True, checked_at=utcnow()))
-    await wait_until(
-        lambda: engine_status(nc, container_id), what=f"{container_id} healthy", timeout=15
+    await publish(
+        bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=container_id, host=host, port=port, runtime="local")
     )
+    await publish(bus, names.ENGINE_HEALTH, EngineHealth(container_id=container_id, ok=True, checked_at=utcnow()))
+    await wait_until(lambda: engine_status(nc, container_id), what=f"{container_id} healthy", timeout=15)
 
 
 async def engine_status(nc, container_id: str) -> bool:
@@ -46,9 +47,7 @@ async def engine_views_caught_up(bus, replicas: int) -> bool:
     stream = f"KV_{names.ENGINES_BUCKET}"
     last = (await bus.js.stream_info(stream)).state.last_seq
     watches = await bus.js.consumers_info(stream)
-    return len(watches) >= replicas and all(
-        w.num_pending == 0 and w.delivered.stream_seq >= last for w in watches
-    )
+    return len(watches) >= replicas and all(w.num_pending == 0 and w.delivered.stream_seq >= last for w in watches)
 
 
 def new_id(prefix: str = "s") -> str:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
-
-from nats.js.errors import KeyNotFoundError
+from datetime import UTC, datetime
 
 from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
+from nats.js.errors import KeyNotFoundError
+from support import keeper_stats, request_json, wait_until
+
 from shared import names
 from shared.lease import epoch_of
 from shared.schemas import EngineHealth, EngineRegistered, EngineRemoved, StreamEnded, StreamStarted, utcnow
-from support import keeper_stats, request_json, wait_until
 
-FAR_FUTURE = datetime(2099, 1, 1, tzinfo=timezone.utc)
+FAR_FUTURE = datetime(2099, 1, 1, tzinfo=UTC)
 
 
 async def _health(nc, container_id: str) -> str | None:
@@ -46,8 +46,11 @@ async def test_even_an_accepted_report_from_the_future_cannot_freeze_health(star
 
 async def _hang_and_leave_selection(bus, nc, container_id: str) -> None:
     for _ in range(2):  # HEALTH_FAIL_THRESHOLD ordinary failed probes
-        await publish(bus, names.ENGINE_HEALTH, EngineHealth(container_id=container_id, ok=False,
-                                                              checked_at=utcnow(), error="timeout"))
+        await publish(
+            bus,
+            names.ENGINE_HEALTH,
+            EngineHealth(container_id=container_id, ok=False, checked_at=utcnow(), error="timeout"),
+        )
     await wait_until(lambda: _equals(_health(nc, container_id), "unhealthy"), what=f"{container_id} unhealthy")
     body, headers = await request_json(nc, names.ENGINE_SELECT, {})
     assert headers.get("Nats-Service-Error-Code") == "503" and body["error"] == "no_capacity"
@@ -58,8 +61,11 @@ async def test_an_end_stamped_in_1970_keeps_its_tombstone_past_housekeeping(star
     await start_keepers(1, RESERVATION_TTL_S="2")  # housekeeping every second; STREAM_TTL_S stays 3600
     await register_healthy(bus, nc, "e1")
     await publish(bus, names.STREAM_STARTED, StreamStarted(stream_id="s1", container_id="e1"))
-    await publish(bus, names.STREAM_ENDED, StreamEnded(stream_id="s1", container_id="e1",
-                                                        ended_at=datetime(1970, 1, 1, tzinfo=timezone.utc)))
+    await publish(
+        bus,
+        names.STREAM_ENDED,
+        StreamEnded(stream_id="s1", container_id="e1", ended_at=datetime(1970, 1, 1, tzinfo=UTC)),
+    )
     await wait_until(lambda: consumer_drained(bus), what="consumer drained")
     # Housekeeping claims each epoch before it sweeps: once epoch n+2 is claimed, sweep n+1 (begun
     # after the end was applied) has finished.

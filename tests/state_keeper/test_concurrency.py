@@ -6,10 +6,11 @@ import asyncio
 import random
 
 from keeper_helpers import consumer_drained, engine_views_caught_up, publish, register_healthy
+from support import request_json, wait_until
+
 from shared import names
 from shared.kv import KvView
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_engine, decode_stream
-from support import request_json, wait_until
 
 ENGINES = 50
 STREAMS = 900  # 900 starts + 750 ends + duplicates and reorderings ≈ 2,000 events
@@ -38,7 +39,9 @@ def build_events(rnd: random.Random):
 async def test_three_replicas_match_the_sequential_model(start_keepers, bus, nc):
     await start_keepers(3)
     for i in range(ENGINES):
-        await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=f"e{i:02d}", host="127.0.0.1", port=30000 + i))
+        await publish(
+            bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=f"e{i:02d}", host="127.0.0.1", port=30000 + i)
+        )
     await wait_until(lambda: _count_engines(nc, ENGINES), what="all engines registered")
 
     rnd = random.Random(7)
@@ -90,4 +93,3 @@ def _subject(event) -> str:
 async def _count_engines(nc, expected: int) -> bool:
     body, _ = await request_json(nc, names.ENGINE_LIST, {})
     return len(body["engines"]) == expected
-

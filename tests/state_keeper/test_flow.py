@@ -7,9 +7,10 @@ import signal
 from datetime import datetime
 
 from keeper_helpers import get_engine, publish, register_healthy
+from support import request_json, wait_until
+
 from shared import names
 from shared.schemas import StreamEnded, StreamStarted, utcnow
-from support import request_json, wait_until
 
 
 async def test_select_start_end_flow(start_keepers, bus, nc):
@@ -22,10 +23,18 @@ async def test_select_start_end_flow(start_keepers, bus, nc):
     assert selection["engine"]["container_id"] == "e1" and selection["shared"] is False
     assert selection["reservation_id"] in selection["engine"]["reservations"]
 
-    await publish(bus, names.STREAM_STARTED, StreamStarted(
-        stream_id="s1", container_id="e1", content_key="ch1", key_type="content_id",
-        playback_session_id="p1", reservation_id=selection["reservation_id"],
-    ))
+    await publish(
+        bus,
+        names.STREAM_STARTED,
+        StreamStarted(
+            stream_id="s1",
+            container_id="e1",
+            content_key="ch1",
+            key_type="content_id",
+            playback_session_id="p1",
+            reservation_id=selection["reservation_id"],
+        ),
+    )
     record = await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == ["s1"]), what="stream on e1")
     assert record["last_stream_usage"] is not None
     assert record["reservations"] == {}, "the stream consumed its reservation"
@@ -54,8 +63,11 @@ async def test_viewers_of_one_channel_share_an_engine(start_keepers, bus, nc):
         await register_healthy(bus, nc, cid)
     first, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
     engine = first["engine"]["container_id"]
-    await publish(bus, names.STREAM_STARTED, StreamStarted(
-        stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]))
+    await publish(
+        bus,
+        names.STREAM_STARTED,
+        StreamStarted(stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]),
+    )
     await wait_until(lambda: _engine_with(nc, engine, lambda r: r["streams"] == ["v1"]), what="v1 recorded")
     # Sharing is decided from the replica's stream view, which stream.list answers from.
     await wait_until(lambda: _started_streams(nc, {"v1"}), what="v1 in the keeper's stream view")
@@ -178,8 +190,11 @@ async def test_housekeeping_takes_ended_streams_off_engines(start_keepers, bus, 
     ended = {**json.loads(entry.value), "status": "ended", "ended_at": "2026-01-01T00:00:00Z", "reason": "lost"}
     await bus.streams.update("s1", json.dumps(ended).encode(), last=entry.revision)
 
-    record = await wait_until(lambda: _engine_with(nc, "e1", lambda r: r["streams"] == []), timeout=20,
-                              what="housekeeping dropped the ended stream")
+    record = await wait_until(
+        lambda: _engine_with(nc, "e1", lambda r: r["streams"] == []),
+        timeout=20,
+        what="housekeeping dropped the ended stream",
+    )
     assert record["idle_since"] is not None
 
 

@@ -7,16 +7,19 @@ wrong setting, or to the defaults, turns the engine at the wrong report.
 from datetime import timedelta
 
 from keeper_helpers import get_engine, publish, register_healthy
+from support import wait_until
+
 from shared import names
 from shared.schemas import EngineHealth, utcnow
-from support import wait_until
 
 FALL = 3
 RISE = 4
 
 
 async def report(bus, nc, ok: bool, at, counter: str, count: int) -> dict:
-    await publish(bus, names.ENGINE_HEALTH, EngineHealth(container_id="e1", ok=ok, checked_at=at, error=None if ok else "timeout"))
+    await publish(
+        bus, names.ENGINE_HEALTH, EngineHealth(container_id="e1", ok=ok, checked_at=at, error=None if ok else "timeout")
+    )
 
     async def applied():
         record, _ = await get_engine(nc, "e1")

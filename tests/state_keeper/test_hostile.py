@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from keeper_helpers import consumer_drained, publish, register_healthy
-from support import keeper_stats
+from support import keeper_stats, request_json, wait_until
+
 from shared import names
 from shared.schemas import StreamStarted
-from support import request_json, wait_until
 
 BIG = b'{"stream_id": "' + b"x" * (1024 * 1024 - 8 * 1024) + b'"}'  # ~1 MiB, under the server's max_payload
 
@@ -27,10 +26,16 @@ async def test_bad_events_are_terminated_counted_and_change_nothing(start_keeper
         "malformed_json": [b"not json", b"{", b"\xff\xfe"],
         # At most five of one reason on one subject: more are summarised, not logged one by one.
         "invalid": [b'{"stream_id": 5}', b"{}", b"[]", b'{"stream_id": "has spaces"}'],
-        "invalid_health": [b"{}", b"[]", b'{"container_id": "e1", "ok": "yes", "checked_at": "now"}',
-                           b'{"container_id":"e1","ok":true,"checked_at":"2026-01-01T00:00:00"}'],
+        "invalid_health": [
+            b"{}",
+            b"[]",
+            b'{"container_id": "e1", "ok": "yes", "checked_at": "now"}',
+            b'{"container_id":"e1","ok":true,"checked_at":"2026-01-01T00:00:00"}',
+        ],
         "too_large": [BIG],
-        "unknown_engine": [json.dumps({"container_id": "ghost", "ok": True, "checked_at": "2026-11-28T00:00:00Z"}).encode()],
+        "unknown_engine": [
+            json.dumps({"container_id": "ghost", "ok": True, "checked_at": "2026-11-28T00:00:00Z"}).encode()
+        ],
     }
     subjects = {
         "malformed_json": names.EVENT_SUBJECTS,
@@ -69,14 +74,29 @@ async def test_bad_events_are_terminated_counted_and_change_nothing(start_keeper
 ENDPOINT_CASES = [
     (names.ENGINE_SELECT, b"{nope", 400, "request is not valid JSON"),
     (names.ENGINE_SELECT, b'{"content_key": 7}', 400, "invalid request: field `$.content_key`: expected a string"),
-    (names.ENGINE_SELECT, b'{"key_type": "torrent"}', 400, "field `$.key_type`: expected one of 'content_id', 'infohash', 'magnet', 'url'"),
+    (
+        names.ENGINE_SELECT,
+        b'{"key_type": "torrent"}',
+        400,
+        "field `$.key_type`: expected one of 'content_id', 'infohash', 'magnet', 'url'",
+    ),
     (names.ENGINE_SELECT, b'{"surprise": 1}', 400, "invalid request: field `$.surprise` is not accepted"),
-    (names.ENGINE_LIST, b'{"health_status": "great"}', 400, "field `$.health_status`: expected one of 'healthy', 'unhealthy', 'unknown'"),
+    (
+        names.ENGINE_LIST,
+        b'{"health_status": "great"}',
+        400,
+        "field `$.health_status`: expected one of 'healthy', 'unhealthy', 'unknown'",
+    ),
     (names.ENGINE_GET, b"{}", 400, "invalid request: field `$.container_id` is required"),
     (names.ENGINE_GET, b'{"container_id": "ghost"}', 404, "engine ghost not found"),
     (names.ENGINE_GET, b'{"container_id": "a b"}', 400, "field `$.container_id`: expected a string"),
     (names.ENGINE_CLAIM, b'{"container_id": "ghost", "purpose": "clean", "holder": "t"}', 404, "not found"),
-    (names.ENGINE_CLAIM, b'{"container_id": "e1", "purpose": "nap", "holder": "t"}', 400, "field `$.purpose`: expected one of 'clean', 'reap'"),
+    (
+        names.ENGINE_CLAIM,
+        b'{"container_id": "e1", "purpose": "nap", "holder": "t"}',
+        400,
+        "field `$.purpose`: expected one of 'clean', 'reap'",
+    ),
     (names.ENGINE_RELEASE, b'{"container_id": "ghost", "claim_id": "c"}', 404, "not found"),
     (names.ENGINE_RELEASE, b'{"container_id": "e1"}', 400, "field `$.claim_id` is required"),
     (names.STREAM_LIST, b'{"status": "paused"}', 400, "field `$.status`: expected one of 'ended', 'started'"),
@@ -97,8 +117,14 @@ async def test_bad_requests_get_clear_error_replies(start_keepers, bus, nc, subj
 
 async def test_huge_requests_are_refused_on_every_endpoint(start_keepers, nc):
     await start_keepers(1)
-    for subject in (names.ENGINE_SELECT, names.ENGINE_LIST, names.ENGINE_GET, names.ENGINE_CLAIM,
-                    names.ENGINE_RELEASE, names.STREAM_LIST):
+    for subject in (
+        names.ENGINE_SELECT,
+        names.ENGINE_LIST,
+        names.ENGINE_GET,
+        names.ENGINE_CLAIM,
+        names.ENGINE_RELEASE,
+        names.STREAM_LIST,
+    ):
         body, headers = await request_json(nc, subject, BIG)
         assert headers["Nats-Service-Error-Code"] == "400" and "exceeds" in body["error"], subject
     stats = await keeper_stats(nc)

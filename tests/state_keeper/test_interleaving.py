@@ -9,7 +9,8 @@ import asyncio
 import itertools
 import random
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.state_keeper.events import EventApplier, Rejected
 from services.state_keeper.store import Store

@@ -9,9 +9,9 @@ import signal
 
 import nats
 import pytest
+from support import NatsServer, base_env, free_port, wait_for_port, wait_for_service, wait_until
 
 from shared import names
-from support import NatsServer, base_env, free_port, wait_for_port, wait_for_service, wait_until
 
 
 @pytest.mark.parametrize("service", ["state_keeper", "gateway"])

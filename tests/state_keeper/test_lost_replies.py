@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import nats
 import pytest
+from support import request_json, wait_until
 
 from services.state_keeper.endpoints import Endpoints
 from services.state_keeper.stats import Stats
@@ -26,7 +27,6 @@ from shared import names
 from shared.bus import Bus
 from shared.config import load_config
 from shared.schemas import EngineRecord, encode, utcnow
-from support import request_json, wait_until
 
 KV_TIMEOUT_S = 1.0  # the keeper's KV request timeout here; callers wait far longer
 
@@ -70,7 +70,7 @@ class FreezingStore(Store):
 
         try:
             return await super().update_engine(container_id, freezing, **kwargs)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.timeouts += 1
             raise
         except Exception as exc:
@@ -113,9 +113,16 @@ async def keeper(bus, nats_server):
 
 
 async def _engine(bus, store, container_id: str) -> EngineRecord:
-    record = EngineRecord(container_id=container_id, container_name=container_id, host="127.0.0.1",
-                          port=6878, runtime="local", health_status="healthy", last_health_check=utcnow(),
-                          created_at=utcnow())
+    record = EngineRecord(
+        container_id=container_id,
+        container_name=container_id,
+        host="127.0.0.1",
+        port=6878,
+        runtime="local",
+        health_status="healthy",
+        last_health_check=utcnow(),
+        created_at=utcnow(),
+    )
     await bus.engines.put(container_id, encode(record))
     await wait_until(lambda: store.engines.get(container_id) is not None, what=f"{container_id} in the view")
     return record
@@ -130,8 +137,11 @@ async def _through_a_lost_reply(nc, store, nats_server, subject: str, payload: d
     store.armed = True
     reply = asyncio.get_running_loop().create_task(request_json(nc, subject, payload, timeout=30))
     try:
-        await wait_until(lambda: store.timeouts >= 1 or store.failures or reply.done(), timeout=30,
-                         what="the keeper's write timed out")
+        await wait_until(
+            lambda: store.timeouts >= 1 or store.failures or reply.done(),
+            timeout=30,
+            what="the keeper's write timed out",
+        )
     finally:
         os.kill(nats_server.process.pid, signal.SIGCONT)
     return await reply

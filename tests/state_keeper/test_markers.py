@@ -6,13 +6,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from support import wait_until, write_markers
 
 from services.state_keeper.keeper import purge_old_markers
 from services.state_keeper.store import Store
 from shared import names
 from shared.kv import KvView, read
 from shared.schemas import StreamRecord, decode_stream, encode
-from support import wait_until, write_markers
 
 MONTH, DAY = 60_000, 2_000  # markers, a month to a day (one ended stream a second leaves 86,400 a day)
 

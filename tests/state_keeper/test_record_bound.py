@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 
 from keeper_helpers import consumer_drained, get_engine, publish
+from support import keeper_stats, wait_until
+
 from shared import names
 from shared.kv import read
 from shared.policy.events import MAX_RECORD_STREAMS
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_stream
-from support import keeper_stats, wait_until
 
 
 def long_id(n: int) -> str:
@@ -22,7 +23,7 @@ async def test_starts_beyond_the_record_limit_are_refused_counted_and_never_writ
     extra = 3
     starts = [StreamStarted(stream_id=long_id(n), container_id="e1") for n in range(MAX_RECORD_STREAMS + extra)]
     for offset in range(0, len(starts), 50):
-        await asyncio.gather(*(publish(bus, names.STREAM_STARTED, s) for s in starts[offset:offset + 50]))
+        await asyncio.gather(*(publish(bus, names.STREAM_STARTED, s) for s in starts[offset : offset + 50]))
     await wait_until(lambda: consumer_drained(bus), timeout=60, what="consumer drained")
 
     record, _ = await get_engine(nc, "e1")

@@ -7,9 +7,10 @@ import logging
 import re
 
 from keeper_helpers import consumer_drained
+from support import keeper_stats, wait_until
+
 from services.state_keeper.consumer import RejectionLog
 from shared import names
-from support import keeper_stats, wait_until
 
 
 class Clock:
@@ -75,7 +76,9 @@ async def test_the_service_logs_a_flood_of_malformed_events_in_a_few_lines(start
 
     def logged() -> tuple[int, int]:
         text = keeper.log()
-        return text.count("rejected stream.started (malformed_json)"), _summaries(text, "malformed_json", names.STREAM_STARTED)
+        return text.count("rejected stream.started (malformed_json)"), _summaries(
+            text, "malformed_json", names.STREAM_STARTED
+        )
 
     await wait_until(lambda: sum(logged()) == flood, timeout=30, what="the rejections summarised in the log")
     full, _summarised = logged()

@@ -7,15 +7,24 @@ import asyncio
 import random
 
 from keeper_helpers import consumer_drained, get_engine, publish
+from support import wait_until
+
 from services.state_keeper.events import EventApplier
 from services.state_keeper.store import REMOVAL_PREFIX, Store
 from shared import names
 from shared.kv import read
 from shared.policy.health import HealthPolicy
 from shared.schemas import (
-    EngineHealth, EngineRegistered, EngineRemoval, EngineRemoved, StreamStarted, decode_engine, decode_removal, decode_stream, utcnow,
+    EngineHealth,
+    EngineRegistered,
+    EngineRemoval,
+    EngineRemoved,
+    StreamStarted,
+    decode_engine,
+    decode_removal,
+    decode_stream,
+    utcnow,
 )
-from support import wait_until
 
 
 class JitteryStore(Store):
@@ -76,8 +85,10 @@ async def test_a_registration_and_its_removal_applied_at_once_on_two_replicas_le
         jobs = []
         for n, cid in enumerate(engines):
             register, remove = replicas[n % 2], replicas[1 - n % 2]
-            jobs += [register.apply(registration(cid), 2 * n + 1),
-                     remove.apply(EngineRemoved(container_id=cid), 2 * n + 2)]
+            jobs += [
+                register.apply(registration(cid), 2 * n + 1),
+                remove.apply(EngineRemoved(container_id=cid), 2 * n + 2),
+            ]
         await asyncio.gather(*jobs)
         left = [cid for cid in engines if await read(bus.engines, cid, decode_engine) is not None]
         assert left == []
@@ -99,11 +110,16 @@ async def test_a_removal_and_the_next_lifes_registration_at_once_leave_the_new_l
             await applier.apply(EngineHealth(container_id=cid, ok=True, checked_at=utcnow()), 10 * n + 2)
             await applier.apply(StreamStarted(stream_id=f"{cid}-s", container_id=cid), 10 * n + 3)
         before = utcnow()
-        await asyncio.gather(*(
-            job for n, cid in enumerate(engines)
-            for job in (applier.apply(EngineRemoved(container_id=cid, reason="died"), 10 * n + 4),
-                        applier.apply(registration(cid, port=7001), 10 * n + 5))
-        ))
+        await asyncio.gather(
+            *(
+                job
+                for n, cid in enumerate(engines)
+                for job in (
+                    applier.apply(EngineRemoved(container_id=cid, reason="died"), 10 * n + 4),
+                    applier.apply(registration(cid, port=7001), 10 * n + 5),
+                )
+            )
+        )
         for cid in engines:
             record = (await read(bus.engines, cid, decode_engine)).value
             assert (record.port, record.health_status, record.streams) == (7001, "unknown", []), record
@@ -123,8 +139,9 @@ async def test_a_registration_after_a_half_done_removal_finishes_it_first(bus):
         await applier.apply(registration("half"), 1)
         await applier.apply(EngineHealth(container_id="half", ok=True, checked_at=utcnow()), 2)
         await applier.apply(StreamStarted(stream_id="half-s", container_id="half"), 3)
-        await applier.store.record_removal(EngineRemoval(container_id="half", removed_seq=4, removed_at=utcnow(),
-                                                         reason="died"))
+        await applier.store.record_removal(
+            EngineRemoval(container_id="half", removed_seq=4, removed_at=utcnow(), reason="died")
+        )
         await applier.apply(registration("half", port=7001), 5)
         record = (await read(bus.engines, "half", decode_engine)).value
         assert (record.port, record.health_status, record.streams, record.registered_seq) == (7001, "unknown", [], 5)
@@ -147,11 +164,16 @@ async def test_health_reports_applied_at_once_keep_their_streaks_in_sequence(bus
         for n, cid in enumerate(engines):
             await applier.apply(registration(cid), 10 * n + 1)
             await applier.apply(EngineHealth(container_id=cid, ok=True, checked_at=utcnow()), 10 * n + 2)
-        await asyncio.gather(*(
-            applier.apply(EngineHealth(container_id=cid, ok=ok, checked_at=utcnow(), error=None if ok else "x"),
-                          10 * n + 3 + step)
-            for n, cid in enumerate(engines) for step, ok in enumerate((False, True, False))
-        ))
+        await asyncio.gather(
+            *(
+                applier.apply(
+                    EngineHealth(container_id=cid, ok=ok, checked_at=utcnow(), error=None if ok else "x"),
+                    10 * n + 3 + step,
+                )
+                for n, cid in enumerate(engines)
+                for step, ok in enumerate((False, True, False))
+            )
+        )
         statuses = {cid: (await read(bus.engines, cid, decode_engine)).value.health_status for cid in engines}
         assert set(statuses.values()) == {"healthy"}, statuses
     finally:

@@ -6,15 +6,18 @@ import asyncio
 import signal
 
 from keeper_helpers import consumer_drained, publish
+from support import wait_for_service, wait_until
+
 from shared import names
 from shared.schemas import EngineRegistered, StreamEnded, StreamStarted, decode_engine
-from support import wait_for_service, wait_until
 
 
 async def test_sigkill_mid_load_then_restart_applies_every_event(start_keepers, bus, nc):
     [keeper] = await start_keepers(1)
     for i in range(10):
-        await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=f"e{i}", host="127.0.0.1", port=31000 + i))
+        await publish(
+            bus, names.ENGINE_REGISTERED, EngineRegistered(container_id=f"e{i}", host="127.0.0.1", port=31000 + i)
+        )
     expected: dict[str, set[str]] = {f"e{i}": set() for i in range(10)}
     events = []
     for n in range(1500):
@@ -27,10 +30,12 @@ async def test_sigkill_mid_load_then_restart_applies_every_event(start_keepers, 
 
     async def load():
         for offset in range(0, len(events), 50):
-            await asyncio.gather(*(
-                publish(bus, names.STREAM_STARTED if isinstance(e, StreamStarted) else names.STREAM_ENDED, e)
-                for e in events[offset : offset + 50]
-            ))
+            await asyncio.gather(
+                *(
+                    publish(bus, names.STREAM_STARTED if isinstance(e, StreamStarted) else names.STREAM_ENDED, e)
+                    for e in events[offset : offset + 50]
+                )
+            )
 
     publisher = asyncio.create_task(load())
     await wait_until(lambda: _applied_some(bus), timeout=30, what="some events applied")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from keeper_helpers import get_engine, publish, register_healthy
+from support import request_json, wait_until
+
 from shared import names
 from shared.schemas import StreamEnded, StreamStarted
-from support import request_json, wait_until
 
 
 async def _playing(nc, expected: list[str]) -> bool:
@@ -28,13 +29,19 @@ async def test_a_channel_keeps_its_engine_when_one_of_its_viewers_leaves(start_k
 
     first, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
     engine = first["engine"]["container_id"]
-    await publish(bus, names.STREAM_STARTED, StreamStarted(
-        stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]))
+    await publish(
+        bus,
+        names.STREAM_STARTED,
+        StreamStarted(stream_id="v1", container_id=engine, content_key="news", reservation_id=first["reservation_id"]),
+    )
     await wait_until(lambda: _playing(nc, ["v1"]), what="v1 playing")
     second, _ = await request_json(nc, names.ENGINE_SELECT, {"content_key": "news"})
     assert second["engine"]["container_id"] == engine and second["shared"] is True
-    await publish(bus, names.STREAM_STARTED, StreamStarted(
-        stream_id="v2", container_id=engine, content_key="news", reservation_id=second["reservation_id"]))
+    await publish(
+        bus,
+        names.STREAM_STARTED,
+        StreamStarted(stream_id="v2", container_id=engine, content_key="news", reservation_id=second["reservation_id"]),
+    )
     await wait_until(lambda: _playing(nc, ["v1", "v2"]), what="v1 and v2 playing")
 
     await publish(bus, names.STREAM_ENDED, StreamEnded(stream_id="v1", container_id=engine, reason="player left"))

@@ -14,8 +14,9 @@ async def test_concurrent_writes_to_one_engine_take_turns_instead_of_racing(bus)
     store = Store(bus, stream_ttl_s=60)
     await store.start()
     try:
-        base = EngineRecord(container_id="e1", container_name="e1", host="127.0.0.1", port=6878,
-                            runtime="external", created_at=utcnow())
+        base = EngineRecord(
+            container_id="e1", container_name="e1", host="127.0.0.1", port=6878, runtime="external", created_at=utcnow()
+        )
         await store.update_engine("e1", lambda r: base if r is None else r)
         calls = 0
 
@@ -24,6 +25,7 @@ async def test_concurrent_writes_to_one_engine_take_turns_instead_of_racing(bus)
                 nonlocal calls
                 calls += 1
                 return msgspec.structs.replace(record, streams=[*record.streams, stream_id])
+
             return change
 
         writes = 40

@@ -14,7 +14,9 @@ import asyncio
 import msgspec
 import nats.errors
 import pytest
+from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
 from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
+from support import wait_until
 
 from services.state_keeper.consumer import EventConsumer, store_unavailable
 from services.state_keeper.events import EventApplier
@@ -26,8 +28,6 @@ from shared.config import load_config
 from shared.kv import ConflictExhausted, read
 from shared.policy.health import HealthPolicy
 from shared.schemas import EngineRecord, EngineRegistered, StreamStarted, decode_stream
-from keeper_helpers import consumer_drained, get_engine, publish, register_healthy
-from support import wait_until
 
 MAX_DELIVER = 4
 ACK_WAIT_S = 1.0
@@ -46,7 +46,9 @@ async def test_events_held_through_an_outage_longer_than_max_deliver_all_apply(b
     await store.start()
     applier = EventApplier(store, HealthPolicy(fall=3, rise=1), _nothing)
     stats = Stats()
-    consumer = EventConsumer(bus, applier, stats, unknown_engine_retry_s=600, max_deliver=MAX_DELIVER, ack_wait_s=ACK_WAIT_S)
+    consumer = EventConsumer(
+        bus, applier, stats, unknown_engine_retry_s=600, max_deliver=MAX_DELIVER, ack_wait_s=ACK_WAIT_S
+    )
     await applier.apply(EngineRegistered(container_id="e1", host="127.0.0.1", port=6878, runtime="local"), 1)
     bucket = f"KV_{names.STREAMS_BUCKET}"
     await bus.js.delete_stream(bucket)

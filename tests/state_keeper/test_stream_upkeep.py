@@ -13,15 +13,15 @@ import sys
 from datetime import timedelta
 
 import httpx
-
 from keeper_helpers import publish, register_healthy
+from support import collect_dropped_connections, free_port, keeper_stats, request_json, wait_for_port, wait_until
+
 from shared import names
 from shared.bus import connect
 from shared.config import load_config
 from shared.kv import read
 from shared.membership import Membership
 from shared.schemas import PlaybackStats, StreamEnded, StreamStarted, StreamStats, decode_stream, encode, utcnow
-from support import collect_dropped_connections, free_port, keeper_stats, request_json, wait_for_port, wait_until
 
 INTERVAL_S = 1.0  # STAT_INTERVAL_S: proxies' heartbeat TTL 1.5 s, a sweep per second, figures stale after 3 s
 FAST = {"STAT_INTERVAL_S": INTERVAL_S}
@@ -47,8 +47,9 @@ async def _is(bus, stream_id: str, expected) -> bool:
 
 
 def stats(stream_id: str, proxy: str | None = "p1", peers: int = 7) -> StreamStats:
-    figures = PlaybackStats(status="dl", peers=peers, speed_down=640, speed_up=12, downloaded=1 << 20,
-                            reported_at=utcnow())
+    figures = PlaybackStats(
+        status="dl", peers=peers, speed_down=640, speed_up=12, downloaded=1 << 20, reported_at=utcnow()
+    )
     return StreamStats(stream_id=stream_id, stats=figures, proxy=proxy)
 
 
@@ -111,8 +112,14 @@ async def _figures(bus, nc, nats_server) -> None:
     assert await record(bus, "never-started") is None, "no record is made out of figures"
 
     listing = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.cli", "streams", "--nats-url", nats_server.url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        sys.executable,
+        "-m",
+        "services.cli",
+        "streams",
+        "--nats-url",
+        nats_server.url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     output = (await asyncio.wait_for(listing.communicate(), 30))[0].decode()
     assert listing.returncode == 0, output
@@ -120,7 +127,11 @@ async def _figures(bus, nc, nats_server) -> None:
     assert len(lines) == 2, output
     header, row = lines
     assert header.split()[4:6] == ["PEERS", "DOWN/UP"] and row.split()[:1] + row.split()[4:7] == [
-        "live", "9", "640/12", "KiB/s"], output
+        "live",
+        "9",
+        "640/12",
+        "KiB/s",
+    ], output
 
 
 async def _with_stats(bus, stream_id: str):
@@ -161,8 +172,9 @@ async def test_a_stream_whose_engine_session_is_gone_ends_and_one_on_an_unreacha
     start_keepers, bus, nc, processes, tmp_path
 ):
     port = free_port()
-    processes.start("acesim", [sys.executable, "-m", "deploy.acesim", "--port", str(port),
-                               "--cache-dir", str(tmp_path / "sim")])
+    processes.start(
+        "acesim", [sys.executable, "-m", "deploy.acesim", "--port", str(port), "--cache-dir", str(tmp_path / "sim")]
+    )
     wait_for_port(port)
     await start_keepers(1, **FAST)
     await register_healthy(bus, nc, "e1", port=port)
@@ -174,26 +186,35 @@ async def test_a_stream_whose_engine_session_is_gone_ends_and_one_on_an_unreacha
         await start_stream(bus, "down", "e-down", stat_url=f"http://127.0.0.1:{down_port}/ace/stat/x/y")
         await start_stream(bus, "hung", "e-hung", stat_url=f"http://127.0.0.1:{hung_port}/ace/stat/x/y")
         alive, session = [
-            (await http.get(f"http://127.0.0.1:{port}/ace/getstream", params={"id": cid, "format": "json"}))
-            .json()["response"]
+            (await http.get(f"http://127.0.0.1:{port}/ace/getstream", params={"id": cid, "format": "json"})).json()[
+                "response"
+            ]
             for cid in ("channel-1", "channel-2")
         ]
         # No figures for a minute by its stamp: its session is checked at every sweep, and kept.
         await start_stream(bus, "alive", stat_url=alive["stat_url"], started_at=utcnow() - timedelta(seconds=60))
-        await start_stream(bus, "played", stat_url=session["stat_url"], command_url=session["command_url"],
-                           playback_session_id=session["playback_session_id"])
+        await start_stream(
+            bus,
+            "played",
+            stat_url=session["stat_url"],
+            command_url=session["command_url"],
+            playback_session_id=session["playback_session_id"],
+        )
         await http.get(session["command_url"], params={"method": "stop"})
-        await wait_until(lambda: _is(bus, "played", ("ended", "session_gone")), timeout=10,
-                         what="played ended: session_gone")
+        await wait_until(
+            lambda: _is(bus, "played", ("ended", "session_gone")), timeout=10, what="played ended: session_gone"
+        )
         # A stat URL that is not on the stream's engine is never fetched (request forgery), even one
         # that would say the session is gone: due in the same sweep as `replayed`, and kept.
-        await start_stream(bus, "forged", "e-down", stat_url=session["stat_url"],
-                           started_at=utcnow() - timedelta(seconds=60))
+        await start_stream(
+            bus, "forged", "e-down", stat_url=session["stat_url"], started_at=utcnow() - timedelta(seconds=60)
+        )
         # Started long ago by its stamp, so due at once: its end comes from a sweep after the one that
         # ended `played`, so every check of `down` and `hung` in that one has finished too.
         await start_stream(bus, "replayed", stat_url=session["stat_url"], started_at=utcnow() - timedelta(seconds=60))
-        await wait_until(lambda: _is(bus, "replayed", ("ended", "session_gone")), timeout=10,
-                         what="replayed ended: session_gone")
+        await wait_until(
+            lambda: _is(bus, "replayed", ("ended", "session_gone")), timeout=10, what="replayed ended: session_gone"
+        )
     assert await status_of(bus, "alive") == ("started", None), "a session the engine still plays"
     assert await status_of(bus, "down") == ("started", None), "an engine that is not answering proves nothing"
     assert await status_of(bus, "hung") == ("started", None), "nor one that never replies"
