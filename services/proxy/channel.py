@@ -25,6 +25,7 @@ import msgspec
 
 from services.proxy import metrics
 from services.proxy.fanout import Aligner, FanoutBuffer, Lagged
+from services.proxy.members import leave_all
 from services.proxy.upstream import Session, StartError, Upstream
 from services.proxy.wire import Content, SessionGone, WireError
 from shared.config import Config
@@ -382,11 +383,4 @@ class Hub:
 
     async def close(self, timeout_s: float) -> None:
         """End every channel (their streams end with `proxy_stopped`), bounded by `timeout_s`."""
-        channels = list(self.channels.values())
-        for channel in channels:
-            channel.leave("proxy_stopped")
-        if channels:
-            done, pending = await asyncio.wait([c.task for c in channels], timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await leave_all(list(self.channels.values()), "proxy_stopped", timeout_s)

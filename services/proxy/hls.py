@@ -25,6 +25,7 @@ import time
 import httpx
 
 from services.proxy import metrics
+from services.proxy.members import leave_all
 from services.proxy.upstream import Session, StartError, Upstream
 from services.proxy.wire import (
     MAX_PLAYLIST_BYTES,
@@ -215,14 +216,7 @@ class Hls:
 
     async def close(self, timeout_s: float) -> None:
         """End every HLS session (`proxy_stopped`), bounded by `timeout_s`."""
-        sessions = list(self.sessions.values())
-        for session in sessions:
-            session.leave("proxy_stopped")
-        if sessions:
-            _, pending = await asyncio.wait([s.task for s in sessions], timeout=timeout_s)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        await leave_all(list(self.sessions.values()), "proxy_stopped", timeout_s)
 
 
 def parse_segment_path(path: str) -> tuple[str, int]:
