@@ -26,11 +26,15 @@ KILL_WAIT_S = 5.0
 PUMP_DRAIN_S = 2.0  # how long an exit waits for the child's last lines
 
 
-_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded before any fork: nothing to resolve in the child
+_LIBC = ctypes.CDLL(None, use_errno=True)
+# Resolved here, before any fork: the child (between fork and exec, while other threads of `up` may hold
+# the dynamic loader's lock) then runs no dlsym and no import, only the system call.
+_PRCTL = _LIBC.prctl
+_PDEATHSIG_TERM = (PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    _PRCTL(*_PDEATHSIG_TERM)
 
 
 @dataclass
@@ -139,7 +143,7 @@ def become_subreaper() -> bool:
 
     So `up` can find and stop every process it caused, even one a runtime lost track of.
     """
-    return _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
+    return _PRCTL(PR_SET_CHILD_SUBREAPER, 1) == 0
 
 
 def adopted_children(known: set[int]) -> dict[int, str]:
