@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from dataclasses import field as dataclass_field
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -90,6 +92,12 @@ def _url(name: str, raw: str) -> str:
     return raw
 
 
+def default_host_id() -> str:
+    """The machine's host name as a HOST_ID: what `_label_value` accepts, cut to 63 characters."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).lstrip("_.-")[:63]
+    return name or "localhost"
+
+
 POSITIVE_FLOAT = _number(float, 0.001)
 NON_NEGATIVE_INT = _number(int, 0)
 POSITIVE_INT = _number(int, 1)
@@ -153,6 +161,9 @@ class Config:
     proxy_buffer_bytes: int = 4 * 1024 * 1024
     proxy_start_timeout_s: float = 30.0
     proxy_header_timeout_s: float = 10.0
+    # Many hosts, one fleet: the host this process's engines run on, and a floor of engines per host.
+    host_id: str = dataclass_field(default_factory=default_host_id)
+    min_replicas_per_host: int = 0
 
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -211,6 +222,8 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "proxy_buffer_bytes": _number(int, 188 * 64),
     "proxy_start_timeout_s": POSITIVE_FLOAT,
     "proxy_header_timeout_s": POSITIVE_FLOAT,
+    "host_id": _label_value,
+    "min_replicas_per_host": NON_NEGATIVE_INT,
 }
 
 

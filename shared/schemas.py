@@ -78,6 +78,8 @@ class EngineRecord(Struct):
     # would otherwise outrank every later report).
     registered_seq: int = 0
     health_seq: int = 0
+    # The host whose agents (provisioner, janitor, reaper) look after it (HOST_ID); None: not recorded.
+    host_id: str | None = None
 
 
 class EngineRemoval(Struct):
@@ -163,6 +165,7 @@ class EngineRegistered(Struct):
     container_name: ShortText | None = None
     runtime: Runtime = "external"
     labels: Labels = {}
+    host_id: ShortText | None = None
 
 
 class EngineRemoved(Struct):

@@ -498,6 +498,7 @@ class Provisioner:
             container_name=spec.container_name,
             runtime=spec.runtime,  # type: ignore[arg-type]
             labels=spec.labels,
+            host_id=self.config.host_id,
         )
         await self._publish(names.ENGINE_REGISTERED, event, spec.container_id)
         self.registered[spec.container_id] = time.monotonic()

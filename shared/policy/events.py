@@ -80,6 +80,7 @@ def apply_engine_registered(
             port=event.port,
             runtime=event.runtime,
             labels=dict(event.labels),
+            host_id=event.host_id,
             created_at=now,
             idle_since=now,
             registered_seq=seq,
@@ -93,6 +94,7 @@ def apply_engine_registered(
         port=event.port,
         runtime=event.runtime,
         labels=dict(event.labels),
+        host_id=event.host_id,
         registered_seq=seq,
     )
 

@@ -14,6 +14,7 @@ from datetime import datetime
 
 from shared.config import Config
 from shared.policy.engines import effective_state, is_idle
+from shared.policy.hosts import keeps_host_floor
 from shared.schemas import EngineRecord
 
 
@@ -24,6 +25,7 @@ class PoolPolicy:
     max_replicas: int = 10
     grace_period_s: float = 30.0
     unhealthy_replace_after_s: float = 120.0
+    min_replicas_per_host: int = 0
 
     @classmethod
     def from_config(cls, config: Config) -> PoolPolicy:
@@ -33,6 +35,7 @@ class PoolPolicy:
             max_replicas=config.max_replicas,
             grace_period_s=config.engine_grace_period_s,
             unhealthy_replace_after_s=config.unhealthy_replace_after_s,
+            min_replicas_per_host=config.min_replicas_per_host,
         )
 
 
@@ -67,9 +70,17 @@ def counted(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) 
 
 
 def engines_to_add(
-    records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, starting: int = 0, demand: bool = False
+    records: Iterable[EngineRecord],
+    now: datetime,
+    policy: PoolPolicy,
+    starting: int = 0,
+    demand: bool = False,
+    host_deficit: int = 0,
 ) -> int:
-    """How many engines to start now. Engines still `starting` count as free ones to come."""
+    """How many engines to start now. Engines still `starting` count as free ones to come.
+
+    `host_deficit`: engines live hosts lack below MIN_REPLICAS_PER_HOST (`hosts.host_floor_deficit`).
+    """
     records = list(records)
     pool = counted(records, now, policy)
     total = len(pool) + starting
@@ -78,6 +89,8 @@ def engines_to_add(
         policy.min_replicas - total,
         policy.min_free_replicas - free,
         1 if demand and free == 0 else 0,
+        # Engines still starting may be the ones a short host is waiting for: count them as such.
+        host_deficit - starting,
     )
     # The ceiling counts every engine that still exists, even one on its way out.
     return max(0, min(need, policy.max_replicas - len(managed(records)) - starting))
@@ -101,9 +114,14 @@ def reapable(record: EngineRecord, now: datetime, policy: PoolPolicy) -> bool:
 def above_floors_without(
     records: Iterable[EngineRecord], victim: EngineRecord, now: datetime, policy: PoolPolicy
 ) -> bool:
-    """Would the pool still meet both floors if `victim` were gone?"""
-    rest = [r for r in counted(records, now, policy) if r.container_id != victim.container_id]
-    return len(rest) >= policy.min_replicas and sum(is_free(r, now) for r in rest) >= policy.min_free_replicas
+    """Would the pool still meet both floors, and the victim's host its own, if `victim` were gone?"""
+    pool = counted(records, now, policy)
+    rest = [r for r in pool if r.container_id != victim.container_id]
+    return (
+        len(rest) >= policy.min_replicas
+        and sum(is_free(r, now) for r in rest) >= policy.min_free_replicas
+        and keeps_host_floor(pool, victim, policy.min_replicas_per_host)
+    )
 
 
 def next_to_reap(

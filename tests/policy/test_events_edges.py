@@ -39,6 +39,7 @@ def registration(**fields) -> EngineRegistered:
         container_name="acestream-5",
         runtime="docker",
         labels={"aceorch.pool": "blue"},
+        host_id="rack-2",
     )
     defaults.update(fields)
     return EngineRegistered(**defaults)
@@ -73,6 +74,7 @@ def test_a_new_record_takes_its_identity_address_runtime_and_labels_from_the_reg
         idle_since=NOW,
         registered_seq=7,
         health_seq=7,
+        host_id="rack-2",
     )
 
 
@@ -98,6 +100,7 @@ def test_a_re_registration_takes_the_new_name_address_runtime_and_labels_and_kee
         port=7005,
         runtime="docker",
         labels={"aceorch.pool": "blue"},
+        host_id="rack-2",
         registered_seq=9,
     )
 

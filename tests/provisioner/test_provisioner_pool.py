@@ -23,7 +23,9 @@ LOG_TIME = "%Y-%m-%d %H:%M:%S,%f"
 
 async def test_min_replicas_come_up_registered_and_healthy(system, tier):
     metrics_port = free_port()
-    provisioner = system.provisioner(MIN_REPLICAS=2, MIN_FREE_REPLICAS=1, MAX_REPLICAS=4, METRICS_PORT=metrics_port)
+    provisioner = system.provisioner(
+        MIN_REPLICAS=2, MIN_FREE_REPLICAS=1, MAX_REPLICAS=4, METRICS_PORT=metrics_port, HOST_ID="rack-7"
+    )
 
     records = await system.healthy(2)
 
@@ -37,6 +39,7 @@ async def test_min_replicas_come_up_registered_and_healthy(system, tier):
     first, last = map(int, system.env()["ENGINE_PORT_RANGE"].split("-"))
     assert all(first <= r["port"] <= last and r["host"] == "127.0.0.1" for r in records)
     assert all(r["labels"]["aceorch.managed"] == "true" for r in records)
+    assert {r["host_id"] for r in records} == {"rack-7"}
     # Several sweeps later the floors are still met exactly: nothing more was started.
     await asyncio.sleep(2.5)
     assert len(tier.engines()) == 2

@@ -1,12 +1,13 @@
 """Configuration: defaults from DESIGN §6, and errors that name the variable."""
 
+import socket
 import subprocess
 import sys
 
 import pytest
 from support import ROOT, free_port
 
-from shared.config import ConfigError, load_config
+from shared.config import ConfigError, default_host_id, load_config
 
 
 def test_defaults_follow_the_design():
@@ -18,6 +19,18 @@ def test_defaults_follow_the_design():
     assert config.share_content is True and config.auto_delete is True
     assert config.unhealthy_replace_after_s == 120 and config.gateway_port == 8000
     assert config.max_clock_skew_s == 30
+
+
+def test_the_host_id_defaults_to_the_machines_name_made_a_valid_label(monkeypatch):
+    assert load_config({"HOST_ID": "rack-2.eu"}).host_id == "rack-2.eu"
+    monkeypatch.setattr(socket, "gethostname", lambda: "node-7.example")
+    assert load_config({}).host_id == "node-7.example"
+    monkeypatch.setattr(socket, "gethostname", lambda: "my host/1")
+    assert default_host_id() == "my-host-1"
+    monkeypatch.setattr(socket, "gethostname", lambda: "...")
+    assert default_host_id() == "localhost"
+    monkeypatch.setattr(socket, "gethostname", lambda: "x" * 80)
+    assert default_host_id() == "x" * 63
 
 
 def test_values_are_parsed_by_type():
@@ -48,6 +61,8 @@ def test_values_are_parsed_by_type():
         ({"HEALTH_CHECK_TIMEOUT_S": "60"}, "HEALTH_CHECK_TIMEOUT_S (60.0) must not exceed HEALTH_CHECK_INTERVAL_S"),
         ({"MAX_CLOCK_SKEW_S": "-5"}, "MAX_CLOCK_SKEW_S must be >= 0, got '-5'"),
         ({"MAX_CLOCK_SKEW_S": "soon"}, "MAX_CLOCK_SKEW_S must be a number, got 'soon'"),
+        ({"HOST_ID": "a b"}, "HOST_ID must be 1-63 letters, digits"),
+        ({"MIN_REPLICAS_PER_HOST": "-1"}, "MIN_REPLICAS_PER_HOST must be >= 0"),
     ],
 )
 def test_invalid_values_name_the_variable(env, message):

@@ -1,0 +1,147 @@
+"""Engines across hosts: placement of new engines, per-host floors for reaping and adding."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+from records import NOW, ago, engine
+
+from shared.policy.hosts import UNKNOWN_HOST, host_floor_deficit, keeps_host_floor, loads, place
+from shared.policy.pool import PoolPolicy, engines_to_add, next_to_reap
+
+
+def on(host, n, streams=0, prefix=None):
+    """`n` idle engines on `host`, the first `streams` of them carrying one stream each."""
+    prefix = prefix or host or "none"
+    return [
+        engine(
+            f"{prefix}-{i}",
+            host_id=host or None,
+            streams=[f"s-{prefix}-{i}"] if i < streams else [],
+            idle_since=None if i < streams else ago(3600),
+        )
+        for i in range(n)
+    ]
+
+
+def test_a_new_engine_goes_to_the_live_host_running_the_fewest():
+    records = on("a", 3) + on("b", 1) + on("c", 2)
+    assert place(records, {"a", "b", "c"}, 1) == ["b"]
+
+
+def test_engines_spread_one_at_a_time_recounting_after_each():
+    records = on("a", 3) + on("b", 1)
+    assert place(records, {"a", "b"}, 3) == ["b", "b", "a"]
+
+
+def test_between_equally_full_hosts_the_one_carrying_fewer_streams_gets_it():
+    records = on("a", 2, streams=2) + on("b", 2, streams=1)
+    assert place(records, {"a", "b"}, 1) == ["b"]
+
+
+def test_a_full_tie_goes_to_the_smaller_host_id_so_every_replica_agrees():
+    assert place(on("b", 1) + on("a", 1), {"b", "a"}, 1) == ["a"]
+
+
+def test_a_host_without_records_is_the_emptiest():
+    assert place(on("a", 1), {"a", "new"}, 1) == ["new"]
+
+
+def test_hosts_nobody_hears_get_nothing():
+    assert place(on("a", 5), {"a"}, 2) == ["a", "a"]
+    assert place(on("a", 5) + on("b", 0), {"a"}, 1) == ["a"]
+
+
+def test_hosts_at_their_cap_get_nothing_and_the_list_is_short_when_all_are_full():
+    records = on("a", 2) + on("b", 3)
+    assert place(records, {"a", "b"}, 5, host_max=3) == ["a"]
+    assert place(records, {"a", "b"}, 1, host_max=2) == []
+
+
+def test_no_cap_means_no_limit_per_host():
+    assert place(on("a", 100), {"a"}, 2, host_max=0) == ["a", "a"]
+
+
+def test_engines_of_no_recorded_host_count_apart_and_never_receive_new_ones():
+    records = on(None, 4) + on("a", 1)
+    assert loads(records)[UNKNOWN_HOST].engines == 4
+    assert place(records, {UNKNOWN_HOST, "a"}, 2) == ["a", "a"]
+
+
+def test_nothing_is_placed_for_a_count_of_zero_or_without_live_hosts():
+    assert place(on("a", 1), {"a"}, 0) == []
+    assert place(on("a", 1), set(), 3) == []
+
+
+@given(
+    layout=st.dictionaries(
+        st.sampled_from("abcdef"), st.tuples(st.integers(0, 6), st.integers(0, 6)), min_size=1, max_size=6
+    ),
+    live=st.sets(st.sampled_from("abcdefg")),
+    count=st.integers(0, 12),
+    host_max=st.integers(0, 8),
+)
+def test_placement_respects_caps_and_liveness_and_always_fills_the_emptiest(layout, live, count, host_max):
+    records = [r for host, (n, busy) in layout.items() for r in on(host, n, streams=min(n, busy))]
+    placed = place(records, live, count, host_max)
+    engines = {h: loads(records, live)[h].engines for h in live}
+    room = sum(max(0, host_max - engines[h]) for h in live) if host_max else (count if live else 0)
+    assert len(placed) == min(count, room)
+    assert set(placed) <= live
+    for host in placed:
+        # Each engine went to a host running the fewest engines among those with room, at that moment.
+        open_hosts = [h for h in live if not host_max or engines[h] < host_max]
+        assert engines[host] == min(engines[h] for h in open_hosts)
+        engines[host] += 1
+    if host_max:
+        assert all(engines[h] <= max(host_max, loads(records, live)[h].engines) for h in live)
+
+
+def test_a_host_keeps_its_floor_when_others_remain_there():
+    records = on("a", 2) + on("b", 1)
+    assert keeps_host_floor(records, records[0], 1)
+    assert not keeps_host_floor(records, records[2], 1)
+    assert keeps_host_floor(records, records[2], 0)
+
+
+def test_the_reaper_takes_an_idle_engine_from_a_host_above_its_floor_only():
+    # b's single engine is the longest idle, but taking it would leave b with none.
+    records = on("a", 3) + [engine("b-0", host_id="b", idle_since=ago(9000))]
+    policy = PoolPolicy(min_replicas=1, min_free_replicas=0, max_replicas=10, min_replicas_per_host=1)
+    assert next_to_reap(records, NOW, policy).host_id == "a"
+    without_floor = PoolPolicy(min_replicas=1, min_free_replicas=0, max_replicas=10)
+    assert next_to_reap(records, NOW, without_floor).container_id == "b-0"
+
+
+@given(
+    layout=st.dictionaries(st.sampled_from("abcd"), st.integers(0, 5), min_size=1, max_size=4),
+    floor=st.integers(0, 3),
+    fleet_floor=st.integers(0, 6),
+)
+def test_reaping_until_nothing_is_left_to_reap_never_takes_a_host_below_its_floor(layout, floor, fleet_floor):
+    records = [r for host, n in layout.items() for r in on(host, n)]
+    policy = PoolPolicy(
+        min_replicas=fleet_floor, min_free_replicas=0, max_replicas=30, grace_period_s=0, min_replicas_per_host=floor
+    )
+    while (victim := next_to_reap(records, NOW, policy)) is not None:
+        records = [r for r in records if r.container_id != victim.container_id]
+    for host, n in layout.items():
+        left = sum(r.host_id == host for r in records)
+        assert left >= min(n, floor)
+        # Reaping stops only at a floor: the host's own, or the fleet's.
+        assert left == min(n, floor) or len(records) <= fleet_floor or left == n
+
+
+def test_live_hosts_below_their_floor_add_up_to_the_deficit():
+    records = on("a", 3) + on("b", 1)
+    assert host_floor_deficit(records, {"a", "b", "c"}, 2) == 1 + 2
+    assert host_floor_deficit(records, {"a", "b", "c"}, 0) == 0
+    assert host_floor_deficit(on(None, 1), {UNKNOWN_HOST}, 2) == 0
+
+
+def test_the_provisioner_adds_what_the_short_hosts_lack_counting_starting_ones():
+    records = on("a", 4)
+    policy = PoolPolicy(min_replicas=2, min_free_replicas=1, max_replicas=10, min_replicas_per_host=2)
+    deficit = host_floor_deficit(records, {"a", "b", "c"}, 2)
+    assert engines_to_add(records, NOW, policy, host_deficit=deficit) == 4
+    assert engines_to_add(records, NOW, policy, starting=3, host_deficit=deficit) == 1
+    # The ceiling still holds.
+    assert engines_to_add(records, NOW, PoolPolicy(max_replicas=5, min_replicas_per_host=2), host_deficit=4) == 1
