@@ -25,7 +25,7 @@ from shared.schemas import EngineHealth, encode, utcnow
 PROBER_MAIN = ROOT / "services" / "prober" / "__main__.py"
 # For stacks whose health a test reports by hand (no prober): a verdict older than interval + 2 x timeout
 # + recheck reads unknown (shared.policy.freshness), so the one report must outlast the test.
-HEALTH_BY_HAND = {"HEALTH_CHECK_INTERVAL_S": 30, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
+HEALTH_BY_HAND = {"HEALTH_CHECK_INTERVAL_S": 300, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
 
 
 @dataclass
