@@ -58,37 +58,37 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class BlockedDetails(Struct):
+class BlockedDetails(Struct, frozen=True):
     code: str
     message: str
     recovery_eta_seconds: int
     should_wait: bool
 
 
-class Provisioning(Struct):
+class Provisioning(Struct, frozen=True):
     can_provision: bool
     blocked_reason: str | None
     blocked_reason_details: BlockedDetails | None
 
 
-class Vpn(Struct):
+class Vpn(Struct, frozen=True):
     connected: bool  # no VPN integration: always false
 
 
-class Slots(Struct):
+class Slots(Struct, frozen=True):
     total: int
     used: int
     available: int
 
 
-class OrchestratorStatus(Struct):
+class OrchestratorStatus(Struct, frozen=True):
     status: Literal["healthy", "degraded", "unhealthy"]
     vpn: Vpn
     provisioning: Provisioning
     capacity: Slots
 
 
-class Provisioned(Struct):
+class Provisioned(Struct, frozen=True):
     container_id: str
     container_name: str
     host_http_port: int  # where the engine answers on its host (what acexy plays from)
@@ -96,7 +96,7 @@ class Provisioned(Struct):
     container_https_port: int | None  # engines get no HTTPS port: always null
 
 
-class FailureDetail(Struct):
+class FailureDetail(Struct, frozen=True):
     code: str
     message: str
     recovery_eta_seconds: int
@@ -104,7 +104,7 @@ class FailureDetail(Struct):
     can_retry: bool
 
 
-class ProvisionFailure(Struct):
+class ProvisionFailure(Struct, frozen=True):
     detail: FailureDetail
 
 

@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +211,7 @@ class LocalRuntime:
         return pid
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[None]:
         self._dir.mkdir(parents=True, exist_ok=True)  # a fresh ENGINE_STATE_DIR: adopt() locks before any create
         with open(self._dir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -291,7 +291,9 @@ class LocalRuntime:
         group = entry.pid if _group_of(entry.pid) == entry.pid else None
         self._signal(entry.pid, group, signal.SIGTERM)
         # Until every member of its group is gone: a wrapper may exit before the engine it started.
-        running = (lambda: self._alive(entry) or _group_members(group)) if group else (lambda: self._alive(entry))
+        running: Callable[[], bool] = (
+            (lambda: self._alive(entry) or _group_members(group)) if group else (lambda: self._alive(entry))
+        )
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             if not running():
@@ -384,7 +386,9 @@ def _is_engine_process(entry: EngineFile) -> bool:
     # A state file from before start times were recorded: its command line names the port, and it
     # started before the file was written (a process started later cannot be the one it names).
     cmdline = _cmdline(entry.pid)
-    names_port = bool(cmdline) and re.search(rb"(?<![0-9])%d(?![0-9])" % entry.port, cmdline) is not None
+    if not cmdline:
+        return False
+    names_port = re.search(rb"(?<![0-9])%d(?![0-9])" % entry.port, cmdline) is not None
     return names_port and _started_wall_time(int(fields[19])) <= entry.started_at + 1.0
 
 
