@@ -68,6 +68,12 @@ class Outcome(Generic[T]):
     written: bool
     conflicts: int = 0  # compare-and-sets lost to other writers on the way
 
+    def result(self) -> T:
+        """`after`, for a change that always yields a value (never None or DELETE)."""
+        if self.after is None:
+            raise AssertionError("a change that always yields a value left none")
+        return self.after
+
 
 async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
     """Latest value and its revision; None when absent or deleted."""
