@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
 from services.gateway.bodies import strict_body
+from services.gateway.errors import AnyRequest
 from services.gateway.fleet import Fleet
 from services.gateway.ready import Presence
 from services.gateway.routes import errors
@@ -111,7 +112,7 @@ class ProvisionFailure(Struct, frozen=True):
 # ---------------------------------------------------------------- routes
 
 
-def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPRouteHandler]:
+def reference_routes(fleet: Fleet, config: Config, mutating: dict[str, Any]) -> list[HTTPRouteHandler]:
     provisioner = Presence(fleet.bus, names.PROVISIONER_SERVICE)
     pool = PoolPolicy.from_config(config)
     slots_per_engine = config.max_streams_per_engine
@@ -153,20 +154,23 @@ def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPR
         responses={**errors(400, 401, 403, 413, 415, 422), **failures},
         **mutating,
     )
-    async def provision(request: Request, data: ProvisionRequest | None = None) -> Response[Provisioned]:
+    async def provision(request: AnyRequest, data: ProvisionRequest | None = None) -> Response[Provisioned]:
         """One new engine now, answered once it is registered and healthy (at most about 2 x
         ENGINE_START_TIMEOUT_S). `labels` and `env` are accepted and not applied: engines get the
         pool's settings. No engine: `{"detail": {code, message, recovery_eta_seconds, should_wait,
         can_retry}}` with Retry-After when waiting helps."""
         body = await strict_body(request, ProvisionRequest) or ProvisionRequest()
         if config.engine_runtime == "external":
-            return _failure(PROVISIONING_DISABLED)
+            # The annotation documents the 200 body (OpenAPI); failures are documented by `responses`.
+            return _failure(PROVISIONING_DISABLED)  # type: ignore[return-value]  # see above
         return await _provision(fleet, body, budget_s)
 
     return [orchestrator_status, provision]
 
 
-async def _provision(fleet: Fleet, body: ProvisionRequest, budget_s: float) -> Response:
+async def _provision(
+    fleet: Fleet, body: ProvisionRequest, budget_s: float
+) -> Response[Any]:  # Provisioned or a failure
     try:
         msg = await fleet.bus.nc.request(names.ENGINE_PROVISION, encode(body), timeout=budget_s)
     except nats.errors.NoRespondersError:
