@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from services.cli.proxy import publish_event
 from shared import names
@@ -69,7 +70,7 @@ async def report_removed(nats_url: str, container_ids: list[str]) -> list[str]:
         await nc.close()
 
 
-async def _recorded(kv, container_id: str) -> bool:
+async def _recorded(kv: KeyValue, container_id: str) -> bool:
     try:
         await kv.get(container_id)
     except KeyNotFoundError:  # deleted ones raise its subclass KeyDeletedError

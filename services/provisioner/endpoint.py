@@ -51,7 +51,7 @@ class ProvisionEndpoint:
     def __init__(self, provisioner: Provisioner) -> None:
         self.provisioner = provisioner
         self.service: Service | None = None
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.service = await add_service(
