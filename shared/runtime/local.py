@@ -104,7 +104,7 @@ class LocalRuntime:
     async def exec_shell(self, engine: EngineSpec, script: str, timeout_s: float = 60) -> ExecResult:
         """`sh -c script` on this host, in the engine's cache dir, with ENGINE_CACHE_DIR set to it."""
         env = {**os.environ, "ENGINE_CACHE_DIR": engine.cache_dir}
-        cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None
+        cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None  # noqa: ASYNC240  # one local stat
         proc = await asyncio.create_subprocess_exec(
             "sh",
             "-c",
