@@ -143,8 +143,7 @@ async def cas_update(
             else:
                 fresh = True
             continue
-        # `change` returns T, None or DELETE; the type of `change` cannot say "T or this one sentinel".
-        return Outcome(before, None if after is DELETE else after, revision, True, conflicts)  # type: ignore[arg-type]  # see above
+        return Outcome(before, None if after is DELETE else after, revision, True, conflicts)  # type: ignore[arg-type]  # `change` returns T, None or DELETE: no type says "T or one sentinel"
     raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
 
 

@@ -908,8 +908,7 @@ class Engine:
             await writer.drain()
 
     async def _pause_until(self, session: Session, writer: asyncio.StreamWriter, until: float) -> None:
-        # Polled: no event announces a session's end or the player hanging up.
-        while not session.ended and not writer.is_closing() and time.monotonic() < until:  # noqa: ASYNC110
+        while not session.ended and not writer.is_closing() and time.monotonic() < until:  # noqa: ASYNC110  # no event announces either
             await asyncio.sleep(min(FAULT_POLL_S, until - time.monotonic()))
 
     # -- /__sim/ control ---------------------------------------------------

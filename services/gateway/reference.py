@@ -161,8 +161,7 @@ def reference_routes(fleet: Fleet, config: Config, mutating: dict[str, Any]) -> 
         can_retry}}` with Retry-After when waiting helps."""
         body = await strict_body(request, ProvisionRequest) or ProvisionRequest()
         if config.engine_runtime == "external":
-            # The annotation documents the 200 body (OpenAPI); failures are documented by `responses`.
-            return _failure(PROVISIONING_DISABLED)  # type: ignore[return-value]  # see above
+            return _failure(PROVISIONING_DISABLED)  # type: ignore[return-value]  # the annotation is the 200 body in OpenAPI; failures are in `responses`
         return await _provision(fleet, body, budget_s)
 
     return [orchestrator_status, provision]

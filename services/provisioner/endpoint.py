@@ -104,7 +104,7 @@ class ProvisionEndpoint:
             port=spec.port,
             host_port=host_port,
             container_port=container_port,
-            runtime=spec.runtime,  # type: ignore[arg-type]
+            runtime=spec.runtime,
         )
         await request.respond(encode(reply))
 

@@ -500,7 +500,7 @@ class Provisioner:
             host=spec.host,
             port=spec.port,
             container_name=spec.container_name,
-            runtime=spec.runtime,  # type: ignore[arg-type]
+            runtime=spec.runtime,
             labels=spec.labels,
         )
         await self._publish(names.ENGINE_REGISTERED, event, spec.container_id)

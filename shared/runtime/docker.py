@@ -62,6 +62,7 @@ from shared.runtime.base import (
     EngineSpec,
     ExecResult,
     ExecStillRunning,
+    ManagedRuntime,
     RuntimeEvent,
     RuntimeFailure,
     managed_labels,
@@ -92,7 +93,7 @@ EVENTS_RETRY_S = 1.0
 
 
 class DockerRuntime:
-    kind = "docker"
+    kind: ManagedRuntime = "docker"
 
     def __init__(
         self, config: Config, client: docker.DockerClient | None = None, timeout_s: float = API_TIMEOUT_S
@@ -510,8 +511,7 @@ class _EventPump:
 
 
 def _from_env(timeout_s: float, **kwargs: Any) -> docker.DockerClient:
-    # The SDK hands `timeout` to requests, which takes seconds as a float; types-docker says int.
-    return docker.from_env(timeout=timeout_s, **kwargs)  # type: ignore[arg-type]  # see above
+    return docker.from_env(timeout=timeout_s, **kwargs)  # type: ignore[arg-type]  # requests takes float seconds; types-docker says int
 
 
 def _id(container: Container) -> str:

@@ -48,6 +48,7 @@ from shared.runtime.base import (
     LABEL_SCOPE,
     EngineSpec,
     ExecResult,
+    ManagedRuntime,
     RuntimeEvent,
     RuntimeFailure,
     managed_labels,
@@ -80,7 +81,7 @@ class EngineFile:
 
 
 class LocalRuntime:
-    kind = "local"
+    kind: ManagedRuntime = "local"
 
     def __init__(self, config: Config) -> None:
         self._config = config

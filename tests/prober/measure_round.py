@@ -29,9 +29,9 @@ import nats
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from support import NatsServer, Processes, base_env, free_port, free_port_range, wait_for_port  # noqa: E402
+from support import NatsServer, Processes, base_env, free_port, free_port_range, wait_for_port  # noqa: E402  # after sys.path
 
-from shared.schemas import EngineRegistered, encode  # noqa: E402
+from shared.schemas import EngineRegistered, encode  # noqa: E402  # after sys.path
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
