@@ -17,7 +17,7 @@ LOCK_FLAGS ?=
 JS := tests/contract/js
 JS_STAMP := $(JS)/node_modules/.package-lock.json
 
-.PHONY: install js lock run test chaos bench mutate images clean contract
+.PHONY: install js lock run lint test chaos bench mutate images clean contract
 
 install: $(STAMP)
 
@@ -53,10 +53,16 @@ lock:
 run: install
 	$(BIN)/aceorch up
 
-# Every tier. The tests wait on real processes more than they compute, so they run on every
-# core (pytest-xdist, each worker with its own port range); the `alone` ones (chaos scenarios,
-# long ones: they measure under a load they make themselves) then run one at a time.
-test: install js
+# Lint, formatting and types (rule sets and strictness in pyproject.toml); part of `make test`.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+# Every tier, after `lint`. The tests wait on real processes more than they compute, so they run
+# on every core (pytest-xdist, each worker with its own port range); the `alone` ones (chaos
+# scenarios, long ones: they measure under a load they make themselves) then run one at a time.
+test: install js lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not alone" -n auto --maxprocesses 4 --dist worksteal
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m alone
 
@@ -76,4 +82,4 @@ images:
 	bash deploy/images.sh
 
 clean:
-	rm -rf $(VENV) data build .pytest_cache mutants $(JS)/node_modules
+	rm -rf $(VENV) data build .pytest_cache .mypy_cache .ruff_cache mutants $(JS)/node_modules

@@ -51,7 +51,7 @@ class Bus:
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
     _closing: bool = False  # set by close(): the disconnect that follows is planned, not news
-    _rounds: asyncio.Task | None = None  # the reconnect callbacks' task, held so it is not collected
+    _rounds: asyncio.Task[None] | None = None  # the reconnect callbacks' task, held so it is not collected
     _again: bool = False
 
     def on_reconnect(self, callback: Callable[[], Awaitable[None]]) -> None:
@@ -250,6 +250,7 @@ async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Conf
 
 
 async def _ensure_stream(js: JetStreamContext, stream: api.StreamConfig) -> None:
+    assert stream.name is not None, "our stream configs are built with a name"
     try:
         info = await js.stream_info(stream.name)
     except NotFoundError:

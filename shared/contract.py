@@ -8,6 +8,7 @@ worded by the functions that word those errors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -80,7 +81,7 @@ class Endpoint:
     requesters: tuple[str, ...]
     request_example: Struct
     reply_example: Struct
-    error_examples: tuple[Struct, ...]
+    error_examples: tuple[ErrorReply | ProvisionError, ...]
 
 
 # ---------------------------------------------------------------- examples (one story)
@@ -145,7 +146,7 @@ def _decode_error(kind: type[Struct], data: bytes) -> str:
     raise AssertionError(f"{data!r} decodes as {kind.__name__}")
 
 
-def _refusal(change) -> str:
+def _refusal(change: Callable[[], object]) -> str:
     try:
         change()
     except ClaimRefused as exc:

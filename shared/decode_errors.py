@@ -75,11 +75,11 @@ def _expected_at(kind: Any, path: str) -> str | None:
         node: mi.Type | None = _type_info(kind)
     except TypeError:  # an unhashable annotation cannot be cached
         node = mi.type_info(kind)
-    for name, index in _STEP.findall(path[1:]):
+    for name, _index in _STEP.findall(path[1:]):
         node = _step(node, name if name else None)
         if node is None:
             return None
-    return _describe(node)
+    return None if node is None else _describe(node)
 
 
 def _step(node: mi.Type | None, field: str | None) -> mi.Type | None:

@@ -23,8 +23,9 @@ from typing import Generic, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import (
     APIError,
     InvalidKeyError,
@@ -42,6 +43,7 @@ from shared.schemas import EngineRecord, StreamRecord, decode_engine, decode_str
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 DELETE = object()  # a change that removes the key
 CAS_ATTEMPTS = 100
 # JetStream's "wrong last sequence" error codes (JSStreamWrongLastSequenceErrF, ...ConstantErr).
@@ -53,8 +55,8 @@ class ConflictExhausted(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Versioned(Generic[T]):
-    value: T
+class Versioned(Generic[T_co]):  # covariant: a Versioned[EngineRecord] is a Versioned[EngineRecord | None]
+    value: T_co
     revision: int
 
 
@@ -65,6 +67,12 @@ class Outcome(Generic[T]):
     revision: int
     written: bool
     conflicts: int = 0  # compare-and-sets lost to other writers on the way
+
+    def result(self) -> T:
+        """`after`, for a change that always yields a value (never None or DELETE)."""
+        if self.after is None:
+            raise AssertionError("a change that always yields a value left none")
+        return self.after
 
 
 async def read(kv: KeyValue, key: str, decode: Callable[[bytes], T]) -> Versioned[T] | None:
@@ -98,7 +106,7 @@ async def cas_update(
     change: Callable[[T | None], T | None | object],
     decode: Callable[[bytes], T],
     *,
-    cached: Versioned[T] | None = None,
+    cached: Versioned[T | None] | None = None,
     latest: Callable[[], Versioned[T] | None] | None = None,
 ) -> Outcome[T]:
     """Apply `change` to the current value with compare-and-set until it sticks.
@@ -116,9 +124,9 @@ async def cas_update(
     fresh = cached is None
     conflicts = 0
     for _ in range(CAS_ATTEMPTS):
-        if fresh:
+        if fresh or current is None:  # None only before the first read (then fresh is set too)
             current = await _read_for_update(kv, key, decode)
-        before = current.value if current else None
+        before = current.value
         after = change(before)
         if after is before or (after is None and before is None):
             if fresh:
@@ -135,11 +143,11 @@ async def cas_update(
             else:
                 fresh = True
             continue
-        return Outcome(before, None if after is DELETE else after, revision, True, conflicts)  # type: ignore[arg-type]
+        return Outcome(before, None if after is DELETE else after, revision, True, conflicts)  # type: ignore[arg-type]  # `change` returns T, None or DELETE: no type says "T or one sentinel"
     raise ConflictExhausted(f"{kv._name}/{key}: still conflicting after {CAS_ATTEMPTS} attempts")
 
 
-async def _write(kv: KeyValue, key: str, value: object, current: Versioned) -> int:
+async def _write(kv: KeyValue, key: str, value: object, current: Versioned[object]) -> int:
     last = current.revision  # of the value, or of the delete marker when absent (0: never written)
     if value is DELETE:
         try:
@@ -176,7 +184,7 @@ async def _publish(kv: KeyValue, key: str, data: bytes, last: int) -> int:
     """
     if not _is_key_valid(key):
         raise InvalidKeyError(key)
-    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE: str(last)}
+    headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
     js = kv._js
     replies = await _Replies.of(js._nc)
     msg = await replies.request(f"{kv._pre}{key}", data, headers, js._timeout)
@@ -211,13 +219,13 @@ class _Replies:
         self._nc = nc
         self._prefix = nc.new_inbox() + "."
         self._tokens = itertools.count()
-        self._waiting: dict[str, tuple[asyncio.Future, asyncio.TimerHandle]] = {}
+        self._waiting: dict[str, tuple[asyncio.Future[Msg], asyncio.TimerHandle]] = {}
         self._loop = asyncio.get_running_loop()
         self._subscribed = self._loop.create_task(nc.subscribe(self._prefix + "*", cb=self._on_reply))
 
-    async def request(self, subject: str, data: bytes, headers: dict[str, str], timeout: float):
+    async def request(self, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> Msg:
         token = f"{next(self._tokens):x}"
-        future = self._loop.create_future()
+        future: asyncio.Future[Msg] = self._loop.create_future()
         self._waiting[token] = (future, self._loop.call_later(timeout, self._expire, token))
         try:
             await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
@@ -227,7 +235,7 @@ class _Replies:
             if waiting is not None:
                 waiting[1].cancel()
 
-    async def _on_reply(self, msg) -> None:
+    async def _on_reply(self, msg: Msg) -> None:
         waiting = self._waiting.get(msg.subject[len(self._prefix) :])
         if waiting is not None and not waiting[0].done():
             waiting[0].set_result(msg)
@@ -294,7 +302,7 @@ async def _old_markers(kv: KeyValue, before: float, limit: int) -> list[tuple[st
     found: list[tuple[str, int]] = []
     done = asyncio.Event()
 
-    async def on_message(msg) -> None:
+    async def on_message(msg: Msg) -> None:
         if done.is_set():
             return
         meta = msg.metadata
@@ -320,7 +328,8 @@ async def _old_markers(kv: KeyValue, before: float, limit: int) -> list[tuple[st
     sub = await js.subscribe(f"{kv._pre}>", stream=kv._stream, cb=on_message, manual_ack=True, config=config)
     try:
         info = await sub.consumer_info()
-        if info.num_pending == 0 and not info.delivered.consumer_seq:
+        delivered = info.delivered.consumer_seq if info.delivered is not None else 0
+        if info.num_pending == 0 and not delivered:
             return []  # nothing to deliver (only server markers of kinds we skip, say)
         await asyncio.wait_for(done.wait(), PURGE_SCAN_TIMEOUT_S)
     finally:
@@ -332,7 +341,7 @@ async def _purge_marker(kv: KeyValue, key: str, revision: int) -> None:
     await kv._js.purge_stream(kv._stream, subject=f"{kv._pre}{key}", seq=revision + 1)
 
 
-async def _drop_subscription(js, stream: str, sub) -> None:
+async def _drop_subscription(js: JetStreamContext, stream: str, sub: JetStreamContext.PushSubscription) -> None:
     """Unsubscribe and delete the server-side consumer at once: an ordered consumer whose client
     only unsubscribed lingers on the server for WATCH_INACTIVE_S."""
     try:
@@ -380,7 +389,7 @@ class KvView(Generic[T]):
         # `gone_horizon_s` only (see GONE_HORIZON_S): otherwise one entry per key ever deleted.
         self._gone: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._gone_horizon_s = gone_horizon_s
-        self._sub = None
+        self._sub: JetStreamContext.PushSubscription | None = None
         self._snapshot: _Snapshot | None = None
         self._turn = asyncio.Lock()  # one (re)subscription at a time: two would leak the first
         self._stopped = False
@@ -471,7 +480,7 @@ class KvView(Generic[T]):
         if sub is not None:
             await _drop_subscription(self._kv._js, self._kv._stream, sub)
 
-    async def _on_message(self, snapshot: _Snapshot, msg) -> None:
+    async def _on_message(self, snapshot: _Snapshot, msg: Msg) -> None:
         if snapshot is not self._snapshot:  # a message for a subscription we already replaced
             return
         meta = msg.metadata

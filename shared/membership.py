@@ -40,12 +40,14 @@ import secrets
 import socket
 import time
 from collections.abc import Callable
+from datetime import datetime
+from typing import cast
 
 import msgspec
 import nats.errors
 from nats.js import api
 from nats.js.errors import APIError
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from shared.bus import Bus
 
@@ -78,7 +80,13 @@ class Membership:
     """The live members of `group`, this replica included (unless `watch_only`); `listeners` hear every change."""
 
     def __init__(
-        self, bus: Bus, group: str, member_id: str, interval_s: float, clock=time.monotonic, watch_only: bool = False
+        self,
+        bus: Bus,
+        group: str,
+        member_id: str,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        watch_only: bool = False,
     ) -> None:
         self.bus = bus
         self.watch_only = watch_only
@@ -89,16 +97,16 @@ class Membership:
         self.listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._clock = clock
         self._seen: dict[str, float] = {}  # member → local monotonic time its last heartbeat was sent
-        self._revisions: dict[str, int] = {}  # member → revision of its last heartbeat (to delete a dead one's)
+        self._revisions: dict[str, int | None] = {}  # member → revision of its last heartbeat (to delete a dead one's)
         self._members: tuple[str, ...] = () if watch_only else (member_id,)
         self._synced = False
         self._synced_at = (0.0, 0)  # (our clock, the connection's reconnect count) when the watch last synced
-        self._watcher = None
-        self._task: asyncio.Task | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
+        self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._watch_lock = asyncio.Lock()  # one watch (re)start or stop at a time
         self._stopped = False
-        self._cleanups: set[asyncio.Task] = set()
+        self._cleanups: set[asyncio.Task[bool]] = set()
         bus.on_reconnect(self._restart_watch)
 
     @property
@@ -222,7 +230,7 @@ class Membership:
             except Exception as exc:  # the subscription may have gone with the old connection
                 log.debug("stopping membership watch: %s", exc)
 
-    async def _follow(self, watcher) -> None:
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         snapshot = True
         async for entry in watcher:
             if entry is None:
@@ -234,7 +242,7 @@ class Membership:
                 continue
             self._on_entry(entry, snapshot)
 
-    def _on_entry(self, entry, snapshot: bool) -> None:
+    def _on_entry(self, entry: KeyValue.Entry, snapshot: bool) -> None:
         member = entry.key.rsplit(".", 1)[-1]
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self._seen.pop(member, None)
@@ -264,7 +272,7 @@ class Membership:
         if not snapshot:
             self._refresh()
 
-    def _sent_at(self, entry, beat: Heartbeat, snapshot: bool) -> float | None:
+    def _sent_at(self, entry: KeyValue.Entry, beat: Heartbeat, snapshot: bool) -> float | None:
         """When a heartbeat was sent, on our monotonic clock; None if that is a TTL ago or more.
 
         Live beats count from their arrival. Stored ones (a snapshot) may be old: their age
@@ -275,7 +283,8 @@ class Membership:
         if not snapshot:
             return now
         wall = time.time()
-        ages = [wall - entry.created.timestamp()] if entry.created is not None else []
+        created = cast("datetime | None", entry.created)  # nats-py annotates it int, but sets the message's datetime
+        ages = [wall - created.timestamp()] if created is not None else []
         if beat.sent_at is not None:
             ages.append(wall - beat.sent_at)
         age = max(ages, default=0.0)

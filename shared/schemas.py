@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Literal, TypeAlias, TypeVar
 
 import msgspec
 
@@ -34,20 +34,24 @@ LivePos: TypeAlias = Annotated[dict[ShortText, int | float | ShortText | None], 
 
 
 class Struct(msgspec.Struct, frozen=True, kw_only=True):
-    """Base for all wire types: immutable, keyword-only."""
+    """Base for all wire types: immutable, keyword-only.
+
+    msgspec passes `frozen` on to subclasses; type checkers read it per class (PEP 681), so each
+    subclass repeats `frozen=True`.
+    """
 
 
 # ---------------------------------------------------------------- records
 
 
-class Claim(Struct):
+class Claim(Struct, frozen=True):
     claim_id: str
     purpose: ClaimPurpose
     holder: str
     expires_at: Timestamp
 
 
-class EngineRecord(Struct):
+class EngineRecord(Struct, frozen=True):
     container_id: Key
     container_name: str
     host: str
@@ -82,7 +86,7 @@ class EngineRecord(Struct):
     host_id: str | None = None
 
 
-class EngineRemoval(Struct):
+class EngineRemoval(Struct, frozen=True):
     """A removed engine's tombstone (key `removed.<container_id>` in ace_leases, kept STREAM_TTL_S):
     a registration older than the removal (by event sequence) must not bring the engine back."""
 
@@ -92,7 +96,7 @@ class EngineRemoval(Struct):
     reason: str | None = None
 
 
-class PlaybackStats(Struct):
+class PlaybackStats(Struct, frozen=True):
     """The latest figures of one playback session, from the engine's stat URL (DESIGN §10).
     Speeds in KiB/s and sizes in bytes, as the engine reports them."""
 
@@ -106,7 +110,7 @@ class PlaybackStats(Struct):
     reported_at: Timestamp | None = None
 
 
-class StreamRecord(Struct):
+class StreamRecord(Struct, frozen=True):
     stream_id: Key
     container_id: str | None = None
     content_key: str | None = None
@@ -126,7 +130,7 @@ class StreamRecord(Struct):
 # ---------------------------------------------------------------- events
 
 
-class StreamStarted(Struct):
+class StreamStarted(Struct, frozen=True):
     stream_id: Key
     container_id: Key | None = None
     host: ShortText | None = None
@@ -142,14 +146,14 @@ class StreamStarted(Struct):
     proxy: ShortText | None = None  # member id in `members.proxy.*`: its streams end when it is gone
 
 
-class StreamEnded(Struct):
+class StreamEnded(Struct, frozen=True):
     stream_id: Key
     container_id: Key | None = None
     reason: Text | None = None
     ended_at: Timestamp | None = None
 
 
-class EngineHealth(Struct):
+class EngineHealth(Struct, frozen=True):
     container_id: Key
     ok: bool
     checked_at: Timestamp
@@ -158,7 +162,7 @@ class EngineHealth(Struct):
     version: ShortText | None = None
 
 
-class EngineRegistered(Struct):
+class EngineRegistered(Struct, frozen=True):
     container_id: Key
     host: ShortText
     port: Port
@@ -168,12 +172,12 @@ class EngineRegistered(Struct):
     host_id: ShortText | None = None
 
 
-class EngineRemoved(Struct):
+class EngineRemoved(Struct, frozen=True):
     container_id: Key
     reason: Text | None = None
 
 
-class EngineCleaned(Struct):
+class EngineCleaned(Struct, frozen=True):
     container_id: Key
     ok: bool
     cache_size_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
@@ -184,7 +188,7 @@ class EngineCleaned(Struct):
 Event: TypeAlias = StreamStarted | StreamEnded | EngineHealth | EngineRegistered | EngineRemoved | EngineCleaned
 
 
-class StreamStats(Struct):
+class StreamStats(Struct, frozen=True):
     """`stream.stats` (core NATS, not in ACE_EVENTS): the latest figures of a started stream."""
 
     stream_id: Key
@@ -192,18 +196,18 @@ class StreamStats(Struct):
     proxy: ShortText | None = None
 
 
-class EngineIdle(Struct):
+class EngineIdle(Struct, frozen=True):
     container_id: Key
 
 
-class EngineDemand(Struct):
+class EngineDemand(Struct, frozen=True):
     content_key: str | None = None
 
 
 # ---------------------------------------------------------------- requests and replies
 
 
-class SelectRequest(Struct, forbid_unknown_fields=True):
+class SelectRequest(Struct, frozen=True, forbid_unknown_fields=True):
     content_key: Text | None = None
     key_type: KeyType | None = None
     client: ShortText | None = None
@@ -211,55 +215,55 @@ class SelectRequest(Struct, forbid_unknown_fields=True):
     exclude: Annotated[list[Key], msgspec.Meta(max_length=64)] = []
 
 
-class ListRequest(Struct, forbid_unknown_fields=True):
+class ListRequest(Struct, frozen=True, forbid_unknown_fields=True):
     health_status: HealthStatus | None = None
     state: EngineState | None = None
 
 
-class GetRequest(Struct, forbid_unknown_fields=True):
+class GetRequest(Struct, frozen=True, forbid_unknown_fields=True):
     container_id: Key
 
 
-class ClaimRequest(Struct, forbid_unknown_fields=True):
+class ClaimRequest(Struct, frozen=True, forbid_unknown_fields=True):
     container_id: Key
     purpose: ClaimPurpose
     holder: ShortText
 
 
-class ReleaseRequest(Struct, forbid_unknown_fields=True):
+class ReleaseRequest(Struct, frozen=True, forbid_unknown_fields=True):
     container_id: Key
     claim_id: ShortText
 
 
-class StreamListRequest(Struct, forbid_unknown_fields=True):
+class StreamListRequest(Struct, frozen=True, forbid_unknown_fields=True):
     status: StreamStatus | None = None
     container_id: Key | None = None
 
 
-class SelectReply(Struct):
+class SelectReply(Struct, frozen=True):
     engine: EngineRecord
     reservation_id: str
     reservation_expires_at: Timestamp
     shared: bool
 
 
-class EngineList(Struct):
+class EngineList(Struct, frozen=True):
     engines: list[EngineRecord]
 
 
-class ClaimReply(Struct):
+class ClaimReply(Struct, frozen=True):
     claim_id: str
 
 
-class ReleaseReply(Struct):
+class ReleaseReply(Struct, frozen=True):
     ok: bool
 
 
-class StreamList(Struct):
+class StreamList(Struct, frozen=True):
     streams: list[StreamRecord]
 
 
-class ErrorReply(Struct, omit_defaults=True):
+class ErrorReply(Struct, frozen=True, omit_defaults=True):
     error: str
     code: int
     retry_after_s: float | None = None
@@ -277,14 +281,14 @@ ProvisionRefusal: TypeAlias = Literal[
 ]
 
 
-class ProvisionRequest(Struct, forbid_unknown_fields=True):
+class ProvisionRequest(Struct, frozen=True, forbid_unknown_fields=True):
     """The reference's body; accepted for compatibility: engines get the pool's labels and settings."""
 
     labels: Labels = {}
     env: Labels = {}
 
 
-class ProvisionReply(Struct):
+class ProvisionReply(Struct, frozen=True):
     """A new engine, registered and answering."""
 
     container_id: Key
@@ -296,7 +300,7 @@ class ProvisionReply(Struct):
     runtime: Runtime
 
 
-class ProvisionError(Struct, omit_defaults=True):
+class ProvisionError(Struct, frozen=True, omit_defaults=True):
     """An `engine.provision` error body: ErrorReply's fields plus why (`reason`)."""
 
     error: str
@@ -311,7 +315,10 @@ encoder = msgspec.json.Encoder()
 encode = encoder.encode
 
 
-def decoder(kind: type[msgspec.Struct]) -> Callable[[bytes], Any]:
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def decoder(kind: type[S]) -> Callable[[bytes], S]:
     """A strict decode function for one type, built once."""
     return msgspec.json.Decoder(kind).decode
 

@@ -69,7 +69,7 @@ def _nested(value: Any) -> bool:
     return isinstance(value, (dict, list)) and bool(value)
 
 
-def _mapping(mapping: dict, indent: int, lines: list[str], first_prefix: str | None = None) -> None:
+def _mapping(mapping: dict[Any, Any], indent: int, lines: list[str], first_prefix: str | None = None) -> None:
     pad = " " * indent
     for i, (key, value) in enumerate(mapping.items()):
         prefix = first_prefix if (i == 0 and first_prefix is not None) else pad
@@ -83,7 +83,7 @@ def _mapping(mapping: dict, indent: int, lines: list[str], first_prefix: str | N
             lines.append(f"{prefix}{_key(key)}: {_scalar(value)}")
 
 
-def _sequence(items: list, indent: int, lines: list[str]) -> None:
+def _sequence(items: list[Any], indent: int, lines: list[str]) -> None:
     pad = " " * indent
     for item in items:
         if isinstance(item, dict) and item:

@@ -174,7 +174,7 @@ def pts_bytes(pts: int, prefix: int = 0x2) -> bytes:
     )
 
 
-def read_pts(field: bytes) -> int:
+def read_pts(field: bytes | bytearray) -> int:
     return ((field[0] >> 1) & 0x07) << 30 | field[1] << 22 | (field[2] >> 1) << 15 | field[3] << 7 | field[4] >> 1
 
 
@@ -184,7 +184,7 @@ def pcr_bytes(pcr: int) -> bytes:
     return ((base % PTS_WRAP) << 15 | 0x3F << 9 | ext).to_bytes(6, "big")
 
 
-def read_pcr(field: bytes) -> int:
+def read_pcr(field: bytes | bytearray) -> int:
     value = int.from_bytes(field, "big")
     return (value >> 15) * 300 + (value & 0x1FF)
 
@@ -908,7 +908,7 @@ class Engine:
             await writer.drain()
 
     async def _pause_until(self, session: Session, writer: asyncio.StreamWriter, until: float) -> None:
-        while not session.ended and not writer.is_closing() and time.monotonic() < until:
+        while not session.ended and not writer.is_closing() and time.monotonic() < until:  # noqa: ASYNC110  # no event announces either
             await asyncio.sleep(min(FAULT_POLL_S, until - time.monotonic()))
 
     # -- /__sim/ control ---------------------------------------------------

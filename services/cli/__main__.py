@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_up(commands) -> None:
+def _add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = commands.add_parser(
         "up",
         help="run nats-server and every service on this machine",
@@ -82,7 +82,7 @@ def _add_up(commands) -> None:
     up.set_defaults(run="up")
 
 
-def _add_demo(commands, client: argparse.ArgumentParser) -> None:
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser], client: argparse.ArgumentParser) -> None:
     from services.cli.demo import parse_span
 
     demo = commands.add_parser("demo", parents=[client], help="simulated viewers zapping between channels")

@@ -59,6 +59,11 @@ class Child:
         return self.proc.pid if self.proc else None
 
     @property
+    def returncode(self) -> int | None:
+        """The exit code; None while it runs or before it started."""
+        return self.proc.returncode if self.proc is not None else None
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None
 
@@ -143,7 +148,7 @@ def become_subreaper() -> bool:
 
     So `up` can find and stop every process it caused, even one a runtime lost track of.
     """
-    return _PRCTL(PR_SET_CHILD_SUBREAPER, 1) == 0
+    return bool(_PRCTL(PR_SET_CHILD_SUBREAPER, 1) == 0)
 
 
 def adopted_children(known: set[int]) -> dict[int, str]:

@@ -73,7 +73,7 @@ async def connected(url: str, name: str = "aceorch-cli") -> AsyncIterator[Client
 async def request(
     nc: Client,
     subject: str,
-    payload: msgspec.Struct | dict,
+    payload: msgspec.Struct | dict[str, Any],
     decode: Callable[[bytes], Any] | None = None,
     timeout: float = REQUEST_TIMEOUT_S,
 ) -> Any:
@@ -98,7 +98,7 @@ async def request(
         raise CliError(f"{subject}: unexpected reply ({exc}): {msg.data[:200]!r}") from None
 
 
-def _json_or_empty(data: bytes) -> dict:
+def _json_or_empty(data: bytes) -> dict[str, Any]:
     try:
         body = json.loads(data) if data else {}
     except ValueError:

@@ -9,7 +9,7 @@ from pathlib import Path
 FILE_NAME = "asyncapi.yaml"  # at the repository root, beside README.md
 
 
-def add_parser(commands) -> None:
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     contract = commands.add_parser(
         "contract",
         help=f"write the AsyncAPI document of the NATS contract ({FILE_NAME})",

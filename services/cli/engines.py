@@ -19,6 +19,7 @@ from pathlib import Path
 
 import nats
 from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
 
 from services.cli.proxy import publish_event
 from shared import names
@@ -33,7 +34,7 @@ RECORDED_WITHIN_S = 5.0  # how long the state-keeper gets to delete the records 
 
 async def stop_engines(config: Config) -> list[tuple[EngineSpec, BaseException | None]]:
     """Stop and remove every live engine of the configured runtime and pool: [(engine, error or None)]."""
-    if config.engine_runtime == "local" and not Path(config.engine_state_dir).is_dir():
+    if config.engine_runtime == "local" and not Path(config.engine_state_dir).is_dir():  # noqa: ASYNC240  # one local stat
         return []  # no engine was ever started with this data dir
     runtime = make_runtime(config)
     try:
@@ -42,7 +43,7 @@ async def stop_engines(config: Config) -> list[tuple[EngineSpec, BaseException |
         await runtime.remove_exited()  # engines that died on their own leave files or containers behind
     finally:
         await runtime.close()
-    return list(zip(engines, results))
+    return list(zip(engines, results, strict=True))
 
 
 async def report_removed(nats_url: str, container_ids: list[str]) -> list[str]:
@@ -69,7 +70,7 @@ async def report_removed(nats_url: str, container_ids: list[str]) -> list[str]:
         await nc.close()
 
 
-async def _recorded(kv, container_id: str) -> bool:
+async def _recorded(kv: KeyValue, container_id: str) -> bool:
     try:
         await kv.get(container_id)
     except KeyNotFoundError:  # deleted ones raise its subclass KeyDeletedError

@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 from collections import deque
+from collections.abc import Mapping
 from typing import TextIO
 
 RESET = "\033[0m"
@@ -21,7 +22,7 @@ FLUSH_TIMEOUT_S = 2.0  # at exit: how long the last lines may wait for a reader
 LEVEL_COLORS = ((" ERROR ", "31"), ("[ERR]", "31"), ("[FTL]", "31"), (" WARNING ", "33"), ("[WRN]", "33"))
 
 
-def use_color(stream: TextIO, environ: dict[str, str] | os._Environ = os.environ) -> bool:
+def use_color(stream: TextIO, environ: Mapping[str, str] = os.environ) -> bool:
     return stream.isatty() and "NO_COLOR" not in environ and environ.get("TERM") != "dumb"
 
 

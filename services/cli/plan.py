@@ -7,6 +7,7 @@ runs the plan.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import fcntl
 import importlib.util
@@ -198,7 +199,7 @@ def lock_data_dir(data_dir: Path) -> IO[str]:
     return handle
 
 
-def options_from(args, environ: Mapping[str, str]) -> UpOptions:
+def options_from(args: argparse.Namespace, environ: Mapping[str, str]) -> UpOptions:
     def port(flag: int | None, variable: str, default: int) -> int:
         raw = flag if flag is not None else environ.get(variable) or default
         try:

@@ -81,7 +81,8 @@ async def select(
     nc: Client, content_key: str | None, key_type: KeyType | None = None, client: str = "aceorch-cli"
 ) -> SelectReply:
     payload = SelectRequest(content_key=content_key, key_type=key_type, client=client)
-    return await request(nc, names.ENGINE_SELECT, payload, decode=decode_select)
+    reply: SelectReply = await request(nc, names.ENGINE_SELECT, payload, decode=decode_select)
+    return reply
 
 
 async def start_stream(
@@ -280,7 +281,9 @@ async def publish_event(
         await asyncio.sleep(wait)
 
 
-async def _getstream(http: httpx.AsyncClient, engine: EngineRecord, content_key: str, key_type: KeyType) -> dict:
+async def _getstream(
+    http: httpx.AsyncClient, engine: EngineRecord, content_key: str, key_type: KeyType
+) -> dict[str, Any]:
     param = "infohash" if key_type == "infohash" else "id"
     url = f"http://{engine.host}:{engine.port}/ace/getstream"
     try:

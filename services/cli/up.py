@@ -17,6 +17,7 @@ everything, as do a configuration error (exit 2) and a dead nats-server
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -105,7 +106,7 @@ class Supervisor:
         deadline = loop.time() + NATS_START_TIMEOUT_S
         while not await _accepts(options.nats_port):
             if not self.nats.running:
-                raise UpError(f"nats-server exited with code {self.nats.proc.returncode}; see its lines above")
+                raise UpError(f"nats-server exited with code {self.nats.returncode}; see its lines above")
             if loop.time() > deadline:
                 raise UpError(f"nats-server did not accept connections within {NATS_START_TIMEOUT_S:g}s")
             if self.stop.is_set():
@@ -173,7 +174,7 @@ class Supervisor:
                 self._reap_adopted()
                 next_reap = loop.time() + REAP_EVERY_S
             if self.nats is not None and not self.nats.running:
-                self._fail(1, f"nats-server exited with code {self.nats.proc.returncode}; stopping everything")
+                self._fail(1, f"nats-server exited with code {self.nats.returncode}; stopping everything")
                 return
             for child in self.services:
                 if child.exited_at is not None and not child.stopping and child.name not in self.restarting:
@@ -320,7 +321,7 @@ async def _accepts(port: int) -> bool:
     return True
 
 
-def up(args) -> int:
+def up(args: argparse.Namespace) -> int:
     output = Output(["nats", *(name for _, name in SERVICES)])
     try:
         options = options_from(args, os.environ)

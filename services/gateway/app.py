@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Response, get
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
-from litestar.openapi.spec import Components, OpenAPIType, Schema, SecurityScheme
+from litestar.openapi.spec import Components, OpenAPIType, RequestBody, Schema, SecurityScheme
 from litestar.static_files import create_static_files_router
+from litestar.types import ControllerRouterHandler
 
 from services.gateway.bodies import STRICT_BODIES
 from services.gateway.errors import (
+    AnyRequest,
     JsonRequest,
     api_key_guard,
     browser_guard,
@@ -47,8 +50,8 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
     readiness = Readiness(fleet.bus)
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
-    mutating = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
-    live = {
+    mutating: dict[str, Any] = {"guards": guards, "security": [{"bearer": []}] if config.api_key else None}
+    live: dict[str, Any] = {
         "guards": [api_key_guard(config.api_key, query_param="key")] if config.api_key else [],
         "security": [{"bearer": []}] if config.api_key else None,
     }
@@ -71,7 +74,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
     )
 
 
-def dashboard_routes() -> list:
+def dashboard_routes() -> list[ControllerRouterHandler]:
     index_html = (STATIC_DIR / "index.html").read_bytes()
 
     @get("/", include_in_schema=False, media_type=MediaType.HTML)
@@ -79,7 +82,7 @@ def dashboard_routes() -> list:
         return Response(index_html, media_type=MediaType.HTML, headers=DASHBOARD_HEADERS)
 
     @get("/openapi.json", include_in_schema=False)
-    async def openapi(request: Request) -> dict:
+    async def openapi(request: AnyRequest) -> dict[str, Any]:
         return request.app.openapi_schema.to_schema()
 
     asyncapi_yaml = asyncapi.render().encode()
@@ -110,8 +113,9 @@ def _tighten_schema(app: Litestar) -> None:
     schema = app.openapi_schema
     for kind in STRICT_BODIES:
         schema.components.schemas[kind.__name__].additional_properties = False
+    assert schema.paths is not None, "Litestar documents every route"
     select = schema.paths["/engines/select"].post
-    if select is not None and select.request_body is not None:
+    if select is not None and isinstance(select.request_body, RequestBody):
         select.request_body.required = False
     for component in schema.components.schemas.values():
         _numbers_once(component)

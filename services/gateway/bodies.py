@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
-from litestar import Request
 
+from services.gateway.errors import AnyRequest
 from services.gateway.fleet import ApiError
 from shared.compat import StreamEndedBody, StreamStartedBody
 from shared.decode_errors import describe_decode_error
@@ -38,25 +39,31 @@ class StreamAccepted(msgspec.Struct, frozen=True, kw_only=True):
     container_id: str | None = None
 
 
+NatsState = Literal["connected", "reconnecting", "disconnected", "closed"]
+Missing = Literal["nats", "state-keeper"]
+
+
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["ok", "unavailable"]
-    nats: Literal["connected", "reconnecting", "disconnected", "closed"]
+    nats: NatsState
     engines: int
     active_streams: int
 
 
 class Ready(msgspec.Struct, frozen=True, kw_only=True):
     status: Literal["ready", "unavailable"]
-    missing: list[Literal["nats", "state-keeper"]]
+    missing: list[Missing]
 
 
 # ---------------------------------------------------------------- strict decoding
 
 STRICT_BODIES = (SelectRequest, RegisterEngineBody, StreamStartedBody, StreamEndedBody, ProvisionRequest)
-_STRICT_DECODERS = {kind: msgspec.json.Decoder(kind | None).decode for kind in STRICT_BODIES}
+_STRICT_DECODERS: dict[type, Callable[[bytes], Any]] = {
+    kind: msgspec.json.Decoder(kind | None).decode for kind in STRICT_BODIES
+}
 
 
-async def strict_body(request: Request, kind: type[T]) -> T | None:
+async def strict_body(request: AnyRequest, kind: type[T]) -> T | None:
     """The body decoded strictly, as the contract says (DESIGN §3); None for an empty body or `null`.
 
     Litestar has already parsed `data` (for the OpenAPI document and the
@@ -65,7 +72,8 @@ async def strict_body(request: Request, kind: type[T]) -> T | None:
     """
     raw = await request.body()
     try:
-        return _STRICT_DECODERS[kind](raw if raw.strip() else b"null")
+        decode: Callable[[bytes], T | None] = _STRICT_DECODERS[kind]
+        return decode(raw if raw.strip() else b"null")
     except msgspec.ValidationError as exc:
         raise ApiError(422, describe_decode_error(exc, raw, kind)) from None
     except msgspec.DecodeError as exc:

@@ -11,7 +11,8 @@ import hmac
 import logging
 import math
 from collections import Counter
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -33,7 +34,15 @@ from shared.decode_errors import describe_decode_error, describe_invalid
 from shared.policy.web import check_request
 from shared.schemas import ErrorReply
 
+if TYPE_CHECKING:
+    from litestar.types import HTTPScope
+
 log = logging.getLogger(__name__)
+
+# Litestar's connections are generic in user, auth and state; the gateway uses none of them.
+AnyRequest: TypeAlias = Request[Any, Any, Any]
+AnyConnection: TypeAlias = ASGIConnection[Any, Any, Any, Any]
+Guard: TypeAlias = Callable[[AnyConnection, BaseRouteHandler], None]
 
 # Requests the browser guard refused, by status (421 host, 403 origin, 415 content type); in /metrics.
 REFUSED: Counter[int] = Counter()
@@ -42,10 +51,10 @@ REFUSED: Counter[int] = Counter()
 WIRE_NAMES = {"engine_state": "state"}
 
 
-class JsonRequest(Request):
+class JsonRequest(Request[Any, Any, Any]):
     """Bodies that do not decode are 400s in our words (Litestar passes msgspec's text on, or lets some escape as 500s)."""
 
-    async def json(self):
+    async def json(self) -> Any:
         try:
             return await super().json()
         except (UnicodeDecodeError, SerializationException) as exc:
@@ -66,7 +75,7 @@ def _typed_error(cause: Exception, body: bytes, kind: Any) -> Exception:
     return cause
 
 
-def body_type(request: Request) -> Any:
+def body_type(request: AnyRequest) -> Any:
     """The type the route decodes its body into (for saying what is expected), or None."""
     field = request.route_handler.parsed_data_field
     return field.annotation if field is not None else None
@@ -86,11 +95,11 @@ def error_response(
     )
 
 
-def on_api_error(request: Request, exc: ApiError) -> Response[ErrorReply]:
+def on_api_error(request: AnyRequest, exc: ApiError) -> Response[ErrorReply]:
     return error_response(exc.status, str(exc), exc.retry_after_s)
 
 
-def on_http_exception(request: Request, exc: HTTPException) -> Response[ErrorReply]:
+def on_http_exception(request: AnyRequest, exc: HTTPException) -> Response[ErrorReply]:
     status, message = exc.status_code, exc.detail
     if isinstance(exc, ValidationException):
         status, message = _describe_validation(exc, body_type(request))
@@ -103,7 +112,7 @@ def on_http_exception(request: Request, exc: HTTPException) -> Response[ErrorRep
     return error_response(status, message, headers=exc.headers)
 
 
-def on_unexpected(request: Request, exc: Exception) -> Response[ErrorReply]:
+def on_unexpected(request: AnyRequest, exc: Exception) -> Response[ErrorReply]:
     log.exception("%s %s failed", request.method, request.url.path)
     return error_response(500, "internal error")
 
@@ -123,14 +132,14 @@ def _describe_validation(exc: ValidationException, body_kind: Any) -> tuple[int,
             parts.append(describe_invalid(body_kind, message, None if key in (None, "", "data") else f"$.{key}"))
         else:
             name = source.rsplit(".", 1)[-1].lower() or "parameter"
-            parts.append(f"invalid {name} parameter {WIRE_NAMES.get(key, key)}: {message}")
+            parts.append(f"invalid {name} parameter {WIRE_NAMES.get(str(key), key)}: {message}")
     if not parts:
         return 400, exc.detail
     # Well-formed JSON that does not fit the schema is unprocessable; bad query/path values are bad requests.
     return (422 if in_body else 400), "; ".join(parts)
 
 
-def api_key_guard(api_key: str, query_param: str | None = None):
+def api_key_guard(api_key: str, query_param: str | None = None) -> Guard:
     """Mutating endpoints need `Authorization: Bearer <API_KEY>`: 401 without a token, 403 with a wrong one.
 
     With `query_param`, `?<query_param>=<API_KEY>` is accepted too: a browser's
@@ -139,7 +148,7 @@ def api_key_guard(api_key: str, query_param: str | None = None):
     expected = api_key.encode()
     how = "Authorization: Bearer <API_KEY>" + (f" or ?{query_param}=<API_KEY>" if query_param else "")
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    def guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
         scheme, _sep, token = connection.headers.get("authorization", "").strip().partition(" ")
         token = token.strip()
         if query_param and not token and connection.query_params.get(query_param):
@@ -155,15 +164,15 @@ def api_key_guard(api_key: str, query_param: str | None = None):
     return guard
 
 
-def browser_guard(hosts: frozenset[str] | None):
+def browser_guard(hosts: frozenset[str] | None) -> Guard:
     """Every route: `Host` is one of ours; writes: same-origin `Origin`, JSON bodies (shared.policy.web)."""
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    def guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
         headers = connection.headers
         length = headers.get("content-length", "").strip()
         has_body = "transfer-encoding" in headers or (length not in ("", "0"))
         refusal = check_request(
-            connection.scope["method"],
+            cast("HTTPScope", connection.scope)["method"],  # the gateway has HTTP routes only, no websocket
             headers.get("host"),
             headers.get("origin"),
             headers.get("content-type"),

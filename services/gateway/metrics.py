@@ -18,6 +18,8 @@ from collections.abc import Iterable, Iterator
 
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,7 +29,7 @@ from services.gateway.fleet import Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.protocol import HeadDeadline
 from shared import names
-from shared.schemas import EngineHealth, decoder, utcnow
+from shared.schemas import EngineHealth, EngineRecord, decoder, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ class Metrics:
         self.totals: Totals = {group: Counter() for group in STATS_GROUPS}
         self._gathered_at = 0.0
         self._lock = asyncio.Lock()
-        self._sub = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
         # A core subscription survives reconnects by itself (nats-py re-subscribes).
@@ -99,7 +101,7 @@ class Metrics:
             except nats.errors.Error:
                 pass
 
-    async def _on_health(self, msg) -> None:
+    async def _on_health(self, msg: Msg) -> None:
         try:
             observation = _decode_health(msg.data)
         except msgspec.DecodeError:
@@ -192,8 +194,8 @@ def _live_families(live: LiveFeed) -> Iterator[Metric]:
     )
 
 
-def _engine_families(engines) -> Iterator[Metric]:
-    by_status = Counter((r.health_status, r.state) for r in engines)
+def _engine_families(engines: Iterable[EngineRecord]) -> Iterator[Metric]:
+    by_status: Counter[tuple[str, str]] = Counter((r.health_status, r.state) for r in engines)
     family = GaugeMetricFamily("aceorch_engines", "Engines by health and state", labels=["health_status", "state"])
     for health in HEALTH_VALUES:
         for state in STATE_VALUES:

@@ -32,7 +32,7 @@ def head_deadline_protocol(timeout_s: float) -> type[H11Protocol]:
     class HeadDeadlineH11(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
 
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn narrows it
             super().connection_made(transport)
             self._arm()
 

@@ -13,6 +13,7 @@ import time
 
 import nats.errors
 
+from services.gateway.bodies import Missing
 from shared import names
 from shared.bus import Bus
 
@@ -23,11 +24,11 @@ CACHE_S = 1.0  # probes closer together than this share one answer: a readiness 
 class Readiness:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self._missing: list[str] = []
+        self._missing: list[Missing] = []
         self._checked_at = float("-inf")
         self._lock = asyncio.Lock()
 
-    async def missing(self) -> list[str]:
+    async def missing(self) -> list[Missing]:
         """Names of what is missing (`nats`, `state-keeper`); empty when ready."""
         async with self._lock:
             if time.monotonic() - self._checked_at >= CACHE_S:
@@ -35,7 +36,7 @@ class Readiness:
                 self._checked_at = time.monotonic()
             return list(self._missing)
 
-    async def _check(self) -> list[str]:
+    async def _check(self) -> list[Missing]:
         nc = self.bus.nc
         if not nc.is_connected:
             return ["nats", "state-keeper"]  # nothing behind NATS can answer either

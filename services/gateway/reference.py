@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 import nats.errors
-from litestar import Request, Response, get, post
+from litestar import Response, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 
 from services.gateway.bodies import strict_body
+from services.gateway.errors import AnyRequest
 from services.gateway.fleet import Fleet
 from services.gateway.ready import Presence
 from services.gateway.routes import errors
@@ -58,37 +59,37 @@ class Struct(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class BlockedDetails(Struct):
+class BlockedDetails(Struct, frozen=True):
     code: str
     message: str
     recovery_eta_seconds: int
     should_wait: bool
 
 
-class Provisioning(Struct):
+class Provisioning(Struct, frozen=True):
     can_provision: bool
     blocked_reason: str | None
     blocked_reason_details: BlockedDetails | None
 
 
-class Vpn(Struct):
+class Vpn(Struct, frozen=True):
     connected: bool  # no VPN integration: always false
 
 
-class Slots(Struct):
+class Slots(Struct, frozen=True):
     total: int
     used: int
     available: int
 
 
-class OrchestratorStatus(Struct):
+class OrchestratorStatus(Struct, frozen=True):
     status: Literal["healthy", "degraded", "unhealthy"]
     vpn: Vpn
     provisioning: Provisioning
     capacity: Slots
 
 
-class Provisioned(Struct):
+class Provisioned(Struct, frozen=True):
     container_id: str
     container_name: str
     host_http_port: int  # where the engine answers on its host (what acexy plays from)
@@ -96,7 +97,7 @@ class Provisioned(Struct):
     container_https_port: int | None  # engines get no HTTPS port: always null
 
 
-class FailureDetail(Struct):
+class FailureDetail(Struct, frozen=True):
     code: str
     message: str
     recovery_eta_seconds: int
@@ -104,14 +105,14 @@ class FailureDetail(Struct):
     can_retry: bool
 
 
-class ProvisionFailure(Struct):
+class ProvisionFailure(Struct, frozen=True):
     detail: FailureDetail
 
 
 # ---------------------------------------------------------------- routes
 
 
-def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPRouteHandler]:
+def reference_routes(fleet: Fleet, config: Config, mutating: dict[str, Any]) -> list[HTTPRouteHandler]:
     provisioner = Presence(fleet.bus, names.PROVISIONER_SERVICE)
     pool = PoolPolicy.from_config(config)
     slots_per_engine = config.max_streams_per_engine
@@ -153,20 +154,22 @@ def reference_routes(fleet: Fleet, config: Config, mutating: dict) -> list[HTTPR
         responses={**errors(400, 401, 403, 413, 415, 422), **failures},
         **mutating,
     )
-    async def provision(request: Request, data: ProvisionRequest | None = None) -> Response[Provisioned]:
+    async def provision(request: AnyRequest, data: ProvisionRequest | None = None) -> Response[Provisioned]:
         """One new engine now, answered once it is registered and healthy (at most about 2 x
         ENGINE_START_TIMEOUT_S). `labels` and `env` are accepted and not applied: engines get the
         pool's settings. No engine: `{"detail": {code, message, recovery_eta_seconds, should_wait,
         can_retry}}` with Retry-After when waiting helps."""
         body = await strict_body(request, ProvisionRequest) or ProvisionRequest()
         if config.engine_runtime == "external":
-            return _failure(PROVISIONING_DISABLED)
+            return _failure(PROVISIONING_DISABLED)  # type: ignore[return-value]  # the annotation is the 200 body in OpenAPI; failures are in `responses`
         return await _provision(fleet, body, budget_s)
 
     return [orchestrator_status, provision]
 
 
-async def _provision(fleet: Fleet, body: ProvisionRequest, budget_s: float) -> Response:
+async def _provision(
+    fleet: Fleet, body: ProvisionRequest, budget_s: float
+) -> Response[Any]:  # Provisioned or a failure
     try:
         msg = await fleet.bus.nc.request(names.ENGINE_PROVISION, encode(body), timeout=budget_s)
     except nats.errors.NoRespondersError:

@@ -7,16 +7,25 @@ state-keeper request; bodies are decoded strictly (`strict_body`).
 from __future__ import annotations
 
 import uuid
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from litestar import Request, Response, delete, get, post
+from litestar import Response, delete, get, post
 from litestar.handlers import HTTPRouteHandler
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
+from services.gateway.bodies import (
+    EngineAccepted,
+    Health,
+    NatsState,
+    Ready,
+    RegisterEngineBody,
+    StreamAccepted,
+    strict_body,
+)
+from services.gateway.errors import AnyRequest
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
@@ -87,16 +96,16 @@ def read_routes(fleet: Fleet) -> list[HTTPRouteHandler]:
     return [list_engines, get_engine, list_streams]
 
 
-def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
+def write_routes(fleet: Fleet, mutating: dict[str, Any]) -> list[HTTPRouteHandler]:
     """Selection, engine registration and proxy events; `mutating` carries the API-key guard."""
 
     @post("/engines/select", tags=["engines"], status_code=200, responses=errors(*WRITE_ERRORS), **mutating)
-    async def select_engine(request: Request, data: SelectRequest | None = None) -> SelectReply:
+    async def select_engine(request: AnyRequest, data: SelectRequest | None = None) -> SelectReply:
         """The HTTP form of `engine.select`: an engine plus a reservation that a stream_started consumes."""
         return await fleet.select(await strict_body(request, SelectRequest) or SelectRequest())
 
     @post("/engines", tags=["engines"], status_code=202, responses=errors(409, *WRITE_ERRORS), **mutating)
-    async def register_engine(request: Request, data: RegisterEngineBody) -> EngineAccepted:
+    async def register_engine(request: AnyRequest, data: RegisterEngineBody) -> EngineAccepted:
         """Register an engine that runs elsewhere (runtime `external`): probed and selected, never removed by us."""
         event, existed = _registration(fleet, await _required(request, RegisterEngineBody))
         container_id = event.container_id
@@ -133,7 +142,7 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         responses=errors(404, *WRITE_ERRORS),
         **mutating,
     )
-    async def stream_started(request: Request, data: StreamStartedBody) -> StreamAccepted:
+    async def stream_started(request: AnyRequest, data: StreamStartedBody) -> StreamAccepted:
         """Our `stream.started` fields, or the reference orchestrator's shape (engine/stream/session/labels)."""
         data = await _required(request, StreamStartedBody)
         try:
@@ -150,7 +159,7 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
         responses=errors(404, *WRITE_ERRORS),
         **mutating,
     )
-    async def stream_ended(request: Request, data: StreamEndedBody) -> StreamAccepted:
+    async def stream_ended(request: AnyRequest, data: StreamEndedBody) -> StreamAccepted:
         """`{stream_id, container_id?, reason?}`; without stream_id, the engine's newest stream ends."""
         data = await _required(request, StreamEndedBody)
         try:
@@ -164,7 +173,7 @@ def write_routes(fleet: Fleet, mutating: dict) -> list[HTTPRouteHandler]:
 
 
 def ops_routes(
-    fleet: Fleet, feed: LiveFeed, metrics: Metrics, readiness: Readiness, live_guards: dict
+    fleet: Fleet, feed: LiveFeed, metrics: Metrics, readiness: Readiness, live_guards: dict[str, Any]
 ) -> list[HTTPRouteHandler]:
     @get("/api/live", tags=["live"], media_type="text/event-stream", responses=errors(401, 403, 503), **live_guards)
     async def live() -> Stream:
@@ -182,7 +191,7 @@ def ops_routes(
     @get("/healthz", tags=["health"], responses={503: ResponseSpec(data_container=Health, description="NATS down")})
     async def healthz() -> Response[Health]:
         nc = fleet.bus.nc
-        state = (
+        state: NatsState = (
             "connected"
             if nc.is_connected
             else "reconnecting"
@@ -215,7 +224,7 @@ def ops_routes(
     return [live, healthz, readyz, prometheus]
 
 
-async def _required(request: Request, kind: type[T]) -> T:
+async def _required(request: AnyRequest, kind: type[T]) -> T:
     body = await strict_body(request, kind)
     if body is None:
         raise ApiError(422, "a JSON object body is required")

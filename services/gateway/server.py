@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 
 import uvicorn
 
@@ -19,18 +20,18 @@ from shared.policy.freshness import health_max_age_of
 
 log = logging.getLogger("gateway")
 
-GRACEFUL_SHUTDOWN_S = 3.0
+GRACEFUL_SHUTDOWN_S = 3  # uvicorn takes whole seconds
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is a 400
 # Connections beyond the live feed's cap; past the sum uvicorn answers 503 at once instead of queueing.
 MAX_OTHER_CONNECTIONS = 1000
-KEEP_ALIVE_S = 5.0  # idle keep-alive connections close after this (uvicorn's default, said out loud)
+KEEP_ALIVE_S = 5  # idle keep-alive connections close after this (uvicorn's default, said out loud)
 
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the service shell owns SIGTERM/SIGINT."""
 
     @contextlib.contextmanager
-    def capture_signals(self):
+    def capture_signals(self) -> Iterator[None]:
         yield
 
 

@@ -14,9 +14,11 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable
 from datetime import datetime
 
 import msgspec
+from nats.aio.msg import Msg
 from prometheus_client import Counter
 
 from shared import names
@@ -53,7 +55,7 @@ class Janitor:
         # A clean must finish well inside its claim, or streams could start on a half-emptied cache.
         self.exec_timeout_s = max(1.0, 0.75 * config.claim_ttl_s)
         self._slots = asyncio.Semaphore(CLEAN_CONCURRENCY)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._cleaning: set[str] = set()
         self._failures: dict[str, tuple[int, float]] = {}  # container_id → (consecutive, retry after)
         self.counts = {"cleaned": 0, "bytes": 0, "failed": 0, "busy": 0}
@@ -83,7 +85,7 @@ class Janitor:
                 self.counts["busy"],
             )
 
-    async def on_idle(self, msg) -> None:
+    async def on_idle(self, msg: Msg) -> None:
         try:
             note = decode_idle(msg.data)
         except msgspec.DecodeError as exc:
@@ -235,7 +237,7 @@ class Janitor:
             await asyncio.gather(*pending, return_exceptions=True)
 
 
-async def _quietly(awaitable) -> None:
+async def _quietly(awaitable: Awaitable[object]) -> None:
     try:
         await awaitable
     except Exception as exc:  # the connection may already be closing

@@ -15,6 +15,7 @@ The state-keeper decides healthy/unhealthy and logs the transitions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import random
@@ -72,7 +73,7 @@ class Prober:
         self._owners: dict[str, str | None] = {}  # every known engine → the member that probes it
         # Every known engine → since when (monotonic) and how (start-up or later) its current owner has it.
         self._known: dict[str, tuple[float, Arrival]] = {}
-        self._rescues: dict[str, asyncio.Task] = {}  # one-off probes of engines whose owner is silent
+        self._rescues: dict[str, asyncio.Task[None]] = {}  # one-off probes of engines whose owner is silent
         # When each engine was last rescued: at most once an interval, so reports that do not land
         # (NATS overloaded) never turn rescues into back-to-back probing that overloads it further.
         self._rescued_at: dict[str, float] = {}
@@ -173,10 +174,13 @@ class Prober:
             task = asyncio.get_running_loop().create_task(self._rescue_probe(key))
             self._rescues[key] = task
             self._rescued_at[key] = now
-            task.add_done_callback(lambda _, key=key: self._rescues.pop(key, None))
+            task.add_done_callback(functools.partial(self._forget_rescue, key))
             started.append(key)
         metrics.RESCUES.inc(len(started))
         return started
+
+    def _forget_rescue(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._rescues.pop(key, None)
 
     async def _rescue_probe(self, key: str) -> None:
         async with self._rescue_slots:

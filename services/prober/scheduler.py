@@ -78,7 +78,7 @@ class ProbeScheduler:
         self._heap: list[tuple[float, int, Target]] = []
         self._seq = itertools.count()
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.round = RoundStats()
 
     # ------------------------------------------------------------ membership of the schedule

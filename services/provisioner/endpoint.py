@@ -51,7 +51,7 @@ class ProvisionEndpoint:
     def __init__(self, provisioner: Provisioner) -> None:
         self.provisioner = provisioner
         self.service: Service | None = None
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self.service = await add_service(
@@ -104,7 +104,7 @@ class ProvisionEndpoint:
             port=spec.port,
             host_port=host_port,
             container_port=container_port,
-            runtime=spec.runtime,  # type: ignore[arg-type]
+            runtime=spec.runtime,
         )
         await request.respond(encode(reply))
 

@@ -34,11 +34,13 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 import httpx
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 
 from services.provisioner import metrics
 from services.provisioner.endpoint import ProvisionEndpoint, Refused
@@ -94,10 +96,10 @@ class Provisioner:
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
         self.lock = KvLock(bus.leases, LOCK_KEY, self.holder, LOCK_TTL_S)
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died
-        self.tasks: set[asyncio.Task] = set()  # readiness waits, one per start
+        self.tasks: set[asyncio.Task[bool]] = set()  # readiness waits, one per start
         # Creates that outlived CREATE_BUDGET_S: the runtime may still make each engine (a docker call
         # runs on in its thread), so each counts as starting until it ends, or MAX_REPLICAS could be passed.
-        self.late_creates: set[asyncio.Task] = set()
+        self.late_creates: set[asyncio.Task[tuple[EngineSpec, float]]] = set()
         self.registered: dict[str, float] = {}  # container_id → when we last registered it (monotonic)
         self.removed: dict[str, float] = {}  # container_id → when we last reported it removed (monotonic)
         self.wake = asyncio.Event()
@@ -165,7 +167,7 @@ class Provisioner:
                 task.cancel()  # those engines keep starting; the next provisioner adopts them
             await asyncio.gather(*self.tasks, *self.late_creates, return_exceptions=True)
 
-    async def on_demand(self, msg) -> None:
+    async def on_demand(self, msg: Msg) -> None:
         try:
             demand = decode_demand(msg.data)
         except msgspec.DecodeError as exc:
@@ -341,7 +343,7 @@ class Provisioner:
                 created.append(task.result())
         return created
 
-    def _late_create_done(self, task: asyncio.Task) -> None:
+    def _late_create_done(self, task: asyncio.Task[tuple[EngineSpec, float]]) -> None:
         self.late_creates.discard(task)
         if task.cancelled():
             return
@@ -352,7 +354,7 @@ class Provisioner:
         log.info("%s created late (%.0fs); waiting for it to answer", spec.container_name, time.monotonic() - started)
         self.spawn(self.await_ready(spec, started))
 
-    def spawn(self, coroutine) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -483,7 +485,9 @@ class Provisioner:
             log.warning("engine %s died; reporting it removed", record.container_name)
             await self.publish_removed(container_id, "died")
         try:
-            await self.runtime.remove(placeholder(container_id, self.runtime.kind, record and record.container_name))
+            await self.runtime.remove(
+                placeholder(container_id, self.runtime.kind, record.container_name if record else None)
+            )
         except RuntimeFailure as exc:
             log.warning("cannot clean up dead engine %s: %s", container_id[:12], exc)
         self.request_scale()
@@ -496,7 +500,7 @@ class Provisioner:
             host=spec.host,
             port=spec.port,
             container_name=spec.container_name,
-            runtime=spec.runtime,  # type: ignore[arg-type]
+            runtime=spec.runtime,
             labels=spec.labels,
             host_id=self.config.host_id,
         )

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -335,7 +336,7 @@ class Channel:
 
     # ------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         session = self.session
         return {
             "content": self.content.key,
@@ -351,8 +352,9 @@ class Channel:
         }
 
 
-def _plain(stats: PlaybackStats) -> dict:
-    return msgspec.to_builtins(stats)
+def _plain(stats: PlaybackStats) -> dict[str, Any]:
+    plain: dict[str, Any] = msgspec.to_builtins(stats)  # a Struct becomes a dict
+    return plain
 
 
 class Hub:

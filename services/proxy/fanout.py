@@ -12,6 +12,7 @@ oldest byte kept has lost data: `Lagged`, and it is dropped.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 
 PACKET = 188
 SYNC = 0x47
@@ -168,6 +169,6 @@ class FanoutBuffer:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _from(chunks: deque[tuple[int, bytes]], index: int):
+def _from(chunks: deque[tuple[int, bytes]], index: int) -> Iterator[tuple[int, bytes]]:
     for i in range(index, len(chunks)):
         yield chunks[i]

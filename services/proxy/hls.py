@@ -21,6 +21,8 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 
@@ -143,11 +145,13 @@ class HlsSession:
             text = playlist_text(body)
             uris = segment_uris(text, url)
         except (httpx.TimeoutException, TimeoutError):
-            raise self._failed(504, f"engine {engine} did not answer the playlist within {PLAYLIST_TIMEOUT_S:g}s")
+            raise self._failed(
+                504, f"engine {engine} did not answer the playlist within {PLAYLIST_TIMEOUT_S:g}s"
+            ) from None
         except (httpx.HTTPError, ResponseTooLarge) as exc:
-            raise self._failed(502, f"engine {engine} playlist failed: {describe(exc)}")
+            raise self._failed(502, f"engine {engine} playlist failed: {describe(exc)}") from None
         except WireError as exc:
-            raise self._failed(exc.status, str(exc))
+            raise self._failed(exc.status, str(exc)) from None
         self.target_s = min(target_duration(text) or DEFAULT_TARGET_S, MAX_TARGET_S)
         names = {uri: f"{SEGMENT_PREFIX}{self.token}/{self._number(uri)}.ts" for uri in uris}
         return rewrite_playlist(text, url, names)
@@ -173,7 +177,7 @@ class HlsSession:
     def segment_url(self, number: int) -> str | None:
         return self.urls.get(number)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         session = self.session
         return {
             "content": self.content.key,
@@ -228,7 +232,13 @@ def parse_segment_path(path: str) -> tuple[str, int]:
     return token, int(number)
 
 
-async def relay_segment(http: httpx.AsyncClient, url: str, send_head, write, abort) -> None:
+async def relay_segment(
+    http: httpx.AsyncClient,
+    url: str,
+    send_head: Callable[[int | None], None],
+    write: Callable[[bytes], Awaitable[None]],
+    abort: Callable[[], None],
+) -> None:
     """Stream one segment from the engine: `send_head(length or None)` once the engine answered, then
     `await write(chunk)` per chunk; bounded by SEGMENT_TIMEOUT_S and MAX_SEGMENT_BYTES (past either,
     after the head, `abort()`). Before the head, failures raise StartError (404 segment gone, 502, 504)."""

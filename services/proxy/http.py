@@ -20,6 +20,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
+from typing import Any, cast
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -63,7 +64,7 @@ def parse_head(head: bytes) -> Request:
     return Request(method, path, query)
 
 
-def json_response(status: int, body: dict, extra: dict[str, str] | None = None) -> bytes:
+def json_response(status: int, body: dict[str, Any], extra: dict[str, str] | None = None) -> bytes:
     payload = json.dumps(body).encode()
     return _head(status, "application/json", len(payload), extra) + payload
 
@@ -91,7 +92,7 @@ class ViewerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.viewer: Viewer | None = None
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._head = bytearray()
         self._handling = False
         self._timer: asyncio.TimerHandle | None = None
@@ -99,7 +100,7 @@ class ViewerProtocol(asyncio.Protocol):
         self.writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server hands every protocol a Transport
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "?"
         self._timer = asyncio.get_running_loop().call_later(self.app.config.proxy_header_timeout_s, self._head_timeout)
@@ -170,7 +171,7 @@ class ProxyApp:
         self.hub = hub
         self.hls = hls
         self.config = config
-        self.tasks: set[asyncio.Task] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
         self.routes: dict[str, Callable[[ViewerProtocol, Request], Awaitable[None]]] = {
             "/ace/getstream": self.getstream,
             "/ace/manifest.m3u8": self.manifest,
@@ -193,7 +194,9 @@ class ProxyApp:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, route, conn: ViewerProtocol, request: Request) -> None:
+    async def _run(
+        self, route: Callable[[ViewerProtocol, Request], Awaitable[None]], conn: ViewerProtocol, request: Request
+    ) -> None:
         try:
             await route(conn, request)
         except WireError as exc:
@@ -263,7 +266,8 @@ class ProxyApp:
                 session.session.bytes += len(chunk)
             if not conn.writable.is_set():  # the viewer reads slower than the engine sends: wait for it
                 drained = asyncio.ensure_future(conn.writable.wait())
-                await asyncio.wait([drained, conn.closed], return_when=asyncio.FIRST_COMPLETED)
+                either: list[asyncio.Future[Any]] = [drained, conn.closed]
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 drained.cancel()
 
         try:
@@ -322,7 +326,7 @@ class ProxyApp:
         viewer.go_live(channel.buffer.join_offset())
 
 
-async def _first_bytes(first: asyncio.Future, closed: asyncio.Future, timeout_s: float) -> None:
+async def _first_bytes(first: asyncio.Future[None], closed: asyncio.Future[None], timeout_s: float) -> None:
     """Until the channel has bytes (or failed: its StartError), the viewer hung up, or `timeout_s` passed."""
     async with asyncio.timeout(timeout_s):
         await asyncio.wait([first, closed], return_when=asyncio.FIRST_COMPLETED)

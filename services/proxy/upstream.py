@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import httpx
 from nats.aio.client import Client
+from nats.js.kv import KeyValue
 
 from services.proxy import metrics
 from services.proxy.wire import Content, EngineSession, WireError, session_of, stats_of
@@ -27,6 +28,7 @@ from shared.kv import KvView, read
 from shared.schemas import (
     EngineRecord,
     PlaybackStats,
+    SelectReply,
     SelectRequest,
     StreamEnded,
     StreamStarted,
@@ -80,7 +82,7 @@ class Upstream:
         keeper: KeeperClient,
         http: httpx.AsyncClient,
         engines: KvView[EngineRecord],
-        streams_kv,
+        streams_kv: KeyValue,
         member_id: str,
     ) -> None:
         self.nc = nc
@@ -131,7 +133,7 @@ class Upstream:
         )
         return Session(stream_id, content, engine, choice.reservation_id, playback)
 
-    async def select(self, content: Content, exclude: list[str], deadline: float):
+    async def select(self, content: Content, exclude: list[str], deadline: float) -> SelectReply:
         request = SelectRequest(
             content_key=content.key, key_type=content.key_type, client="aceorch-proxy", exclude=exclude[-64:]
         )

@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -35,6 +36,7 @@ from shared.kv import ConflictExhausted
 from shared.schemas import EVENT_DECODERS, EVENT_TYPES
 
 log = logging.getLogger("state-keeper")
+T = TypeVar("T")
 
 MAX_DELIVER = 30
 ACK_WAIT_S = 10  # how soon a dead replica's unacked events go to another
@@ -96,7 +98,7 @@ class EventConsumer:
         self.max_deliver = max_deliver
         self.ack_wait_s = ack_wait_s
         self._slots = asyncio.Semaphore(IN_FLIGHT)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stop = asyncio.Event()
         self._held = 0  # deliveries waiting for the store to answer
         self._outage_since = 0.0
@@ -170,7 +172,7 @@ class EventConsumer:
         message stays ours and `num_delivered` stays put; only if this replica dies does
         JetStream hand it to another. Stopping gives it up to the ordinary retry."""
         pause = OUTAGE_WAIT_S[0]
-        keep_alive: asyncio.Task | None = None
+        keep_alive: asyncio.Task[None] | None = None
         try:
             while True:
                 try:
@@ -201,7 +203,7 @@ class EventConsumer:
     def _hold(self, change: int, exc: BaseException | None) -> None:
         """Count deliveries held through an outage; say once when it starts and once when it ends."""
         self._held += change
-        if change > 0 and self._store_answers.is_set():
+        if change > 0 and exc is not None and self._store_answers.is_set():  # exc: set with every +1
             self._store_answers.clear()
             self._outage_since = time.monotonic()
             log.warning(
@@ -241,7 +243,7 @@ class EventConsumer:
         log.warning("retrying %s (%s), %d deliveries left", msg.subject, why, self.max_deliver - 1 - delivered)
         await self._settle(lambda: msg.nak(delay=min(0.5 * delivered, 5.0)))
 
-    async def _settle(self, action) -> None:
+    async def _settle(self, action: Callable[[], Awaitable[None]]) -> None:
         try:
             await action()
         except (nats.errors.Error, OSError) as exc:
@@ -249,7 +251,7 @@ class EventConsumer:
             log.warning("could not settle message: %s", exc)
 
 
-def decode_message(data: bytes, decode: Callable[[bytes], object], kind: type) -> object:
+def decode_message(data: bytes, decode: Callable[[bytes], T], kind: type) -> T:
     """A message from the bus, strictly decoded as `kind`, or `Rejected` saying what is wrong with it."""
     if len(data) > MAX_EVENT_BYTES:
         raise Rejected("too_large", f"{len(data)} bytes exceeds the {MAX_EVENT_BYTES}-byte event limit")
@@ -278,7 +280,7 @@ class RejectionLog:
         self.first = first
         self.interval_s = interval_s
         self.clock = clock
-        self._windows: dict[tuple[str, str], list] = {}  # (subject, reason) → [started, logged, suppressed]
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (subject, reason) → [started, logged, suppressed]
 
     def rejected(self, subject: str, reason: str, message: str) -> None:
         now = self.clock()
@@ -302,7 +304,7 @@ class RejectionLog:
                 self._summarise(*key, window)
                 del self._windows[key]
 
-    def _summarise(self, subject: str, reason: str, window: list) -> None:
+    def _summarise(self, subject: str, reason: str, window: list[float]) -> None:
         if window[2]:
             log.warning(
                 "rejected %s more %s events on %s in the last %.0f s",

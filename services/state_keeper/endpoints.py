@@ -8,6 +8,7 @@ every caller behind it time out.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import random
@@ -15,7 +16,8 @@ import secrets
 import uuid
 import zlib
 from collections.abc import Awaitable, Callable
-from typing import Any
+from datetime import datetime
+from typing import Any, NoReturn, TypeVar
 
 import msgspec
 import nats.errors
@@ -55,6 +57,7 @@ from shared.schemas import (
 )
 
 log = logging.getLogger("state-keeper")
+S = TypeVar("S", bound=msgspec.Struct)
 
 MAX_REQUEST_BYTES = 64 * 1024
 SELECT_ATTEMPTS = 20
@@ -94,7 +97,7 @@ class Endpoints:
         self._reservation_prefix = secrets.token_hex(8)
         self._reservation_numbers = itertools.count(1)
         self._slots = asyncio.Semaphore(512)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _rank(self, container_id: str) -> int:
         """This replica's own order among equally good engines (a salted hash, memoised):
@@ -128,7 +131,9 @@ class Endpoints:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
 
-    def _spawning(self, name: str, handler: Callable[[bytes], Awaitable[msgspec.Struct]]):
+    def _spawning(
+        self, name: str, handler: Callable[[bytes], Awaitable[msgspec.Struct]]
+    ) -> Callable[[Request], Awaitable[None]]:
         async def on_request(request: Request) -> None:
             await self._slots.acquire()
             task = asyncio.get_running_loop().create_task(self._answer(name, handler, request))
@@ -137,7 +142,7 @@ class Endpoints:
 
         return on_request
 
-    async def _answer(self, name: str, handler, request: Request) -> None:
+    async def _answer(self, name: str, handler: Callable[[bytes], Awaitable[msgspec.Struct]], request: Request) -> None:
         try:
             try:
                 reply = await handler(request.data)
@@ -181,7 +186,7 @@ class Endpoints:
             self.candidates.add_in_flight(container_id, 1, now)
             try:
                 outcome = await self._update_engine(
-                    "select", container_id, lambda r: self._reserve(r, reservation_id, now)
+                    "select", container_id, functools.partial(self._reserve, reservation_id=reservation_id, now=now)
                 )
             finally:
                 self.candidates.add_in_flight(container_id, -1, utcnow())
@@ -199,14 +204,14 @@ class Endpoints:
             # Someone else changed the engine first and it no longer qualifies: choose again.
         raise ConflictExhausted(f"selection kept losing races after {SELECT_ATTEMPTS} attempts")
 
-    def _reserve(self, record, reservation_id: str, now):
+    def _reserve(self, record: EngineRecord | None, reservation_id: str, now: datetime) -> EngineRecord | None:
         if record is not None and reservation_id in record.reservations:
             return record  # a write whose reply timed out had applied (the id is ours alone)
         if record is None or not is_candidate(record, now, self.policy):
             return record
         return reserve(tidy(record, now), reservation_id, now, self.policy.reservation_ttl_s)
 
-    async def _no_capacity(self, request: SelectRequest, now) -> SelectReply:
+    async def _no_capacity(self, request: SelectRequest, now: datetime) -> NoReturn:
         self.stats.selection("no_capacity")
         await self.store.bus.nc.publish(names.ENGINE_DEMAND, encode(EngineDemand(content_key=request.content_key)))
         raise RequestError(
@@ -228,14 +233,14 @@ class Endpoints:
             ]
         )
 
-    async def get_engine(self, data: bytes):
+    async def get_engine(self, data: bytes) -> EngineRecord:
         request = _decode(GetRequest, data)
         found = await self.store.get_engine(request.container_id)
         if found is None:
             raise RequestError(404, f"engine {request.container_id} not found")
         return self._shown(found.value, utcnow())
 
-    def _shown(self, record, now):
+    def _shown(self, record: EngineRecord, now: datetime) -> EngineRecord:
         """A record as answered: lapsed reservations and claims dropped, a stale verdict read as unknown."""
         return with_effective_health(tidy(record, now), now, self.policy.health_max_age_s)
 
@@ -246,13 +251,13 @@ class Endpoints:
         outcome = await self._update_claims(
             "claim", request.container_id, lambda r: apply_claim(r, request, claim_id, now, self.config.claim_ttl_s)
         )
-        claim = outcome.after.claim
+        record = outcome.result()
+        claim = record.claim
+        assert claim is not None, "apply_claim returns a claimed record or raises"
         if claim.claim_id != claim_id:
-            log.info(
-                "engine %s: %s already holds its %s claim", outcome.after.container_name, request.holder, claim.purpose
-            )
+            log.info("engine %s: %s already holds its %s claim", record.container_name, request.holder, claim.purpose)
         else:
-            log.info("engine %s claimed for %s by %s", outcome.after.container_name, request.purpose, request.holder)
+            log.info("engine %s claimed for %s by %s", record.container_name, request.purpose, request.holder)
         return ClaimReply(claim_id=claim.claim_id)
 
     async def release(self, data: bytes) -> ReleaseReply:
@@ -261,8 +266,10 @@ class Endpoints:
         await self._update_claims("release", request.container_id, lambda r: apply_release(r, request.claim_id, now))
         return ReleaseReply(ok=True)
 
-    async def _update_claims(self, name: str, container_id: str, change):
-        def guarded(record):
+    async def _update_claims(
+        self, name: str, container_id: str, change: Callable[[EngineRecord], EngineRecord]
+    ) -> Outcome[EngineRecord]:
+        def guarded(record: EngineRecord | None) -> EngineRecord:
             if record is None:
                 raise RequestError(404, f"engine {container_id} not found")
             return change(record)
@@ -313,10 +320,10 @@ class Endpoints:
 _DECODERS: dict[type, Callable[[bytes], Any]] = {}
 
 
-def _decode(kind: type, data: bytes):
+def _decode(kind: type[S], data: bytes) -> S:
     if len(data) > MAX_REQUEST_BYTES:
         raise RequestError(400, f"request of {len(data)} bytes exceeds the {MAX_REQUEST_BYTES}-byte limit")
-    decode = _DECODERS.get(kind) or _DECODERS.setdefault(kind, decoder(kind))
+    decode: Callable[[bytes], S] = _DECODERS.get(kind) or _DECODERS.setdefault(kind, decoder(kind))
     try:
         return decode(data if data.strip() else b"{}")
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NoReturn
 
 import msgspec
 
@@ -65,7 +67,7 @@ class EngineNotKnownYet(Exception):
 class EventApplier:
     store: Store
     health: HealthPolicy
-    publish_idle: object  # async (EngineIdle) -> None
+    publish_idle: Callable[[EngineIdle], Awaitable[None]]
     max_clock_skew_s: float = 30.0  # MAX_CLOCK_SKEW_S
     # An engine's registrations, removals and health reports, one at a time in the order they arrive
     # (the consumer starts handlers in sequence order). A removal and the next life's registration of
@@ -154,7 +156,7 @@ class EventApplier:
         if outcome.before is None:
             log.info(
                 "engine %s registered at %s:%d (%s)",
-                outcome.after.container_name,
+                outcome.result().container_name,
                 event.host,
                 event.port,
                 event.runtime,
@@ -225,10 +227,10 @@ class EventApplier:
             for stream_id in current.value.streams:
                 # An absent record gets an ended tombstone: a start still writing it must see the end.
                 ended = StreamEnded(stream_id=stream_id, container_id=container_id, reason=reason)
-                await self.store.update_stream(stream_id, lambda s: self._end(s, ended))
+                await self.store.update_stream(stream_id, functools.partial(self._end, event=ended))
 
             def delete_if_unchanged(record: EngineRecord | None) -> object:
-                unchanged = record is not None and record.streams == current.value.streams
+                unchanged = record is not None and record.streams == current.value.streams  # noqa: B023  # called in this iteration
                 return DELETE if unchanged and removal_applies(record, seq) else record
 
             outcome = await self.store.update_engine(container_id, delete_if_unchanged, use_cache=False)
@@ -273,7 +275,7 @@ class EventApplier:
             await self.store.update_stream(
                 event.stream_id, lambda s: apply_stream_started_to_stream(s, event, container_id, now)
             )
-        ).after
+        ).result()
         settled_host = stream.container_id or container_id
         why_not = "engine_removed"
         try:
@@ -296,7 +298,7 @@ class EventApplier:
     async def stream_ended(self, event: StreamEnded) -> None:
         now = utcnow()
         self._log_skew(event.stream_id, "ended_at", event.ended_at, now)
-        stream = (await self.store.update_stream(event.stream_id, lambda s: self._end(s, event, now))).after
+        stream = (await self.store.update_stream(event.stream_id, lambda s: self._end(s, event, now))).result()
         container_id = stream.container_id or event.container_id
         if container_id:
             await self.reconcile(container_id, stream, None)
@@ -336,7 +338,7 @@ class EventApplier:
                 self.max_clock_skew_s,
             )
 
-    async def _missing(self, container_id: str, seq: int) -> None:
+    async def _missing(self, container_id: str, seq: int) -> NoReturn:
         """No record: an event older than the engine's removal is dropped; any other may be for an
         engine whose (re-)registration is still in flight, and is retried for a while."""
         removal = await self.store.get_removal(container_id)

@@ -26,12 +26,12 @@ _REQUESTS_REJECTED = PromCounter("aceorch_requests_rejected", "Bad requests, by 
 # Labelled children looked up once: selection and event ingest are hot paths, and
 # `labels()` costs a lock and a dict build per call. (Subjects and results are few.)
 @functools.cache
-def _selection_counter(result: str):
+def _selection_counter(result: str) -> PromCounter:
     return _SELECTIONS.labels(result)
 
 
 @functools.cache
-def _applied_counter(subject: str):
+def _applied_counter(subject: str) -> PromCounter:
     return _APPLIED.labels(subject)
 
 

@@ -103,7 +103,7 @@ class Store(RecordViews):
             lambda existing: later_removal(existing, removal),
             decode_removal,
         )
-        return outcome.after
+        return outcome.result()  # later_removal keeps one of the two
 
     async def expire_removals(self, now: datetime) -> int:
         """Delete tombstones older than STREAM_TTL_S; housekeeping's job, like ended streams,
@@ -173,7 +173,9 @@ class Store(RecordViews):
     ) -> Outcome[StreamRecord]:
         # Start from what the view knows (new streams: absent) instead of reading first; the CAS
         # catches a stale view, and most stream keys are new or were written by this replica.
-        cached = self.streams.get(stream_id) or Versioned(None, self.streams.gone_revision(stream_id))
+        cached: Versioned[StreamRecord | None] = self.streams.get(stream_id) or Versioned(
+            None, self.streams.gone_revision(stream_id)
+        )
         outcome = await cas_update(
             self.bus.streams,
             stream_id,

@@ -22,6 +22,7 @@ import socket
 import httpx
 import nats.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import APIError
 
 from services.state_keeper.consumer import RejectionLog, decode_message
@@ -183,7 +184,7 @@ class StreamUpkeep:
         )
 
 
-async def _unsubscribe(sub) -> None:
+async def _unsubscribe(sub: Subscription) -> None:
     try:
         await sub.unsubscribe()
     except (nats.errors.Error, APIError, OSError) as exc:  # the connection may be gone already

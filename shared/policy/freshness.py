@@ -15,10 +15,14 @@ from `last_health_check`, so no writer has to expire anything.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from shared.schemas import EngineRecord, HealthStatus
+
+if TYPE_CHECKING:
+    from shared.config import Config
 
 
 def health_max_age_s(interval_s: float, timeout_s: float, recheck_s: float) -> float:
@@ -29,7 +33,7 @@ def health_max_age_s(interval_s: float, timeout_s: float, recheck_s: float) -> f
 DEFAULT_HEALTH_MAX_AGE_S = health_max_age_s(30.0, 5.0, 5.0)  # DESIGN §6 defaults: 45 s
 
 
-def health_max_age_of(config) -> float:
+def health_max_age_of(config: Config) -> float:
     """The bound for a `shared.config.Config`."""
     return health_max_age_s(config.health_check_interval_s, config.health_check_timeout_s, config.health_recheck_s)
 

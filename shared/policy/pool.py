@@ -200,4 +200,4 @@ def start_backoff_s(
     """How long to wait before the next start after `consecutive_failures` failed ones (0: none)."""
     if consecutive_failures <= 0:
         return 0.0
-    return min(cap_s, base_s * 2 ** (consecutive_failures - 1))
+    return min(cap_s, base_s * 2.0 ** (consecutive_failures - 1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 # Labels every managed engine carries, so a restarted provisioner finds them again.
 LABEL_MANAGED = "aceorch.managed"
@@ -23,6 +23,10 @@ LABEL_SCOPE = "aceorch.scope"
 LABEL_POOL = "aceorch.pool"
 
 
+# The runtimes that manage engines (a subset of shared.schemas.Runtime: `external` has none).
+ManagedRuntime: TypeAlias = Literal["docker", "local"]
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What the runtime knows about an engine it manages."""
@@ -31,7 +35,7 @@ class EngineSpec:
     container_name: str  # "acestream-N"
     host: str  # address the orchestrator reaches it at
     port: int  # HTTP API port at that address
-    runtime: str  # "docker" | "local"
+    runtime: ManagedRuntime
     labels: dict[str, str]
     cache_dir: str  # the cache dir as seen by exec_shell (docker: inside the container)
     created_at: float | None = field(default=None, compare=False)  # epoch seconds, when known
@@ -59,7 +63,7 @@ class ExecStillRunning(RuntimeFailure):
 
 @runtime_checkable
 class Runtime(Protocol):
-    kind: str  # "docker" | "local"
+    kind: ManagedRuntime
 
     async def create(self) -> EngineSpec:
         """Pick a name and port, start the engine; does NOT wait until it answers."""
@@ -95,7 +99,7 @@ def managed_labels(name: str, port: int, scope: str, pool: str) -> dict[str, str
     return {LABEL_MANAGED: "true", LABEL_NAME: name, LABEL_PORT: str(port), LABEL_SCOPE: scope, LABEL_POOL: pool}
 
 
-def placeholder(container_id: str, runtime: str, name: str | None = None) -> EngineSpec:
+def placeholder(container_id: str, runtime: ManagedRuntime, name: str | None = None) -> EngineSpec:
     """A spec for an engine known only by id (e.g. one that died): enough for `remove`."""
     return EngineSpec(
         container_id=container_id,

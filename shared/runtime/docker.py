@@ -49,6 +49,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
+from docker.types.daemon import CancellableStream
 
 from shared.config import Config
 from shared.policy.naming import free_ports, lowest_free_name, render_command
@@ -61,6 +62,7 @@ from shared.runtime.base import (
     EngineSpec,
     ExecResult,
     ExecStillRunning,
+    ManagedRuntime,
     RuntimeEvent,
     RuntimeFailure,
     managed_labels,
@@ -91,7 +93,7 @@ EVENTS_RETRY_S = 1.0
 
 
 class DockerRuntime:
-    kind = "docker"
+    kind: ManagedRuntime = "docker"
 
     def __init__(
         self, config: Config, client: docker.DockerClient | None = None, timeout_s: float = API_TIMEOUT_S
@@ -101,7 +103,7 @@ class DockerRuntime:
         self._timeout_s = timeout_s
         self._exec_clients: dict[int, docker.DockerClient] = {}  # by read timeout: an exec's output may take long
         self._exec_lock = threading.Lock()
-        self._connecting: asyncio.Task | None = None  # owns() learning the daemon's id in the background
+        self._connecting: asyncio.Task[None] | None = None  # owns() learning the daemon's id in the background
         self._scope: str | None = None  # the daemon's id, read on first use
         self._pick = asyncio.Lock()
         self._reserved_names: set[str] = set()  # chosen, container not created yet
@@ -155,12 +157,12 @@ class DockerRuntime:
         what = f"exec in {engine.container_name}"
         started = time.monotonic()
         try:
-            exec_id = (await self._call(self._client.api.exec_create, container.id, command, environment=env))["Id"]
+            exec_id = (await self._call(self._docker.api.exec_create, container.id, command, environment=env))["Id"]
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise self._failure(f"{what} failed", exc) from None
         try:
             output = await asyncio.wait_for(self._call(self._exec_start, exec_id, limit), limit + EXEC_GRACE_S)
-            state = await self._call(self._client.api.exec_inspect, exec_id)
+            state = await self._call(self._docker.api.exec_inspect, exec_id)
         except (TimeoutError, docker.errors.APIError, requests.exceptions.RequestException) as exc:
             await self._still_running(engine, exec_id, limit)  # raises unless the exec is over
             if isinstance(exc, asyncio.TimeoutError):
@@ -174,7 +176,7 @@ class DockerRuntime:
     async def _still_running(self, engine: EngineSpec, exec_id: str, limit: int) -> None:
         """After our wait ran out: raise ExecStillRunning unless the daemon says the exec ended."""
         try:
-            state = await self._call(self._client.api.exec_inspect, exec_id)
+            state = await self._call(self._docker.api.exec_inspect, exec_id)
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
             raise ExecStillRunning(
                 f"docker: exec in {engine.container_name} did not finish within {limit}s and the daemon cannot "
@@ -213,7 +215,7 @@ class DockerRuntime:
                     "docker: %s was created but never started (a create that timed out?); removing it", container.name
                 )
             await self.remove(self._spec(container))
-        return [c.id for c in left]
+        return [_id(c) for c in left]
 
     def owns(self, labels: Mapping[str, str]) -> bool:
         """Labelled with this daemon's id. Never blocks: until the id is known (any other call learns it,
@@ -228,7 +230,7 @@ class DockerRuntime:
         await self._connect()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        pump = _EventPump(self._client, loop, queue, self._pool_filter())
+        pump = _EventPump(self._docker, loop, queue, self._pool_filter())
         pump.start()
         try:
             while True:
@@ -249,6 +251,13 @@ class DockerRuntime:
                 await asyncio.to_thread(client.close)
 
     # ------------------------------------------------------------ helpers
+
+    @property
+    def _docker(self) -> docker.DockerClient:
+        """The client. Every public method connects first, so it is set whenever a helper reads it."""
+        if self._client is None:
+            raise RuntimeFailure("docker: no client (a call that did not connect first)")
+        return self._client
 
     async def _call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """A blocking SDK call in a worker thread (bounded by the client's timeout)."""
@@ -284,7 +293,7 @@ class DockerRuntime:
         """The client, and the daemon's id that scopes our labels (engines of another daemon aren't ours)."""
         try:
             if self._client is None:
-                self._client = docker.from_env(timeout=self._timeout_s)
+                self._client = _from_env(self._timeout_s)
             if self._scope is None:
                 info = self._client.info()
                 self._scope = f"docker:{info.get('ID') or info.get('Name')}:{self._config.engine_pool}"
@@ -300,7 +309,7 @@ class DockerRuntime:
         with self._exec_lock:  # worker threads: one client per limit, each closed on close()
             client = self._exec_clients.get(limit)
             if client is None:
-                client = docker.from_env(timeout=limit + EXEC_GRACE_S, version=self._client.api.api_version)
+                client = _from_env(limit + EXEC_GRACE_S, version=self._docker.api.api_version)
                 self._exec_clients[limit] = client
         return client.api.exec_start(exec_id)
 
@@ -308,7 +317,7 @@ class DockerRuntime:
         """A name and a port no engine holds, reserved until the container exists."""
         async with self._pick:
             containers = await self._list(None, every_pool=True)  # names and ports are per daemon, in any state
-            names = {c.name for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
+            names = {_name(c) for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
             name = lowest_free_name(names | self._reserved_names)
             taken = {_label_port(c) for c in containers} | self._reserved_ports
             port = next((p for p in free_ports(self._config.engine_port_range, taken) if port_is_free(p)), None)
@@ -324,7 +333,7 @@ class DockerRuntime:
     def _run(self, name: str, port: int) -> Container:
         """Create, then start (never `run`: it would try to pull a missing image from a registry)."""
         try:
-            container = self._client.containers.create(**self._run_arguments(name, port))
+            container = self._docker.containers.create(**self._run_arguments(name, port))
         except docker.errors.ImageNotFound:
             raise RuntimeFailure(
                 f"docker: image {self._config.engine_image} not found; build it (bash deploy/images.sh acesim) "
@@ -378,7 +387,7 @@ class DockerRuntime:
 
     def _stop_and_remove(self, container_id: str) -> None:
         try:
-            container = self._client.containers.get(container_id)
+            container = self._docker.containers.get(container_id)
             if container.status == "running":
                 container.stop(timeout=STOP_TIMEOUT_S)
             container.remove(force=True)
@@ -397,7 +406,7 @@ class DockerRuntime:
             filters["status"] = statuses
         for attempt in range(1, LIST_ATTEMPTS + 1):
             try:
-                return await self._call(self._client.containers.list, all=True, filters=filters)
+                return await self._call(self._docker.containers.list, all=True, filters=filters)
             except docker.errors.NotFound as exc:
                 # The SDK lists, then inspects each container: one removed in between (by a reaper,
                 # another replica) fails the whole call, and the next listing no longer has it.
@@ -411,7 +420,7 @@ class DockerRuntime:
     async def _container(self, container_id: str) -> Container | None:
         await self._connect()
         try:
-            return await self._call(self._client.containers.get, container_id)
+            return await self._call(self._docker.containers.get, container_id)
         except docker.errors.NotFound:
             return None
         except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
@@ -419,15 +428,15 @@ class DockerRuntime:
 
     def _spec(self, container: Container) -> EngineSpec:
         labels = dict(container.labels)
-        name = labels.get(LABEL_NAME) or container.name
+        name = labels.get(LABEL_NAME) or _name(container)
         port = _label_port(container)
         network_mode = container.attrs.get("HostConfig", {}).get("NetworkMode", "")
         if network_mode in ("host", "default", "bridge", ""):
             host, api_port = "127.0.0.1", port
         else:  # a user-defined network: reached by name, inside the network
-            host, api_port = container.name, ENGINE_INTERNAL_PORT
+            host, api_port = _name(container), ENGINE_INTERNAL_PORT
         return EngineSpec(
-            container_id=container.id,
+            container_id=_id(container),
             container_name=name,
             host=host,
             port=api_port,
@@ -453,14 +462,18 @@ class _EventPump:
     """Reads the daemon's event stream in a thread and hands `die` events to the loop."""
 
     def __init__(
-        self, client: docker.DockerClient, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue, labels: list[str]
+        self,
+        client: docker.DockerClient,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[dict[str, Any]],
+        labels: list[str],
     ) -> None:
         self._client = client
         self._labels = labels
         self._loop = loop
         self._queue = queue
         self._stopping = threading.Event()
-        self._stream = None
+        self._stream: CancellableStream[dict[str, Any]] | None = None
         self._thread = threading.Thread(target=self._pump, name="docker-events", daemon=True)
 
     def start(self) -> None:
@@ -495,6 +508,22 @@ class _EventPump:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
         except RuntimeError:  # the loop is closed: we are shutting down
             self._stopping.set()
+
+
+def _from_env(timeout_s: float, **kwargs: Any) -> docker.DockerClient:
+    return docker.from_env(timeout=timeout_s, **kwargs)  # type: ignore[arg-type]  # requests takes float seconds; types-docker says int
+
+
+def _id(container: Container) -> str:
+    """A container the daemon listed or inspected has an id (types-docker allows None for a bare model)."""
+    assert container.id is not None, "a listed container without an Id"
+    return container.id
+
+
+def _name(container: Container) -> str:
+    """As `_id`: the daemon names every container."""
+    assert container.name is not None, "a listed container without a Name"
+    return container.name
 
 
 def _label_port(container: Container) -> int:

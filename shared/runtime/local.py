@@ -38,7 +38,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ from shared.runtime.base import (
     LABEL_SCOPE,
     EngineSpec,
     ExecResult,
+    ManagedRuntime,
     RuntimeEvent,
     RuntimeFailure,
     managed_labels,
@@ -80,7 +81,7 @@ class EngineFile:
 
 
 class LocalRuntime:
-    kind = "local"
+    kind: ManagedRuntime = "local"
 
     def __init__(self, config: Config) -> None:
         self._config = config
@@ -104,7 +105,7 @@ class LocalRuntime:
     async def exec_shell(self, engine: EngineSpec, script: str, timeout_s: float = 60) -> ExecResult:
         """`sh -c script` on this host, in the engine's cache dir, with ENGINE_CACHE_DIR set to it."""
         env = {**os.environ, "ENGINE_CACHE_DIR": engine.cache_dir}
-        cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None
+        cwd = engine.cache_dir if os.path.isdir(engine.cache_dir) else None  # noqa: ASYNC240  # one local stat
         proc = await asyncio.create_subprocess_exec(
             "sh",
             "-c",
@@ -211,7 +212,7 @@ class LocalRuntime:
         return pid
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self) -> Iterator[None]:
         self._dir.mkdir(parents=True, exist_ok=True)  # a fresh ENGINE_STATE_DIR: adopt() locks before any create
         with open(self._dir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
@@ -291,7 +292,9 @@ class LocalRuntime:
         group = entry.pid if _group_of(entry.pid) == entry.pid else None
         self._signal(entry.pid, group, signal.SIGTERM)
         # Until every member of its group is gone: a wrapper may exit before the engine it started.
-        running = (lambda: self._alive(entry) or _group_members(group)) if group else (lambda: self._alive(entry))
+        running: Callable[[], bool] = (
+            (lambda: self._alive(entry) or _group_members(group)) if group else (lambda: self._alive(entry))
+        )
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while time.monotonic() < deadline:
             if not running():
@@ -384,7 +387,9 @@ def _is_engine_process(entry: EngineFile) -> bool:
     # A state file from before start times were recorded: its command line names the port, and it
     # started before the file was written (a process started later cannot be the one it names).
     cmdline = _cmdline(entry.pid)
-    names_port = bool(cmdline) and re.search(rb"(?<![0-9])%d(?![0-9])" % entry.port, cmdline) is not None
+    if not cmdline:
+        return False
+    names_port = re.search(rb"(?<![0-9])%d(?![0-9])" % entry.port, cmdline) is not None
     return names_port and _started_wall_time(int(fields[19])) <= entry.started_at + 1.0
 
 

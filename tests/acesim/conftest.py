@@ -16,7 +16,7 @@ for _path in (Path(__file__).resolve().parents[2], Path(__file__).resolve().pare
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from acesim_harness import (  # noqa: E402
+from acesim_harness import (  # noqa: E402  # after the sys.path set-up above
     REPO_ROOT,
     SimProcess,
     StartSim,

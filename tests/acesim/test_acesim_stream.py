@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -76,7 +77,7 @@ def test_stream_is_paced_at_the_bitrate_with_pcr_and_continuity(start_sim: Start
     assert found.streams, "PMT lists no stream"
     clock = pcrs(data, found.pcr_pid)
     assert len(clock) > 100
-    gaps = [b[1] - a[1] for a, b in zip(clock, clock[1:])]
+    gaps = [b[1] - a[1] for a, b in pairwise(clock)]
     assert all(0 < gap <= 27_000_000 // 10 for gap in gaps)  # increasing, at least every 100 ms
     (first_index, first_pcr), (last_index, last_pcr) = clock[0], clock[-1]
     stream_rate = (last_index - first_index) * TS * 8 / ((last_pcr - first_pcr) / 27_000_000)
@@ -155,7 +156,7 @@ def test_media_loops_as_one_stream_across_the_seam(start_sim: StartSim, client: 
         data = player.read(3 * file_packets * TS)  # the 5 s backlog spans two seams or more
     assert continuity_breaks(data) == []
     clock = pcrs(data, program(data).pcr_pid)
-    assert all(b[1] > a[1] for a, b in zip(clock, clock[1:])), "the clock went back at a seam"
+    assert all(b[1] > a[1] for a, b in pairwise(clock)), "the clock went back at a seam"
 
     decoded = subprocess.run(
         [tool("ffmpeg"), "-v", "error", "-i", sim.url("/ace/getstream?id=looped"), "-t", "4", "-f", "null", "-"],

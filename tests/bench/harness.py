@@ -98,7 +98,7 @@ class Results:
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         lines = [title, "=" * len(title)]
         for index, row in enumerate(rows):
-            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+            lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
             if index == 0:
                 lines.append("  ".join("-" * width for width in widths))
         misses = sum(1 for f in self.figures if f.ok is False)

@@ -23,7 +23,13 @@ async def test_a_child_s_lines_are_emitted_with_its_name_and_it_stops_on_sigterm
         await asyncio.sleep(0.05)
     code = await child.stop(timeout_s=5)
     assert sorted(lines) == [("worker", "hello"), ("worker", "oops")]
-    assert code == -15 and not child.running
+    assert code == -15 and not child.running and child.returncode == -15
+
+
+def test_a_child_never_started_has_no_exit_code():
+    # up reports nats-server's exit code through this: before a start there is none (not an AttributeError).
+    child = Child("never", [PY, "-c", "pass"], {}, lambda name, line: None)
+    assert child.returncode is None and not child.running
 
 
 async def test_a_child_that_ignores_sigterm_is_killed_after_the_timeout():

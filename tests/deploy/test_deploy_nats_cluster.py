@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from itertools import pairwise
 
 import nats
 import pytest
@@ -102,7 +103,7 @@ class Driver:
                 return self.rounds - before
 
     def longest_gap(self) -> float:
-        return max(b - a for a, b in zip(self.successes, self.successes[1:]))
+        return max(b - a for a, b in pairwise(self.successes))
 
 
 async def quiet(exc: Exception) -> None:

@@ -101,7 +101,7 @@ async def test_measure_live_load(make_stack):
     stop = True
     await h
     m = (await stack.http.get("/metrics")).text
-    metr = {l.split()[0]: l.split()[1] for l in m.splitlines() if l.startswith("aceorch_gateway_")}
+    metr = {line.split()[0]: line.split()[1] for line in m.splitlines() if line.startswith("aceorch_gateway_")}
     print(
         f"\nRESULT clients_requested={CLIENTS} LIVE_MAX_CLIENTS={MAX} statuses={statuses} "
         f"events/s={(s1 - s0) / (t1 - t0):.0f} gateway_cpu={c1 - c0:.2f}s in {t1 - t0:.1f}s "

@@ -93,7 +93,7 @@ class IndexMachine(RuleBasedStateMachine):
             exclude=exclude,
         )
         got = self.index.choose(self.now, content, hosts, exclude)
-        summary = lambda s: None if s is None else (s.engine.container_id, s.shared)  # noqa: E731
+        summary = lambda s: None if s is None else (s.engine.container_id, s.shared)  # noqa: E731  # a one-line key for the comparisons below
         assert summary(got) == summary(expected)
 
     @invariant()

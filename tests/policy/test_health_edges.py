@@ -13,7 +13,10 @@ from shared.schemas import EngineHealth
 POLICY = HealthPolicy(fall=3, rise=3)
 
 
-def report(ok: bool, checked_at=ago(4), error: str | None = None) -> EngineHealth:
+FOUR_S_AGO = ago(4)
+
+
+def report(ok: bool, checked_at=FOUR_S_AGO, error: str | None = None) -> EngineHealth:
     return EngineHealth(container_id="e1", ok=ok, checked_at=checked_at, error=error)
 
 

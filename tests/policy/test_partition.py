@@ -29,7 +29,7 @@ keys_st = st.lists(st.text("abcxyz0123456789-_", min_size=1, max_size=20), max_s
 u_st = st.floats(0, 1, exclude_max=True)
 
 S = ProbeSchedule(interval_s=30, recheck_s=5, jitter=0.1, new_engine_window_s=1, fall=2, rise=2)
-I, R = S.interval_s, S.recheck_s
+I, R = S.interval_s, S.recheck_s  # noqa: E741  # I and R: the interval and recheck of the formulas below
 MID = 0.5  # u that yields no jitter
 
 # ---------------------------------------------------------------- partition

@@ -23,7 +23,10 @@ def stream(stream_id="s1", **fields) -> StreamRecord:
     return StreamRecord(stream_id=stream_id, **defaults)
 
 
-def report(stream_id="s1", proxy="p1", reported_at=ago(1), peers=7) -> StreamStats:
+ONE_S_AGO = ago(1)
+
+
+def report(stream_id="s1", proxy="p1", reported_at=ONE_S_AGO, peers=7) -> StreamStats:
     stats = PlaybackStats(status="dl", peers=peers, speed_down=512, reported_at=reported_at)
     return StreamStats(stream_id=stream_id, stats=stats, proxy=proxy)
 

@@ -12,7 +12,7 @@ import pytest
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from prober_fleet import Fleet  # noqa: E402
+from prober_fleet import Fleet  # noqa: E402  # after the sys.path set-up above
 
 
 @pytest.fixture

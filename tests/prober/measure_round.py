@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import httpx
@@ -28,9 +29,9 @@ import nats
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parents[1])]
 
-from support import NatsServer, Processes, base_env, free_port, free_port_range, wait_for_port  # noqa: E402
+from support import NatsServer, Processes, base_env, free_port, free_port_range, wait_for_port  # noqa: E402  # after sys.path
 
-from shared.schemas import EngineRegistered, encode  # noqa: E402
+from shared.schemas import EngineRegistered, encode  # noqa: E402  # after sys.path
 
 
 def cpu_seconds(pid: int) -> tuple[float, float]:
@@ -103,7 +104,7 @@ def report(seen, args, before, after, elapsed) -> None:
     total = sum(len(v) for v in seen.values())
     failures = Counter(error for v in seen.values() for _, ok, error in v if not ok)
     healthy = [key for key, v in seen.items() if all(ok for _, ok, _ in v)]
-    gaps = sorted(b[0] - a[0] for key in healthy for a, b in zip(seen[key], seen[key][1:]))
+    gaps = sorted(b[0] - a[0] for key in healthy for a, b in pairwise(seen[key]))
     user, system = after[0] - before[0], after[1] - before[1]
     print(
         f"{args.engines} engines ({args.hung} hung), interval {args.interval:g}s, {args.rounds} rounds "

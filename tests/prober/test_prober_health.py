@@ -6,6 +6,7 @@ scaled-down intervals of `base_env` (1 s interval, 0.5 s timeout, 0.5 s recheck)
 
 import asyncio
 import time
+from itertools import pairwise
 
 import httpx
 from prober_fleet import INTERVAL_S, RECHECK_S, TIMEOUT_S, engine_id
@@ -46,7 +47,7 @@ async def test_hung_engine_turns_unhealthy_in_time_without_delaying_the_others(f
     window_end = time.monotonic()
     for port in others:
         times = observations.between(engine_id(port), hung_at, window_end)
-        gaps = [b - a for a, b in zip(times, times[1:])]
+        gaps = [b - a for a, b in pairwise(times)]
         assert len(times) >= (window_end - hung_at) / INTERVAL_S - 2, (port, times)
         assert max(gaps) < 2 * INTERVAL_S, (port, gaps)
         assert sum(gaps) / len(gaps) < 1.25 * INTERVAL_S, (port, gaps)
@@ -91,7 +92,7 @@ async def test_each_fault_leads_to_unhealthy_with_its_error_kind(fleet):
     fleet.start_prober()
     await fleet.wait_healthy(fleet.ports)
 
-    for port, (mode, params, _) in zip(faulty, FAULTS):
+    for port, (mode, params, _) in zip(faulty, FAULTS, strict=True):
         await fleet.fault(port, mode, **params)
 
     async def all_unhealthy():
@@ -103,7 +104,7 @@ async def test_each_fault_leads_to_unhealthy_with_its_error_kind(fleet):
     )
     errors = {
         mode_and_params(mode, params): unhealthy[engine_id(port)]["last_error"]
-        for port, (mode, params, _) in zip(faulty, FAULTS)
+        for port, (mode, params, _) in zip(faulty, FAULTS, strict=True)
     }
     assert errors == {mode_and_params(mode, params): expected for mode, params, expected in FAULTS}
     assert (await fleet.engine(healthy))["health_status"] == "healthy"

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 from prober_fleet import Observations, engine_id
@@ -29,7 +30,7 @@ def coverage(observations: Observations, keys: list[str], start: float, end: flo
     for key in keys:
         times = [start, *observations.between(key, start, end), end]
         total += len(times) - 2
-        widest = max(b - a for a, b in zip(times, times[1:]))
+        widest = max(b - a for a, b in pairwise(times))
         if widest >= 2 * INTERVAL_S:
             holes[key] = round(widest, 2)
     return total / len(keys) / ((end - start) / INTERVAL_S), holes

@@ -7,6 +7,7 @@ tests use real engines); time is real but short.
 import asyncio
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 from support import wait_until
 
@@ -53,7 +54,7 @@ async def run_for(scheduler, seconds):
 
 
 def gaps(times):
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in pairwise(times)]
 
 
 async def test_hung_targets_do_not_delay_the_others():

@@ -39,7 +39,7 @@ class SlowCreate:
         return getattr(self._runtime, name)
 
 
-async def test_a_create_given_up_on_still_counts_until_it_ends(pools, monkeypatch):
+async def test_a_create_given_up_on_still_counts_until_it_ends(pools, monkeypatch):  # noqa: F811  # the fixture imported above
     monkeypatch.setattr(provisioner_module, "CREATE_BUDGET_S", 0.5)  # the budget, not a clock
     pool = await pools(MIN_REPLICAS=1, MIN_FREE_REPLICAS=0, MAX_REPLICAS=1)
     config = load_config(pool.env())

@@ -125,7 +125,7 @@ class ProxyStack:
     async def sim_sessions(self) -> int:
         """Open sessions over every live engine."""
         total = 0
-        for cid, port in self.engines.items():
+        for cid in self.engines:
             with contextlib.suppress(httpx.HTTPError):
                 total += len((await self.sim_state(cid))["sessions"])
         return total

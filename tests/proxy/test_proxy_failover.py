@@ -39,7 +39,9 @@ async def test_viewers_keep_their_connections_when_the_engine_fails(stack_factor
     assert [s["reason"] for s in ended] == ["failover"]
     # The same connections receive bytes again, from the new session (the old one's reader is gone by now).
     counts = [viewer.count for viewer in viewers]
-    await asyncio.gather(*(viewer.got(count + 188 * 300, timeout=20) for viewer, count in zip(viewers, counts)))
+    await asyncio.gather(
+        *(viewer.got(count + 188 * 300, timeout=20) for viewer, count in zip(viewers, counts, strict=True))
+    )
     gap = time.monotonic() - failed_at
     assert all(viewer.error is None and not viewer.ended.is_set() for viewer in viewers)
     status = (await stack.status())["sessions"]

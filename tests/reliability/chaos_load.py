@@ -222,7 +222,7 @@ class StreamLoad:
     async def publish(self, subject: str, event: msgspec.Struct, msg_id: str) -> None:
         """Until JetStream acknowledges it; retries reuse the id, so it is stored once."""
         data = encode(event)
-        for attempt in range(600):
+        for _attempt in range(600):
             try:
                 await self.bus.js.publish(
                     subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=self.publish_timeout_s

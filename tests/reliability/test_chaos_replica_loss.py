@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
+from itertools import pairwise
 
 import httpx
 import nats.errors
@@ -123,7 +124,7 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
             "first_after_s": round(after[0][0] - killed_at, 2) if after else None,
             "interval_s": interval,
             "epochs_after": len(numbers),
-            "epochs_skipped": sum(b - a - 1 for a, b in zip(numbers, numbers[1:])),
+            "epochs_skipped": sum(b - a - 1 for a, b in pairwise(numbers)),
             "holders_after": sorted({holder for t, _, holder in after if t > dead_at}),
         }
     killed_pids = {str(p.pid) for p in victims.values()}

@@ -1,7 +1,9 @@
 """The JetStream layout: created idempotently, per-message TTL on, right subjects."""
 
+import pytest
+
 from shared import names
-from shared.bus import MIN_SERVER_VERSION, connect
+from shared.bus import MIN_SERVER_VERSION, BusError, connect, require_server
 from shared.config import load_config
 
 
@@ -32,11 +34,6 @@ async def test_request_subjects_are_not_captured_by_the_event_stream(nats_server
             assert subject not in events.config.subjects
     finally:
         await bus.close()
-
-
-import pytest
-
-from shared.bus import BusError, require_server
 
 
 @pytest.mark.parametrize("version", [(2, 10), (2, 9), (1, 99)])

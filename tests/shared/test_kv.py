@@ -40,6 +40,15 @@ async def test_concurrent_increments_all_land_exactly_once(nc, nats_server):
     assert (await read(kv, "k", decode)).value == Counter(increments)
     outcome = await cas_update(kv, "k", lambda c: DELETE, decode)
     assert outcome.written and await read(kv, "k", decode) is None
+    # result() is for changes that always yield a value: a delete says so instead of handing on None.
+    with pytest.raises(AssertionError, match="left none"):
+        outcome.result()
+
+
+async def test_result_is_the_value_written(nc, nats_server):
+    _, kv = await bucket(nc, nats_server.url)
+    outcome = await cas_update(kv, "k", lambda c: Counter(7), decode)
+    assert outcome.result() == Counter(7)
 
 
 async def test_a_stale_revision_is_a_conflict_and_a_good_one_writes(nc, nats_server):
