@@ -67,13 +67,23 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
             config.proxy_port,
             len(membership.members),
         )
+        # The heartbeat outlives `stop` until this replica's streams are ended: a state-keeper that saw it
+        # leave first would end them itself, as `proxy_lost`, while they were still being ended here.
+        streams_ended = asyncio.Event()
+        heartbeat = loop.create_task(membership.run(streams_ended))
+        stopping = loop.create_task(stop.wait())
         try:
-            await membership.run(stop)
+            await asyncio.wait([heartbeat, stopping], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            stopping.cancel()
             server.close()
             await asyncio.gather(hub.close(SHUTDOWN_S), hls.close(SHUTDOWN_S))
             for task in list(app.tasks):
                 task.cancel()
             await asyncio.gather(*app.tasks, return_exceptions=True)
-            await membership.stop()
-            await engines.stop()
+            streams_ended.set()
+            try:
+                await heartbeat  # says goodbye; raises what ended it early, if anything did
+            finally:
+                await membership.stop()
+                await engines.stop()

@@ -130,9 +130,9 @@ class ProxyStack:
                 total += len((await self.sim_state(cid))["sessions"])
         return total
 
-    async def fault(self, cid: str, mode: str) -> httpx.Response:
+    async def fault(self, cid: str, mode: str, **params: str) -> httpx.Response:
         port = self.engines[cid]
-        return await self.http.get(f"http://127.0.0.1:{port}/__sim/fault", params={"mode": mode})
+        return await self.http.get(f"http://127.0.0.1:{port}/__sim/fault", params={"mode": mode, **params})
 
     async def status(self) -> dict:
         return (await self.http.get(f"{self.url}/ace/status")).json()

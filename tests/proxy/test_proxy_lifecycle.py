@@ -136,6 +136,21 @@ async def _refused_query(stack, engine: str) -> str:
     return "url=http://example.invalid/none.torrent"
 
 
+async def test_a_stopping_proxy_stays_a_member_until_it_has_ended_its_streams(stack_factory):
+    # The engine answers the stop command after 2 s; the state-keeper's lost-proxy sweep runs every 0.5 s
+    # (STAT_INTERVAL_S). Had the proxy left the group first, the keeper would end the stream as proxy_lost.
+    stack = await stack_factory()
+    [engine] = await stack.add_engines(1)
+    stack.url, stack.proxy = await stack.start_proxy()
+    viewer = Watcher(f"{stack.url}/ace/getstream?id=slow-goodbye", keep=False)
+    await viewer.got(188 * 50)
+    [stream] = await stack.started(1)
+    assert (await stack.fault(engine, "slow", ms="2000")).status_code == 200
+    assert stack.proxy.stop() == 0
+    ended = await wait_until(_ended(stack, stream["stream_id"]), timeout=15, what="stream.ended on shutdown")
+    assert ended["reason"] == "proxy_stopped"
+
+
 async def test_a_stopped_proxy_ends_its_streams_and_stops_their_engine_sessions(stack_factory):
     stack = await stack_factory()
     await stack.add_engines(1)
