@@ -20,12 +20,14 @@ from services.gateway.errors import (
     on_http_exception,
     on_unexpected,
 )
+from services.gateway.events import EventLog
 from services.gateway.fleet import ApiError, Fleet
+from services.gateway.history import History
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
 from services.gateway.reference import reference_routes
-from services.gateway.routes import ops_routes, read_routes, write_routes
+from services.gateway.routes import history_routes, ops_routes, read_routes, write_routes
 from shared import asyncapi
 from shared.config import Config
 from shared.policy.web import allowed_hosts
@@ -43,7 +45,9 @@ DASHBOARD_HEADERS = {
 }
 
 
-def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) -> Litestar:
+def build_app(
+    fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config, history: History, events: EventLog
+) -> Litestar:
     readiness = Readiness(fleet.bus)
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
@@ -58,6 +62,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
             *write_routes(fleet, mutating),
             *reference_routes(fleet, config, mutating),
             *ops_routes(fleet, feed, metrics, readiness, live),
+            *history_routes(history, events),
             *dashboard_routes(),
         ],
         guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],

@@ -1,0 +1,160 @@
+"""Fleet history: one sample per HISTORY_INTERVAL_S into ACE_HISTORY, and every replica's copy of it.
+
+Every gateway replica wakes at each interval boundary, reads the fleet from its
+views, the state-keepers' counters and the probe latencies it saw since the
+last boundary, then races for the boundary's epoch marker (shared/lease.py, as
+the sweeps do): the winner publishes the sample with `Nats-Msg-Id
+history.<epoch>`, so a retried or doubled write is stored once. Reading before
+racing keeps the window between winning and writing to one publish: a replica
+killed in it costs one sample, never two.
+
+Each replica keeps the samples of the last HISTORY_MAX_AGE_H in memory, fed by
+an ordered consumer on ACE_HISTORY from its first message: a restarted gateway
+gets the history back from the stream, and every replica sees every sample
+live (for /api/live) whichever replica wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import msgspec
+import nats.errors
+from nats.js import api
+from nats.js.errors import Error as JsError
+
+from services.gateway.fleet import Fleet
+from services.gateway.metrics import Metrics
+from shared import names
+from shared.errors import describe
+from shared.lease import claim_epoch, epoch_of, sleep_to_next_epoch
+from shared.policy.history import downsample, expired, per_second, sample_of
+from shared.schemas import EngineHealth, HistoryPoint, HistorySample, decode_sample, encode, utcnow
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 5.0
+MAX_LATENCIES = 100_000  # probe latencies kept per interval; beyond, later ones are not counted
+
+
+class History:
+    def __init__(self, fleet: Fleet, metrics: Metrics, interval_s: float, max_age_h: float, holder: str) -> None:
+        self.fleet = fleet
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.max_age_s = max_age_h * 3600
+        self.holder = holder
+        self.samples: dict[int, HistorySample] = {}
+        self.listeners: list[Callable[[HistorySample], None]] = []
+        self.written = 0  # samples this replica won and published
+        self.undecodable = 0
+        self._latencies: list[float] = []
+        self._previous: tuple[Counter[str], float] | None = None
+        self._sub: object | None = None
+        self._last_seq = 0
+        metrics.observers.append(self._observe)
+
+    # ------------------------------------------------------------ reading
+
+    def series(self, range_s: float) -> tuple[float, list[HistoryPoint]]:
+        return downsample(self.samples.values(), range_s, utcnow())
+
+    def prune(self) -> None:
+        """Drop what the stream has aged out too (once per interval, not per sample: a restart
+        loads a day of samples at once)."""
+        now = utcnow()
+        for epoch in [e for e, s in self.samples.items() if expired(s, now, self.max_age_s)]:
+            del self.samples[epoch]
+
+    async def start(self) -> None:
+        await self._follow()
+        self.fleet.bus.on_reconnect(self._follow)
+
+    async def stop(self) -> None:
+        await self._unsubscribe()
+
+    async def _follow(self) -> None:
+        """(Re)start the ordered consumer after the last sample seen: after a NATS restart the old
+        consumer is gone and would stay silent."""
+        await self._unsubscribe()
+        start = self._last_seq + 1
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if self._last_seq else api.DeliverPolicy.ALL,
+            opt_start_seq=start if self._last_seq else None,
+        )
+        self._sub = await self.fleet.bus.js.subscribe(
+            names.HISTORY_SAMPLE, stream=names.HISTORY_STREAM, cb=self._on_sample, ordered_consumer=True, config=config
+        )
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except nats.errors.Error:
+                pass
+
+    async def _on_sample(self, msg: nats.aio.msg.Msg) -> None:
+        self._last_seq = max(self._last_seq, msg.metadata.sequence.stream)
+        try:
+            sample = decode_sample(msg.data)
+        except msgspec.DecodeError as exc:
+            self.undecodable += 1
+            log.warning("history: undecodable sample at sequence %d: %s", msg.metadata.sequence.stream, exc)
+            return
+        self.remember(sample)
+
+    def remember(self, sample: HistorySample) -> None:
+        if sample.epoch in self.samples:
+            return
+        self.samples[sample.epoch] = sample
+        for listener in self.listeners:
+            listener(sample)
+
+    # ------------------------------------------------------------ writing
+
+    def _observe(self, observation: EngineHealth) -> None:
+        if observation.latency_ms is not None and len(self._latencies) < MAX_LATENCIES:
+            self._latencies.append(observation.latency_ms)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("history sampler started with %gs interval, keeping %gh", self.interval_s, self.max_age_s / 3600)
+        while await sleep_to_next_epoch(self.interval_s, stop):
+            self.prune()
+            try:
+                await self.tick(epoch_of(time.time(), self.interval_s))
+            except (nats.errors.Error, JsError, OSError) as exc:
+                log.warning("history: sample not written: %s", describe(exc))
+
+    async def tick(self, epoch: int) -> bool:
+        """Read the fleet for `epoch`, then write it if this replica wins the epoch; True if written."""
+        latencies, self._latencies = self._latencies, []
+        totals = await self.metrics.selection_totals()
+        now_at = time.monotonic()
+        before = self._previous
+        self._previous = (totals, now_at) if totals is not None else None
+        rates = None if totals is None or before is None else per_second(before[0], before[1], totals, now_at)
+        now = utcnow()
+        sample = sample_of(
+            epoch,
+            self.interval_s,
+            self.fleet.engine_list(now),
+            self.fleet.stream_list(status="started"),
+            rates,
+            latencies,
+        )
+        middle = (epoch + 0.5) * self.interval_s  # of the epoch: no float rounding lands it in a neighbour
+        if not await claim_epoch(self.fleet.bus.leases, "history", self.interval_s, self.holder, middle):
+            return False
+        await self.fleet.bus.js.publish(
+            names.HISTORY_SAMPLE,
+            encode(sample),
+            headers={"Nats-Msg-Id": f"history.{epoch}"},
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        self.written += 1
+        return True
