@@ -93,3 +93,30 @@ async def test_history_is_kept_for_its_max_age_only(make_stack, nc):
     assert_one_per_interval(samples)
     points = (await stack.http.get("/api/history", params={"range": "1h"})).json()["points"]
     assert 0 < sum(p["samples"] for p in points) <= (max_age_s + 2) / INTERVAL_S
+
+
+async def test_events_list_a_hung_engines_flip_with_its_error_newest_first(make_stack):
+    stack = await make_stack()
+    ports = stack.start_engines(2)
+    ids = [await stack.register(port, name=f"acestream-{n}") for n, port in enumerate(ports, 1)]
+    await stack.start_health_checks()
+    await stack.healthy(*ids)
+    async with httpx.AsyncClient() as engine_http:
+        await engine_http.get(f"http://127.0.0.1:{ports[1]}/__sim/fault?mode=hang")
+
+    async def flipped():
+        events = (await stack.http.get("/api/events")).json()
+        return events if any(e["kind"] == "health.unhealthy" for e in events) else None
+
+    events = await wait_until(flipped, timeout=20, what="the hung engine's flip in /api/events")
+    texts = [e["text"] for e in events]
+    assert texts[0] == "acestream-2 unhealthy: timeout after 0.5 s, 2 failures in a row", texts
+    assert events[0]["container_id"] == ids[1] and events[0]["level"] == "error"
+    assert [e["at"] for e in events] == sorted((e["at"] for e in events), reverse=True)
+    assert f"acestream-2 registered at 127.0.0.1:{ports[1]}" in texts
+
+    mine = (await stack.http.get("/api/events", params={"container_id": ids[1], "limit": 2})).json()
+    assert [e["text"] for e in mine] == texts[:1] + [t for t in texts[1:] if t.startswith("acestream-2")][:1]
+    assert (await stack.http.get("/api/events", params={"limit": 0})).status_code == 400
+    probes = (await stack.http.get(f"/api/engines/{ids[1]}/probes")).json()
+    assert probes and all(len(p) == 3 for p in probes) and probes[-1][2] is False
