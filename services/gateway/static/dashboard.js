@@ -17,6 +17,9 @@
     query: "",
   };
   const rows = new Map(); // container_id -> {tr, cells}
+  // Other scripts (history.js) hear the live feed here: {snapshot, engine, stream, sample, event} -> [fn].
+  const hooks = { snapshot: [], engine: [], stream: [], sample: [], event: [] };
+  const notify = (name, value) => hooks[name].forEach((fn) => fn(value));
   let renderQueued = false;
   let backoffMs = 1000;
   let source = null;
@@ -85,6 +88,9 @@
   function createRow(id) {
     const tr = el("tr", "engine");
     tr.dataset.id = id;
+    tr.addEventListener("click", () => {
+      location.hash = `#/engines/${encodeURIComponent(id)}`;
+    });
     const td = (label, className) => {
       const cell = el("td", className);
       cell.dataset.label = label;
@@ -365,11 +371,20 @@
     source = new EventSource(key ? `/api/live?key=${encodeURIComponent(key)}` : "/api/live");
     listen("snapshot", (snapshot) => {
       applySnapshot(snapshot);
+      notify("snapshot", snapshot);
       backoffMs = 1000;
       setConnection("live", "Live");
     });
-    listen("engine", onEngine);
-    listen("stream", onStream);
+    listen("engine", (change) => {
+      onEngine(change);
+      notify("engine", change);
+    });
+    listen("stream", (change) => {
+      onStream(change);
+      notify("stream", change);
+    });
+    listen("sample", (change) => notify("sample", change));
+    listen("event", (change) => notify("event", change));
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (e.g. a non-200 answer): retry ourselves, with backoff.
@@ -401,7 +416,7 @@
     });
   }
 
-  window.aceDashboard = { relTime, formatBytes, state };
+  window.aceDashboard = { relTime, formatBytes, state, hooks, el, setText, setAgo, clock, HEALTH_LABEL };
 
   document.addEventListener("DOMContentLoaded", () => {
     bindControls();

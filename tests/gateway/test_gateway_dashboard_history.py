@@ -1,0 +1,108 @@
+"""History charts, the events section and engine detail in real headless Chromium (issue 14).
+
+A scripted run — streams start, a cache is cleaned, an engine hangs, another is
+removed — then the charts must hold data points, the events section must list
+what happened newest first, and an engine's detail must draw its probe
+sparkline. Every request the page makes must stay on 127.0.0.1 (uPlot comes
+from the gateway, not a CDN). Screenshots go to test-artifacts/ and the
+overview to docs/, where the README shows it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from support import ROOT
+from test_gateway_dashboard import ARTIFACTS, _collect_problems, _start_stream, browser  # noqa: F401 (fixture)
+
+from shared import names
+from shared.schemas import EngineCleaned, PlaybackStats, StreamStats, encode
+
+pytestmark = pytest.mark.browser
+
+DOCS_SHOT = ROOT / "docs" / "dashboard-history.png"
+CHARTS = ("health", "streams", "latency", "selections")
+
+
+async def test_history_events_and_engine_detail_render_from_a_scripted_run(make_stack, browser):  # noqa: F811
+    stack = await make_stack(HISTORY_INTERVAL_S=0.5)
+    ports = stack.start_engines(3)
+    ids = [await stack.register(port, name=f"acestream-{n}") for n, port in enumerate(ports, 1)]
+    await stack.start_health_checks()
+    await stack.healthy(*ids)
+
+    page = await browser.new_page(viewport={"width": 1440, "height": 900}, bypass_csp=True)  # for wait_for_function
+    problems = _collect_problems(page)
+    hosts: set[str] = set()
+    page.on("request", lambda request: hosts.add(urlsplit(request.url).hostname or request.url))
+    await page.goto(stack.url)
+    await page.wait_for_selector('#conn[data-state="live"]')
+
+    # The script: a stream with figures, a clean (as the janitor reports it), a hang, a removal.
+    stream_id = await _start_stream(stack, ids[0], ports[0])
+    await stack.engine(ids[0], lambda r: stream_id in r["streams"], what="the stream on acestream-1")
+    figures = PlaybackStats(status="dl", peers=17, speed_down=640, reported_at=datetime.now(UTC))
+    await stack.nc.publish(names.STREAM_STATS, encode(StreamStats(stream_id=stream_id, stats=figures)))
+    cleaned = EngineCleaned(container_id=ids[2], ok=True, cache_size_bytes=734003200, cleaned_at=datetime.now(UTC))
+    await stack.nc.jetstream().publish(
+        names.ENGINE_CLEANED, encode(cleaned), headers={"Nats-Msg-Id": f"cleaned.{uuid.uuid4().hex}"}
+    )
+    async with httpx.AsyncClient() as engine_http:
+        await engine_http.get(f"http://127.0.0.1:{ports[1]}/__sim/fault?mode=hang")
+    await stack.engine(ids[1], lambda r: r["health_status"] == "unhealthy", what="acestream-2 unhealthy")
+    assert (await stack.http.delete(f"/engines/{ids[2]}")).status_code == 202
+
+    expected = [
+        "acestream-3 removed: deregistered via API",
+        "acestream-2 unhealthy: timeout after 0.5 s, 2 failures in a row",
+        "acestream-3 cache cleaned: 700 MB removed",
+        "stream of ch-news started on acestream-1",
+    ]
+    await page.wait_for_function(
+        f"document.querySelector('#event-list').textContent.includes({expected[0]!r})", timeout=20_000
+    )
+    texts = await page.eval_on_selector_all("#event-list li .text", "items => items.map(i => i.textContent)")
+    assert [t for t in texts if t in expected] == expected, texts
+    for name in CHARTS:
+        await page.wait_for_function(f"aceCharts.points({name!r}) >= 3", timeout=20_000)
+        assert await page.is_visible(f"#chart-{name} canvas")
+    assert not await page.is_visible("#history-empty")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-history.png"), full_page=True)
+    DOCS_SHOT.parent.mkdir(exist_ok=True)
+    shutil.copyfile(ARTIFACTS / "dashboard-history.png", DOCS_SHOT)
+
+    # Engine detail, opened by clicking its row: record, sparkline with the failed probes, its flip.
+    await page.click(f'tr.engine[data-id="{ids[1]}"]')
+    await page.wait_for_selector("#engine-detail:not([hidden])")
+    assert page.url.endswith(f"#/engines/{ids[1]}")
+    await page.wait_for_function("aceCharts.points('sparkline') >= 3", timeout=20_000)
+    assert await page.is_visible("#engine-sparkline canvas")
+    await page.wait_for_function(
+        "document.querySelector('#detail-transitions').textContent.includes('unhealthy: timeout')"
+    )
+    assert await page.text_content('#detail-record dd[data-label="Health"]') == "Unhealthy"
+    await page.screenshot(path=str(ARTIFACTS / "engine-detail.png"), full_page=True)
+
+    # The busy engine's detail lists its stream with the proxy's figures and says it is not idle.
+    await page.goto(f"{stack.url}/#/engines/{ids[0]}")
+    peers = f'#detail-streams tr[data-id="{stream_id}"] td[data-label="Peers"]'
+    await page.wait_for_function(f"document.querySelector('{peers}')?.textContent === '17'", timeout=20_000)
+    assert (await page.text_content('#detail-record dd[data-label="Idle"]')).startswith("busy")
+    assert await page.text_content('#detail-record dd[data-label="Last clean"]') == "Never"
+
+    # Under the dashboard's own CSP (no eval, no inline script or style), the charts draw all the same.
+    strict = await browser.new_page(viewport={"width": 1440, "height": 900})
+    problems += _collect_problems(strict)
+    await strict.goto(stack.url)
+    for name in CHARTS:
+        await strict.wait_for_selector(f"#chart-{name} canvas")
+    await strict.wait_for_selector("#event-list li")
+
+    assert problems == [], problems
+    assert hosts == {"127.0.0.1"}, f"requests left loopback: {hosts}"
