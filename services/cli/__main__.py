@@ -1,7 +1,8 @@
 """`aceorch`: run the whole system (`up`) and talk to it like a proxy does.
 
 aceorch up [--data-dir DIR] [--runtime local|docker] [--keep-engines]
-aceorch engines [--json]
+aceorch engines [--json] [--watch [--interval S]]
+aceorch events [--gateway URL] [--limit N] [--no-follow]
 aceorch select [CONTENT]
 aceorch stream start [CONTENT] [--stream-id ID]
 aceorch stream end STREAM_ID
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -37,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     engines = commands.add_parser("engines", parents=[client], help="list engines as a table")
+    engines.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C")
+    engines.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
     engines.set_defaults(run="engines")
+    _add_events(commands)
 
     streams = commands.add_parser("streams", parents=[client], help="list started streams with peers and speed")
     streams.add_argument("--all", action="store_true", help="ended streams too (kept for STREAM_TTL_S)")
@@ -65,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands, client)
     contract.add_parser(commands)
     return parser
+
+
+def _add_events(commands) -> None:
+    from services.cli.follow import default_gateway_url
+
+    events = commands.add_parser(
+        "events", help="what happened (health flips, cleans, removals, streams), then follow it live"
+    )
+    events.add_argument(
+        "--gateway", default=default_gateway_url(), help="the gateway (default: $GATEWAY_URL or %(default)s)"
+    )
+    events.add_argument("--api-key", default=os.environ.get("API_KEY", ""), help="API_KEY, when the gateway has one")
+    events.add_argument("--limit", type=int, default=20, help="recent events shown first (default 20, at most 1000)")
+    events.add_argument("--no-follow", action="store_true", help="print the recent events and exit")
+    events.set_defaults(run="events")
 
 
 def _add_up(commands) -> None:
@@ -99,6 +119,10 @@ def _add_demo(commands, client: argparse.ArgumentParser) -> None:
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run == "engines" and args.interval <= 0:
+        parser.error("--interval must be positive")
+    if args.run == "events" and not 1 <= args.limit <= 1000:
+        parser.error("--limit must be between 1 and 1000")
     if args.run == "demo":
         if not 1 <= args.viewers <= 1000:
             parser.error("--viewers must be between 1 and 1000")
@@ -118,10 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(args)
     if args.run == "contract":
         return contract.contract(args)
-    from services.cli import commands, demo
+    from services.cli import commands, demo, follow
 
     handlers = {
-        "engines": commands.engines,
+        "engines": follow.watch_engines if args.run == "engines" and args.watch else commands.engines,
+        "events": follow.events,
         "streams": commands.streams,
         "select": commands.select_engine,
         "stream_start": commands.stream_start,
