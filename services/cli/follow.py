@@ -15,6 +15,7 @@ import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from typing import Any
 from datetime import datetime
 
 import httpx
@@ -39,7 +40,7 @@ def frame(table: str, now: datetime, interval_s: float) -> str:
     return f"{REDRAW}engines at {now:%H:%M:%S} (every {interval_s:g}s; Ctrl-C to stop)\n\n{table}\n"
 
 
-def event_line(event: dict) -> str:
+def event_line(event: dict[str, Any]) -> str:
     """`14:03:07  acestream-3 unhealthy: timeout after 5.0 s, 2 failures in a row`, local time."""
     try:
         at = datetime.fromisoformat(str(event.get("at"))).astimezone()
@@ -79,7 +80,7 @@ async def events(args: argparse.Namespace) -> int:
             backoff = min(backoff * 2, MAX_BACKOFF_S)
 
 
-def _show(event: dict, seen: set[str]) -> None:
+def _show(event: dict[str, Any], seen: set[str]) -> None:
     key = str(event.get("id"))
     if key in seen:
         return
@@ -87,7 +88,7 @@ def _show(event: dict, seen: set[str]) -> None:
     print(event_line(event), flush=True)
 
 
-async def _recent(http: httpx.AsyncClient, limit: int) -> list[dict]:
+async def _recent(http: httpx.AsyncClient, limit: int) -> list[dict[str, Any]]:
     try:
         reply = await http.get("/api/events", params={"limit": limit})
     except httpx.HTTPError as exc:
@@ -101,7 +102,7 @@ async def _recent(http: httpx.AsyncClient, limit: int) -> list[dict]:
     return body if isinstance(body, list) else []
 
 
-async def _live_events(http: httpx.AsyncClient) -> AsyncIterator[dict]:
+async def _live_events(http: httpx.AsyncClient) -> AsyncIterator[dict[str, Any]]:
     """The `event` frames of /api/live (one JSON line of data each), until the stream ends."""
     async with http.stream("GET", "/api/live", timeout=httpx.Timeout(10, read=None)) as response:
         if response.status_code != 200:

@@ -106,7 +106,7 @@ class EventLog:
             config = api.ConsumerConfig(
                 filter_subjects=SHOWN_SUBJECTS,
                 deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                opt_start_time=since.isoformat(),
+                opt_start_time=since,
             )
         self._sub = await self.fleet.bus.js.subscribe(
             names.EVENT_SUBJECTS[0], stream=names.EVENTS_STREAM, cb=self._on_event, ordered_consumer=True, config=config

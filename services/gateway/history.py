@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import msgspec
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import Error as JsError
 
@@ -54,6 +55,7 @@ class History:
         self.undecodable = 0
         self._latencies: list[float] = []
         self._previous: tuple[Counter[str], float] | None = None
+        self._reading: asyncio.Task[tuple[Counter[str], float] | None] | None = None
         self._sub: object | None = None
         self._last_seq = 0
         metrics.observers.append(self._observe)
@@ -75,6 +77,8 @@ class History:
         self.fleet.bus.on_reconnect(self._follow)
 
     async def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
         await self._unsubscribe()
 
     async def _follow(self) -> None:
@@ -98,7 +102,7 @@ class History:
             except nats.errors.Error:
                 pass
 
-    async def _on_sample(self, msg: nats.aio.msg.Msg) -> None:
+    async def _on_sample(self, msg: Msg) -> None:
         self._last_seq = max(self._last_seq, msg.metadata.sequence.stream)
         try:
             sample = decode_sample(msg.data)
@@ -121,6 +125,22 @@ class History:
         if observation.latency_ms is not None and len(self._latencies) < MAX_LATENCIES:
             self._latencies.append(observation.latency_ms)
 
+    async def _read_counters(self) -> tuple[Counter[str], float] | None:
+        totals = await self.metrics.selection_totals()
+        return None if totals is None else (totals, time.monotonic())
+
+    def _take_reading(self) -> tuple[Counter[str], float] | None:
+        """The counters gathered since the last boundary; None if that gather failed or is late."""
+        task, self._reading = self._reading, None
+        if task is None:
+            return None
+        if not task.done():
+            task.cancel()
+            return None
+        if task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
     async def run(self, stop: asyncio.Event) -> None:
         log.info("history sampler started with %gs interval, keeping %gh", self.interval_s, self.max_age_s / 3600)
         while await sleep_to_next_epoch(self.interval_s, stop):
@@ -131,13 +151,16 @@ class History:
                 log.warning("history: sample not written: %s", describe(exc))
 
     async def tick(self, epoch: int) -> bool:
-        """Read the fleet for `epoch`, then write it if this replica wins the epoch; True if written."""
+        """Read the fleet for `epoch`, then write it if this replica wins the epoch; True if written.
+
+        Nothing here waits on the state-keepers: their counters are gathered in the background
+        (STATS_WINDOW_S) and used at the next boundary. Waiting at the boundary made a loaded
+        replica's tick run past the next boundary, and every replica skipped that epoch."""
         latencies, self._latencies = self._latencies, []
-        totals = await self.metrics.selection_totals()
-        now_at = time.monotonic()
-        before = self._previous
-        self._previous = (totals, now_at) if totals is not None else None
-        rates = None if totals is None or before is None else per_second(before[0], before[1], totals, now_at)
+        reading = self._take_reading()
+        self._reading = asyncio.get_running_loop().create_task(self._read_counters())
+        before, self._previous = self._previous, reading
+        rates = None if before is None or reading is None else per_second(*before, *reading)
         now = utcnow()
         sample = sample_of(
             epoch,

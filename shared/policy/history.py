@@ -129,7 +129,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 def _point(at: datetime, group: list[HistorySample]) -> HistoryPoint:
     def mean(name: str) -> float:
-        return sum(getattr(s, name) for s in group) / len(group)
+        return float(sum(getattr(s, name) for s in group)) / len(group)
 
     p99s = [s.probe_p99_ms for s in group if s.probe_p99_ms is not None]
     return HistoryPoint(

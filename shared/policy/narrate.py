@@ -8,6 +8,7 @@ these texts as they are.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, TypeAlias
 
 from shared.schemas import (
     EngineCleaned,
@@ -31,6 +32,7 @@ REMOVAL_WORDS = {
 # stream.ended reasons that mean the viewers moved on or the proxy switched engines.
 FAILOVER_REASONS = {"failover": "failed over to another engine", "failover_exhausted": "failovers exhausted"}
 MISSING = "unknown"
+Level: TypeAlias = Literal["info", "warning", "error"]
 
 
 def size(n: int | None) -> str:
@@ -65,6 +67,7 @@ def health_flip(record: EngineRecord, at: datetime, timeout_s: float) -> FleetEv
     2 failures in a row`)."""
     name = record.container_name or record.container_id
     status = record.health_status
+    level: Level
     if status == "unhealthy":
         failures = plural(record.consecutive_failures, "failure")
         text = f"{name} unhealthy: {error_words(record.last_error, timeout_s)}, {failures} in a row"
@@ -98,7 +101,7 @@ def describe_event(subject: str, event: Event, at: datetime, name: str | None, e
     )
 
 
-def _words(event: Event, who: str) -> tuple[str | None, str, str]:
+def _words(event: Event, who: str) -> tuple[str | None, Level, str]:
     match event:
         case EngineCleaned(ok=True, cache_size_bytes=cache):
             return f"{who} cache cleaned: {size(cache)} removed", "info", "engine.cleaned"
@@ -106,7 +109,7 @@ def _words(event: Event, who: str) -> tuple[str | None, str, str]:
             return f"{who} cache clean failed: {error or MISSING}", "warning", "engine.clean_failed"
         case EngineRemoved(reason=reason):
             words = REMOVAL_WORDS.get(reason or "", f"removed: {reason}" if reason else "removed")
-            level = "info" if reason in (None, "idle") or "API" in (reason or "") else "warning"
+            level: Level = "info" if reason in (None, "idle") or "API" in (reason or "") else "warning"
             return f"{who} {words}", level, "engine.removed"
         case EngineRegistered(runtime=runtime, host=host, port=port):
             how = "registered" if runtime == "external" else f"started ({runtime})"

@@ -120,3 +120,15 @@ async def test_events_list_a_hung_engines_flip_with_its_error_newest_first(make_
     assert (await stack.http.get("/api/events", params={"limit": 0})).status_code == 400
     probes = (await stack.http.get(f"/api/engines/{ids[1]}/probes")).json()
     assert probes and all(len(p) == 3 for p in probes) and probes[-1][2] is False
+
+    # A gateway started now replays the stored events and reads the flip from the record.
+    url, _ = await stack.start_gateway()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as fresh:
+
+        async def replayed():
+            listed = [e["text"] for e in (await fresh.get("/api/events")).json()]
+            flip = "acestream-2 unhealthy: timeout after 0.5 s, "  # how many failures in a row: more by now
+            registered = f"acestream-1 registered at 127.0.0.1:{ports[0]}"
+            return listed if any(t.startswith(flip) for t in listed) and registered in listed else None
+
+        await wait_until(replayed, timeout=20, what="events on a fresh gateway")
