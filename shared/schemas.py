@@ -256,6 +256,14 @@ class HistoryReply(Struct):
     points: list[HistoryPoint]
 
 
+class Probe(Struct):
+    """One health probe of one engine, for its sparkline (`GET /api/engines/{id}/probes`)."""
+
+    at: Timestamp
+    latency_ms: float | None
+    ok: bool
+
+
 class FleetEvent(Struct):
     """One thing that happened, said in words (`text`), newest first in `GET /api/events`."""
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import msgspec
 import nats.errors
@@ -29,7 +29,16 @@ from services.gateway.fleet import Fleet
 from services.gateway.metrics import Metrics
 from shared import names
 from shared.policy.narrate import demand, describe_event, health_flip
-from shared.schemas import EVENT_DECODERS, EngineDemand, EngineHealth, EngineRecord, FleetEvent, decoder, utcnow
+from shared.schemas import (
+    EVENT_DECODERS,
+    EngineDemand,
+    EngineHealth,
+    EngineRecord,
+    FleetEvent,
+    Probe,
+    decoder,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +47,6 @@ PROBES_KEPT = 60
 EVENTS_REPLAY_S = 6 * 3600.0
 SHOWN_SUBJECTS = [s for s in names.EVENT_SUBJECTS if s != names.ENGINE_HEALTH]
 _decode_demand = decoder(EngineDemand)
-
-
-class Probe(msgspec.Struct, frozen=True, array_like=True):
-    """One observation for the sparkline: [at, latency_ms, ok] on the wire, compact."""
-
-    at: datetime
-    latency_ms: float | None
-    ok: bool
 
 
 class EventLog:
@@ -154,7 +155,7 @@ class EventLog:
             if self.fleet.engines.get(observation.container_id) is None:
                 return  # not (or no longer) an engine we list: keep nothing for it
             ring = self.probes[observation.container_id] = deque(maxlen=PROBES_KEPT)
-        ring.append(Probe(observation.checked_at, observation.latency_ms, observation.ok))
+        ring.append(Probe(at=observation.checked_at, latency_ms=observation.latency_ms, ok=observation.ok))
 
     def add(self, event: FleetEvent) -> None:
         if event.id in self._ids:

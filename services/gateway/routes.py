@@ -17,7 +17,7 @@ from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
-from services.gateway.events import EventLog, Probe
+from services.gateway.events import EventLog
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.history import History
 from services.gateway.live import LiveFeed
@@ -42,6 +42,7 @@ from shared.schemas import (
     FleetEvent,
     HealthStatus,
     HistoryReply,
+    Probe,
     SelectReply,
     SelectRequest,
     StreamRecord,
@@ -246,7 +247,7 @@ def history_routes(history: History, events: EventLog) -> list[HTTPRouteHandler]
 
     @get("/api/engines/{container_id:str}/probes", tags=["history"])
     async def engine_probes(container_id: str) -> list[Probe]:
-        """This engine's recent health probes as `[at, latency_ms, ok]`, oldest first (its sparkline);
+        """This engine's recent health probes (`at`, `latency_ms`, `ok`), oldest first (its sparkline);
         the ones this gateway saw, the last 60."""
         return events.probes_of(container_id)
 

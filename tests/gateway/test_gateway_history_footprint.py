@@ -83,7 +83,7 @@ async def test_a_day_of_history_at_a_thousand_engines_fits_the_memory_target(mak
     async def loaded():
         day = (await stack.http.get("/api/history", params={"range": "24h"})).json()
         probes = (await stack.http.get(f"/api/engines/fp-{ENGINES - 1}/probes")).json()
-        full = len(probes) == PROBES_KEPT and probes[-1][1] == 2.0 + PROBES_KEPT - 1
+        full = len(probes) == PROBES_KEPT and probes[-1]["latency_ms"] == 2.0 + PROBES_KEPT - 1
         return day if full and sum(p["samples"] for p in day["points"]) >= DAY - PER_STEP else None
 
     day = await wait_until(loaded, timeout=120, interval=1, what="a day of history and full probe rings")

@@ -247,9 +247,9 @@
 
   function renderSparkline(probes) {
     const node = $("engine-sparkline");
-    const xs = probes.map((p) => secondsOf(p[0]));
-    const ok = probes.map((p) => (p[2] ? p[1] : null));
-    const failed = probes.map((p) => (p[2] ? null : p[1]));
+    const xs = probes.map((p) => secondsOf(p.at));
+    const ok = probes.map((p) => (p.ok ? p.latency_ms : null));
+    const failed = probes.map((p) => (p.ok ? null : p.latency_ms));
     const data = [xs, ok, failed];
     if (sparkline && sparkline.root.parentNode !== node) sparkline = null;
     if (sparkline) {
@@ -273,7 +273,7 @@
       );
     }
     node.dataset.points = String(probes.length);
-    const latencies = probes.filter((p) => p[1] != null).map((p) => p[1]);
+    const latencies = probes.filter((p) => p.latency_ms != null).map((p) => p.latency_ms);
     const worst = latencies.length ? Math.max(...latencies) : null;
     setText(
       $("spark-summary"),
