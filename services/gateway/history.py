@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from datetime import datetime
 
 import msgspec
 import nats.errors
@@ -49,7 +50,8 @@ class History:
         self.interval_s = interval_s
         self.max_age_s = max_age_h * 3600
         self.holder = holder
-        self.samples: dict[int, HistorySample] = {}
+        # By time, not epoch: epochs of different HISTORY_INTERVAL_S settings are different units.
+        self.samples: dict[datetime, HistorySample] = {}
         self.listeners: list[Callable[[HistorySample], None]] = []
         self.written = 0  # samples this replica won and published
         self.undecodable = 0
@@ -69,8 +71,8 @@ class History:
         """Drop what the stream has aged out too (once per interval, not per sample: a restart
         loads a day of samples at once)."""
         now = utcnow()
-        for epoch in [e for e, s in self.samples.items() if expired(s, now, self.max_age_s)]:
-            del self.samples[epoch]
+        for at in [at for at, s in self.samples.items() if expired(s, now, self.max_age_s)]:
+            del self.samples[at]
 
     async def start(self) -> None:
         await self._follow()
@@ -113,9 +115,9 @@ class History:
         self.remember(sample)
 
     def remember(self, sample: HistorySample) -> None:
-        if sample.epoch in self.samples:
+        if sample.at in self.samples:
             return
-        self.samples[sample.epoch] = sample
+        self.samples[sample.at] = sample
         for listener in self.listeners:
             listener(sample)
 

@@ -5,12 +5,15 @@ removed — then the charts must hold data points, the events section must list
 what happened newest first, and an engine's detail must draw its probe
 sparkline. Every request the page makes must stay on 127.0.0.1 (uPlot comes
 from the gateway, not a CDN). Screenshots go to test-artifacts/ and the
-overview to docs/, where the README shows it.
+overview of a (made-up) hour to docs/, where the README shows it, when UPDATE_SCREENSHOTS is set.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
+import time
 import uuid
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -21,7 +24,7 @@ from support import ROOT
 from test_gateway_dashboard import ARTIFACTS, _collect_problems, _start_stream, browser  # noqa: F401 (fixture)
 
 from shared import names
-from shared.schemas import EngineCleaned, PlaybackStats, StreamStats, encode
+from shared.schemas import EngineCleaned, HistorySample, PlaybackStats, StreamStats, encode
 
 pytestmark = pytest.mark.browser
 
@@ -74,8 +77,6 @@ async def test_history_events_and_engine_detail_render_from_a_scripted_run(make_
     assert not await page.is_visible("#history-empty")
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-history.png"), full_page=True)
-    DOCS_SHOT.parent.mkdir(exist_ok=True)
-    shutil.copyfile(ARTIFACTS / "dashboard-history.png", DOCS_SHOT)
 
     # Engine detail, opened by clicking its row: record, sparkline with the failed probes, its flip.
     await page.click(f'tr.engine[data-id="{ids[1]}"]')
@@ -104,5 +105,42 @@ async def test_history_events_and_engine_detail_render_from_a_scripted_run(make_
         await strict.wait_for_selector(f"#chart-{name} canvas")
     await strict.wait_for_selector("#event-list li")
 
+    # For the README: the same page over an hour (samples written as the sampler would have, earlier).
+    await _publish_an_hour(stack.nc.jetstream())
+    await page.goto(stack.url)
+    await page.wait_for_function("aceCharts.points('health') > 300", timeout=20_000)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-history-hour.png"), full_page=True)
+    if os.environ.get("UPDATE_SCREENSHOTS"):  # `UPDATE_SCREENSHOTS=1 make test` refreshes the README's
+        DOCS_SHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(ARTIFACTS / "dashboard-history-hour.png", DOCS_SHOT)
+
     assert problems == [], problems
     assert hosts == {"127.0.0.1"}, f"requests left loopback: {hosts}"
+
+
+async def _publish_an_hour(js) -> None:
+    """An evening's shape: viewers arriving, one engine failing for ten minutes, a latency spike."""
+    last = int(time.time() // 10) - 6
+    for n in range(354):
+        wave = math.sin(n / 40)
+        failing = 1 if 150 <= n < 210 else 0
+        sample = HistorySample(
+            epoch=last - 353 + n,
+            at=datetime.fromtimestamp((last - 353 + n) * 10, UTC),
+            interval_s=10.0,
+            healthy=6 - failing - (n % 97 == 0),
+            unhealthy=failing,
+            unknown=int(n % 97 == 0),
+            active=6,
+            streams=int(8 + 6 * wave),
+            channels=int(5 + 3 * wave),
+            peers=int(60 + 45 * wave + n % 7),
+            speed_down_kib=int(4000 + 3000 * wave),
+            selections_per_s=round(0.3 + 0.25 * math.cos(n / 13) ** 2, 3),
+            no_capacity_per_s=0.05 if 180 <= n < 190 else 0.0,
+            probes=12,
+            probe_p50_ms=round(4 + math.sin(n / 9), 2),
+            probe_p99_ms=500.0 if failing else round(25 + 10 * abs(math.sin(n / 17)), 2),
+            cache_cleaned_bytes=n * 3 * 1024 * 1024,
+        )
+        await js.publish(names.HISTORY_SAMPLE, encode(sample))

@@ -45,8 +45,8 @@
     return { label, stroke: color, width: 1.5, points: { show: false }, ...extra };
   }
 
-  // Stacked areas: each band is drawn from its cumulative total down to zero, largest first, so the
-  // colours stack; the legend shows the band's own value, not the cumulative one.
+  // Stacked areas: lines at the cumulative totals, each band filled down to the line below it (uPlot
+  // bands), the lowest down to zero; the legend shows each band's own value, not the cumulative one.
   function stacked(points) {
     const h = points.map((p) => p.healthy);
     const hu = points.map((p) => p.healthy + p.unhealthy);
@@ -57,9 +57,13 @@
   const SPECS = {
     health: {
       series: [
-        series("Unknown", COLORS.unknown, { fill: "rgba(156,163,175,.35)", value: (u, v, s, i) => own(i, "unknown") }),
-        series("Unhealthy", COLORS.unhealthy, { fill: "rgba(220,38,38,.35)", value: (u, v, s, i) => own(i, "unhealthy") }),
+        series("Unknown", COLORS.unknown, { value: (u, v, s, i) => own(i, "unknown") }),
+        series("Unhealthy", COLORS.unhealthy, { value: (u, v, s, i) => own(i, "unhealthy") }),
         series("Healthy", COLORS.healthy, { fill: "rgba(22,163,74,.35)", value: (u, v, s, i) => own(i, "healthy") }),
+      ],
+      bands: [
+        { series: [1, 2], fill: "rgba(156,163,175,.45)" },
+        { series: [2, 3], fill: "rgba(220,38,38,.45)" },
       ],
       data: stacked,
     },
@@ -101,6 +105,7 @@
           width: chartWidth(node),
           height: 180,
           series: [{}, ...spec.series],
+          bands: spec.bands || [],
           axes: [{ stroke: "#6b7280" }, { stroke: "#6b7280", size: 48 }],
           scales: { x: { time: true } },
           cursor: { drag: { x: false, y: false } },
