@@ -16,9 +16,11 @@ The newest EVENTS_KEPT events and PROBES_KEPT probes per engine are kept.
 from __future__ import annotations
 
 import logging
+import math
+from array import array
 from collections import deque
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import nats.errors
@@ -49,12 +51,47 @@ SHOWN_SUBJECTS = [s for s in names.EVENT_SUBJECTS if s != names.ENGINE_HEALTH]
 _decode_demand = decoder(EngineDemand)
 
 
+class ProbeRing:
+    """One engine's last PROBES_KEPT probes in flat arrays: ~1 KB an engine where a deque of
+    objects took ~7 KB (1,000 engines: 1 MB instead of 7, measured with tracemalloc)."""
+
+    __slots__ = ("_at", "_latency", "_ok", "_next", "_count")
+
+    def __init__(self, size: int = PROBES_KEPT) -> None:
+        self._at = array("d", bytes(8 * size))
+        self._latency = array("d", bytes(8 * size))
+        self._ok = bytearray(size)
+        self._next = 0
+        self._count = 0
+
+    def add(self, at: datetime, latency_ms: float | None, ok: bool) -> None:
+        i = self._next
+        self._at[i] = at.timestamp()
+        self._latency[i] = math.nan if latency_ms is None else latency_ms
+        self._ok[i] = ok
+        self._next = (i + 1) % len(self._ok)
+        self._count = min(self._count + 1, len(self._ok))
+
+    def probes(self) -> list[Probe]:
+        """Oldest first."""
+        size = len(self._ok)
+        order = [(self._next - self._count + k) % size for k in range(self._count)]
+        return [
+            Probe(
+                at=datetime.fromtimestamp(self._at[i], UTC),
+                latency_ms=None if math.isnan(self._latency[i]) else self._latency[i],
+                ok=bool(self._ok[i]),
+            )
+            for i in order
+        ]
+
+
 class EventLog:
     def __init__(self, fleet: Fleet, metrics: Metrics, health_timeout_s: float) -> None:
         self.fleet = fleet
         self.health_timeout_s = health_timeout_s
         self.events: deque[FleetEvent] = deque(maxlen=EVENTS_KEPT)
-        self.probes: dict[str, deque[Probe]] = {}
+        self.probes: dict[str, ProbeRing] = {}
         self.listeners: list[Callable[[FleetEvent], None]] = []
         self._ids: set[str] = set()
         self._health: dict[str, str] = {}  # container_id → the health status last seen in its record
@@ -71,7 +108,8 @@ class EventLog:
         return sorted(chosen, key=lambda e: e.at, reverse=True)[:limit]
 
     def probes_of(self, container_id: str) -> list[Probe]:
-        return list(self.probes.get(container_id, ()))
+        ring = self.probes.get(container_id)
+        return ring.probes() if ring is not None else []
 
     # ------------------------------------------------------------ following
 
@@ -154,8 +192,8 @@ class EventLog:
         if ring is None:
             if self.fleet.engines.get(observation.container_id) is None:
                 return  # not (or no longer) an engine we list: keep nothing for it
-            ring = self.probes[observation.container_id] = deque(maxlen=PROBES_KEPT)
-        ring.append(Probe(at=observation.checked_at, latency_ms=observation.latency_ms, ok=observation.ok))
+            ring = self.probes[observation.container_id] = ProbeRing()
+        ring.add(observation.checked_at, observation.latency_ms, observation.ok)
 
     def add(self, event: FleetEvent) -> None:
         if event.id in self._ids:
