@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 
-from services.cli import contract
+from services.cli import contract, follow
 from services.cli.client import CliError, default_nats_url
 
 KEY_TYPES = ("content_id", "infohash", "url", "magnet")
@@ -42,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C")
     engines.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
     engines.set_defaults(run="engines")
-    _add_events(commands)
+    follow.add_parser(commands)
 
     streams = commands.add_parser("streams", parents=[client], help="list started streams with peers and speed")
     streams.add_argument("--all", action="store_true", help="ended streams too (kept for STREAM_TTL_S)")
@@ -70,21 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands, client)
     contract.add_parser(commands)
     return parser
-
-
-def _add_events(commands) -> None:
-    from services.cli.follow import default_gateway_url
-
-    events = commands.add_parser(
-        "events", help="what happened (health flips, cleans, removals, streams), then follow it live"
-    )
-    events.add_argument(
-        "--gateway", default=default_gateway_url(), help="the gateway (default: $GATEWAY_URL or %(default)s)"
-    )
-    events.add_argument("--api-key", default=os.environ.get("API_KEY", ""), help="API_KEY, when the gateway has one")
-    events.add_argument("--limit", type=int, default=20, help="recent events shown first (default 20, at most 1000)")
-    events.add_argument("--no-follow", action="store_true", help="print the recent events and exit")
-    events.set_defaults(run="events")
 
 
 def _add_up(commands) -> None:
@@ -142,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(args)
     if args.run == "contract":
         return contract.contract(args)
-    from services.cli import commands, demo, follow
+    from services.cli import commands, demo
 
     handlers = {
         "engines": follow.watch_engines if args.run == "engines" and args.watch else commands.engines,

@@ -23,11 +23,12 @@ from services.gateway.errors import (
 from services.gateway.events import EventLog
 from services.gateway.fleet import ApiError, Fleet
 from services.gateway.history import History
+from services.gateway.history_routes import history_routes
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
 from services.gateway.reference import reference_routes
-from services.gateway.routes import history_routes, ops_routes, read_routes, write_routes
+from services.gateway.routes import ops_routes, read_routes, write_routes
 from shared import asyncapi
 from shared.config import Config
 from shared.policy.web import allowed_hosts

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -44,12 +46,12 @@ MAX_LATENCIES = 100_000  # probe latencies kept per interval; beyond, later ones
 
 
 class History:
-    def __init__(self, fleet: Fleet, metrics: Metrics, interval_s: float, max_age_h: float, holder: str) -> None:
+    def __init__(self, fleet: Fleet, metrics: Metrics, interval_s: float, max_age_h: float) -> None:
         self.fleet = fleet
         self.metrics = metrics
         self.interval_s = interval_s
         self.max_age_s = max_age_h * 3600
-        self.holder = holder
+        self.holder = f"gateway-{socket.gethostname()}-{os.getpid()}"  # of the epoch markers
         # By time, not epoch: epochs of different HISTORY_INTERVAL_S settings are different units.
         self.samples: dict[datetime, HistorySample] = {}
         self.listeners: list[Callable[[HistorySample], None]] = []

@@ -71,6 +71,8 @@ def sum_stats(replies: Iterable[bytes]) -> tuple[int, Totals]:
 class Metrics:
     def __init__(self, fleet: Fleet, live: LiveFeed) -> None:
         self.fleet = fleet
+        # Others that want every probe observation (history's latency percentiles, engine detail).
+        self.observers: list[Callable[[EngineHealth], None]] = []
         self.registry = CollectorRegistry()
         self.probe_latency = Histogram(
             "aceorch_probe_latency_seconds",
@@ -87,8 +89,6 @@ class Metrics:
         self._gathered_at = 0.0
         self._lock = asyncio.Lock()
         self._sub = None
-        # Others that want every probe observation (history's latency percentiles, engine detail).
-        self.observers: list[Callable[[EngineHealth], None]] = []
 
     async def start(self) -> None:
         # A core subscription survives reconnects by itself (nats-py re-subscribes).

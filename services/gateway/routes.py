@@ -17,9 +17,7 @@ from litestar.response import Stream
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from services.gateway.bodies import EngineAccepted, Health, Ready, RegisterEngineBody, StreamAccepted, strict_body
-from services.gateway.events import EventLog
 from services.gateway.fleet import ApiError, Fleet
-from services.gateway.history import History
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
@@ -32,17 +30,13 @@ from shared.compat import (
     stream_ended_event,
     stream_started_event,
 )
-from shared.policy.history import RangeError, parse_range
 from shared.schemas import (
     EngineRecord,
     EngineRegistered,
     EngineRemoved,
     EngineState,
     ErrorReply,
-    FleetEvent,
     HealthStatus,
-    HistoryReply,
-    Probe,
     SelectReply,
     SelectRequest,
     StreamRecord,
@@ -219,39 +213,6 @@ def ops_routes(
         return Response(await metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return [live, healthz, readyz, prometheus]
-
-
-def history_routes(history: History, events: EventLog) -> list[HTTPRouteHandler]:
-    @get("/api/history", tags=["history"], responses=errors(400))
-    async def fleet_history(
-        span: str = Parameter(query="range", default="1h", description="How far back: `1h`, `6h` or `24h`"),
-    ) -> HistoryReply:
-        """The fleet over time, one point per step (at most 360): engines by health, streams, peers,
-        selections/s, probe latency p50/p99, cache cleaned. Sampled every HISTORY_INTERVAL_S, kept
-        HISTORY_MAX_AGE_H; a step without samples is left out."""
-        try:
-            range_s = parse_range(span)
-        except RangeError as exc:
-            raise ApiError(400, str(exc)) from None
-        step, points = history.series(range_s)
-        return HistoryReply(range=span, interval_s=history.interval_s, step_s=step, points=points)
-
-    @get("/api/events", tags=["history"], responses=errors(400))
-    async def fleet_events(
-        limit: int = Parameter(default=100, ge=1, le=1000, description="At most this many, newest first"),
-        container_id: str | None = Parameter(default=None, description="Only this engine's"),
-    ) -> list[FleetEvent]:
-        """What happened, newest first, in words: health flips with the error, cleans with sizes,
-        registrations, removals (reaps, replacements), stream starts, ends and failovers, demand."""
-        return events.newest(limit, container_id)
-
-    @get("/api/engines/{container_id:str}/probes", tags=["history"])
-    async def engine_probes(container_id: str) -> list[Probe]:
-        """This engine's recent health probes (`at`, `latency_ms`, `ok`), oldest first (its sparkline);
-        the ones this gateway saw, the last 60."""
-        return events.probes_of(container_id)
-
-    return [fleet_history, fleet_events, engine_probes]
 
 
 async def _required(request: Request, kind: type[T]) -> T:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 
 import uvicorn
 
@@ -43,8 +41,7 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     await fleet.start()
     feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine, config.live_max_clients)
     metrics = Metrics(fleet, feed)
-    holder = f"gateway-{socket.gethostname()}-{os.getpid()}"
-    history = History(fleet, metrics, config.history_interval_s, config.history_max_age_h, holder)
+    history = History(fleet, metrics, config.history_interval_s, config.history_max_age_h)
     history.listeners.append(lambda sample: feed.push("sample", str(sample.epoch), sample))
     events = EventLog(fleet, metrics, config.health_check_timeout_s)
     events.listeners.append(lambda event: feed.push("event", event.id, event))
