@@ -45,6 +45,8 @@ async def test_history_events_and_engine_detail_render_from_a_scripted_run(make_
     page.on("request", lambda request: hosts.add(urlsplit(request.url).hostname or request.url))
     await page.goto(stack.url)
     await page.wait_for_selector('#conn[data-state="live"]')
+    await page.evaluate("window.__sameDocument = true")
+    points_at_load = await page.evaluate("aceCharts.points('health')")
 
     # The script: a stream with figures, a clean (as the janitor reports it), a hang, a removal.
     stream_id = await _start_stream(stack, ids[0], ports[0])
@@ -75,6 +77,8 @@ async def test_history_events_and_engine_detail_render_from_a_scripted_run(make_
         await page.wait_for_function(f"aceCharts.points({name!r}) >= 3", timeout=20_000)
         assert await page.is_visible(f"#chart-{name} canvas")
     assert not await page.is_visible("#history-empty")
+    assert await page.evaluate("aceCharts.points('health')") > points_at_load
+    assert await page.evaluate("window.__sameDocument") is True, "the charts grew by a reload, not live"
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-history.png"), full_page=True)
 
