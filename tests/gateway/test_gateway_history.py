@@ -57,7 +57,8 @@ async def test_two_replicas_write_one_sample_per_interval_even_when_one_is_kille
     assert_one_per_interval(samples)
     assert all(s.interval_s == INTERVAL_S and s.at.timestamp() == s.epoch * INTERVAL_S for s in samples)
 
-    # A full restart: a new gateway reads the history back from the stream.
+    # A full restart (NATS too, while no gateway runs): a new gateway reads the history back.
+    stack.nats_server.restart()
     url, _ = await stack.start_gateway()
     async with httpx.AsyncClient(base_url=url, timeout=10) as http:
 
