@@ -23,6 +23,7 @@
   let renderQueued = false;
   let backoffMs = 1000;
   let source = null;
+  let apiKey = null;
 
   const $ = (id) => document.getElementById(id);
 
@@ -367,8 +368,9 @@
   function connect() {
     // With API_KEY set, open the dashboard as /#key=<API_KEY>: a fragment never leaves the browser,
     // and EventSource cannot send an Authorization header, so the key goes in the query.
-    const key = new URLSearchParams(location.hash.slice(1)).get("key");
-    source = new EventSource(key ? `/api/live?key=${encodeURIComponent(key)}` : "/api/live");
+    // Remembered for reconnects: opening an engine's detail (#/engines/<id>) replaces the fragment.
+    apiKey = new URLSearchParams(location.hash.slice(1)).get("key") || apiKey;
+    source = new EventSource(apiKey ? `/api/live?key=${encodeURIComponent(apiKey)}` : "/api/live");
     listen("snapshot", (snapshot) => {
       applySnapshot(snapshot);
       notify("snapshot", snapshot);
