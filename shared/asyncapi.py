@@ -142,13 +142,15 @@ _WHERE = {
     "event": f"Event, captured by the JetStream stream `{names.EVENTS_STREAM}`.",
     "notification": "Derived notification on core NATS (not stored).",
     "stats": "Core NATS (not stored).",
+    "history": f"Stored in the JetStream stream `{names.HISTORY_STREAM}` (max age HISTORY_MAX_AGE_H), "
+    "one message per HISTORY_INTERVAL_S with `Nats-Msg-Id: history.<epoch>`.",
 }
 
 
 def _one_way(channel: Channel, doc: dict[str, dict[str, Any]]) -> None:
     """An event, notification or stats subject: its message, channel and operation, added to `doc`."""
     key = channel.key
-    client_sent = channel.kind != "notification"
+    client_sent = channel.kind not in ("notification", "history")
     example: dict[str, Any] = {
         "name": key,
         "payload": _sent(channel.example) if client_sent else _builtins(channel.example),

@@ -196,6 +196,20 @@ def events_stream_config(config: Config) -> api.StreamConfig:
     )
 
 
+def history_stream_config(config: Config) -> api.StreamConfig:
+    """The gateway's fleet samples: a stream of their own, aged out by JetStream, so history never
+    weighs on the engine and stream buckets. Deduplicated by `Nats-Msg-Id` (one per interval)."""
+    return api.StreamConfig(
+        name=names.HISTORY_STREAM,
+        subjects=[names.HISTORY_SAMPLE],
+        retention=api.RetentionPolicy.LIMITS,
+        storage=api.StorageType.FILE,
+        max_age=config.history_max_age_h * 3600,
+        duplicate_window=min(DUPLICATE_WINDOW_S, config.history_max_age_h * 3600),
+        num_replicas=config.nats_replicas,
+    )
+
+
 def bucket_stream_config(bucket: str, config: Config) -> api.StreamConfig:
     """A KV bucket's backing stream, as nats-py builds it, with direct get and per-message TTL."""
     return api.StreamConfig(
@@ -216,8 +230,8 @@ def bucket_stream_config(bucket: str, config: Config) -> api.StreamConfig:
 
 
 async def ensure_layout(js: JetStreamContext, config: Config) -> None:
-    """Create or update the events stream and the buckets; safe to run from every replica."""
-    wanted = [events_stream_config(config)] + [
+    """Create or update the events and history streams and the buckets; safe to run from every replica."""
+    wanted = [events_stream_config(config), history_stream_config(config)] + [
         bucket_stream_config(bucket, config)
         for bucket in (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET)
     ]

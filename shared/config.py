@@ -147,6 +147,8 @@ class Config:
     gateway_allowed_hosts: tuple[str, ...] = ()
     gateway_header_timeout_s: float = 10.0
     live_max_clients: int = 100
+    history_interval_s: float = 10.0
+    history_max_age_h: float = 24.0
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
     log_level: str = "INFO"
@@ -209,6 +211,8 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "gateway_allowed_hosts": _host_list,
     "gateway_header_timeout_s": POSITIVE_FLOAT,
     "live_max_clients": POSITIVE_INT,
+    "history_interval_s": _number(float, 0.1),
+    "history_max_age_h": POSITIVE_FLOAT,
     "metrics_port": NON_NEGATIVE_INT,
     "metrics_host": _text,
     "log_level": _choice("DEBUG", "INFO", "WARNING", "ERROR"),

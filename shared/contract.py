@@ -31,6 +31,7 @@ from shared.schemas import (
     EngineRemoved,
     ErrorReply,
     GetRequest,
+    HistorySample,
     ListRequest,
     PlaybackStats,
     ProvisionError,
@@ -58,7 +59,7 @@ class Channel:
     key: str
     subject: str
     payload: type[Struct]
-    kind: str  # "event" | "notification" | "stats"
+    kind: str  # "event" | "notification" | "stats" | "history"
     summary: str
     publishers: tuple[str, ...]
     subscribers: tuple[str, ...]
@@ -287,6 +288,35 @@ CHANNELS: tuple[Channel, ...] = (
         ("proxy", "operator"),
         ("state-keeper",),
         StreamStats(stream_id=STREAM_ID, stats=_STATS, proxy="proxy-1"),
+    ),
+    Channel(
+        "historySample",
+        names.HISTORY_SAMPLE,
+        HistorySample,
+        "history",
+        "The fleet at one HISTORY_INTERVAL_S boundary: engines by health and state, streams, peers, "
+        "selections/s, probe latency p50/p99, cache cleaned. Written by the one gateway replica that won the "
+        "interval's epoch marker; every gateway follows the stream for `GET /api/history` and `/api/live`.",
+        ("gateway",),
+        ("gateway",),
+        HistorySample(
+            epoch=177_000_000,
+            at=datetime(2026, 2, 2, 2, 40, tzinfo=UTC),
+            interval_s=10.0,
+            healthy=3,
+            unhealthy=1,
+            active=4,
+            streams=2,
+            channels=1,
+            peers=17,
+            speed_down_kib=640,
+            selections_per_s=0.2,
+            no_capacity_per_s=0.0,
+            probes=8,
+            probe_p50_ms=4.1,
+            probe_p99_ms=5003.2,
+            cache_cleaned_bytes=734003200,
+        ),
     ),
 )
 

@@ -42,6 +42,9 @@ ENGINE_PROVISION: Final = "engine.provision"
 PROVISIONER_SERVICE: Final = "provisioner"
 EVENTS_STREAM: Final = "ACE_EVENTS"
 EVENTS_CONSUMER: Final = "state-keeper"
+# The gateway's fleet history: one sample per HISTORY_INTERVAL_S, kept HISTORY_MAX_AGE_H.
+HISTORY_STREAM: Final = "ACE_HISTORY"
+HISTORY_SAMPLE: Final = "history.sample"
 
 ENGINES_BUCKET: Final = "ace_engines"
 STREAMS_BUCKET: Final = "ace_streams"

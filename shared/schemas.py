@@ -204,6 +204,85 @@ class EngineDemand(Struct, frozen=True):
     content_key: str | None = None
 
 
+# ---------------------------------------------------------------- history (ACE_HISTORY, the gateway's)
+
+Rate: TypeAlias = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class HistorySample(Struct, forbid_unknown_fields=True):
+    """The fleet at one HISTORY_INTERVAL_S boundary (`epoch` = at // interval), written once across
+    gateway replicas. Rates are per second since the writer's previous reading; `None` when unknown
+    (no previous reading, no probe seen in the interval)."""
+
+    epoch: int
+    at: Timestamp
+    interval_s: Annotated[float, msgspec.Meta(gt=0)]
+    healthy: Count = 0
+    unhealthy: Count = 0
+    unknown: Count = 0
+    active: Count = 0
+    draining: Count = 0
+    cleaning: Count = 0
+    streams: Count = 0  # started stream records (one per playback session a proxy or client reported)
+    channels: Count = 0  # distinct content among them
+    peers: Count = 0  # sum of the engines' reported peers over started streams
+    speed_down_kib: Count = 0  # sum of reported download speeds, KiB/s
+    downloaded_bytes: Count = 0  # sum of `downloaded` over started streams (what the engines fetched for them)
+    selections_per_s: Rate | None = None  # engine.select answered with an engine
+    no_capacity_per_s: Rate | None = None  # engine.select refused for capacity (HTTP 503)
+    probes: Count = 0  # engine.health observations with a latency in the interval
+    probe_p50_ms: Rate | None = None
+    probe_p99_ms: Rate | None = None
+    cache_cleaned_bytes: Count = 0  # bytes removed by the last clean of every current engine
+
+
+class HistoryPoint(Struct):
+    """One point of a downsampled series: the mean over `samples` samples from `at` on
+    (probe p99 and health problems: the worst of them, so a spike is not averaged away)."""
+
+    at: Timestamp
+    samples: int
+    healthy: float
+    unhealthy: float
+    unknown: float
+    streams: float
+    channels: float
+    peers: float
+    speed_down_kib: float
+    selections_per_s: float | None
+    no_capacity_per_s: float | None
+    probe_p50_ms: float | None
+    probe_p99_ms: float | None
+    cache_cleaned_bytes: float
+
+
+class HistoryReply(Struct):
+    range: str
+    interval_s: float  # the sampling interval
+    step_s: float  # the width of one point
+    points: list[HistoryPoint]
+
+
+class Probe(Struct):
+    """One health probe of one engine, for its sparkline (`GET /api/engines/{id}/probes`)."""
+
+    at: Timestamp
+    latency_ms: float | None
+    ok: bool
+
+
+class FleetEvent(Struct):
+    """One thing that happened, said in words (`text`), newest first in `GET /api/events`."""
+
+    id: str
+    at: Timestamp
+    kind: str
+    text: str
+    container_id: str | None = None
+    stream_id: str | None = None
+    level: Literal["info", "warning", "error"] = "info"
+
+
 # ---------------------------------------------------------------- requests and replies
 
 
@@ -326,6 +405,7 @@ def decoder(kind: type[S]) -> Callable[[bytes], S]:
 decode_engine = decoder(EngineRecord)
 decode_stream = decoder(StreamRecord)
 decode_removal = decoder(EngineRemoval)
+decode_sample = decoder(HistorySample)
 
 EVENT_TYPES: dict[str, type[Struct]] = {
     "stream.started": StreamStarted,

@@ -1,7 +1,8 @@
 """`aceorch`: run the whole system (`up`) and talk to it like a proxy does.
 
 aceorch up [--data-dir DIR] [--runtime local|docker] [--keep-engines]
-aceorch engines [--json]
+aceorch engines [--json] [--watch [--interval S]]
+aceorch events [--gateway URL] [--limit N] [--no-follow]
 aceorch select [CONTENT]
 aceorch stream start [CONTENT] [--stream-id ID]
 aceorch stream end STREAM_ID
@@ -16,7 +17,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from services.cli import contract
+from services.cli import contract, follow
 from services.cli.client import CliError, default_nats_url
 
 KEY_TYPES = ("content_id", "infohash", "url", "magnet")
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     engines = commands.add_parser("engines", parents=[client], help="list engines as a table")
+    engines.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C")
+    engines.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
     engines.set_defaults(run="engines")
+    follow.add_parser(commands)
 
     streams = commands.add_parser("streams", parents=[client], help="list started streams with peers and speed")
     streams.add_argument("--all", action="store_true", help="ended streams too (kept for STREAM_TTL_S)")
@@ -99,6 +103,10 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser], cli
 
 
 def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run == "engines" and args.interval <= 0:
+        parser.error("--interval must be positive")
+    if args.run == "events" and not 1 <= args.limit <= 1000:
+        parser.error("--limit must be between 1 and 1000")
     if args.run == "demo":
         if not 1 <= args.viewers <= 1000:
             parser.error("--viewers must be between 1 and 1000")
@@ -121,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from services.cli import commands, demo
 
     handlers = {
-        "engines": commands.engines,
+        "engines": follow.watch_engines if args.run == "engines" and args.watch else commands.engines,
+        "events": follow.events,
         "streams": commands.streams,
         "select": commands.select_engine,
         "stream_start": commands.stream_start,

@@ -23,7 +23,10 @@ from services.gateway.errors import (
     on_http_exception,
     on_unexpected,
 )
+from services.gateway.events import EventLog
 from services.gateway.fleet import ApiError, Fleet
+from services.gateway.history import History
+from services.gateway.history_routes import history_routes
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.ready import Readiness
@@ -46,7 +49,9 @@ DASHBOARD_HEADERS = {
 }
 
 
-def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) -> Litestar:
+def build_app(
+    fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config, history: History, events: EventLog
+) -> Litestar:
     readiness = Readiness(fleet.bus)
     guards = [api_key_guard(config.api_key)] if config.api_key else []
     # Documented only when enforced, so the schema says what the server does.
@@ -61,6 +66,7 @@ def build_app(fleet: Fleet, feed: LiveFeed, metrics: Metrics, config: Config) ->
             *write_routes(fleet, mutating),
             *reference_routes(fleet, config, mutating),
             *ops_routes(fleet, feed, metrics, readiness, live),
+            *history_routes(history, events),
             *dashboard_routes(),
         ],
         guards=[browser_guard(allowed_hosts(config.gateway_allowed_hosts, config.gateway_host))],

@@ -87,6 +87,10 @@ class LiveFeed:
         self._clients.add(client)  # before the snapshot, so no change falls between the two
         return self._frames(client)
 
+    def push(self, kind: str, key: str, value: object) -> None:
+        """Send `value` to every client as an SSE event `kind` (history samples, fleet events)."""
+        self._push(kind, key, value)
+
     def _push(self, kind: str, key: str, value: object) -> None:
         self.changes += 1
         change = _Change(kind, key, value)

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import msgspec
 import nats.errors
@@ -73,6 +73,8 @@ def sum_stats(replies: Iterable[bytes]) -> tuple[int, Totals]:
 class Metrics:
     def __init__(self, fleet: Fleet, live: LiveFeed) -> None:
         self.fleet = fleet
+        # Others that want every probe observation (history's latency percentiles, engine detail).
+        self.observers: list[Callable[[EngineHealth], None]] = []
         self.registry = CollectorRegistry()
         self.probe_latency = Histogram(
             "aceorch_probe_latency_seconds",
@@ -109,6 +111,13 @@ class Metrics:
         self.probes.labels("ok" if observation.ok else "failed").inc()
         if observation.latency_ms is not None:
             self.probe_latency.observe(observation.latency_ms / 1000)
+        for observer in self.observers:
+            observer(observation)
+
+    async def selection_totals(self) -> Counter[str] | None:
+        """engine.select results summed over the state-keepers; None when none answered."""
+        await self._refresh_stats()
+        return Counter(self.totals["selections"]) if self.replicas else None
 
     async def render(self) -> bytes:
         await self._refresh_stats()

@@ -10,7 +10,9 @@ from collections.abc import Iterator
 import uvicorn
 
 from services.gateway.app import build_app
+from services.gateway.events import EventLog
 from services.gateway.fleet import Fleet
+from services.gateway.history import History
 from services.gateway.live import LiveFeed
 from services.gateway.metrics import Metrics
 from services.gateway.protocol import head_deadline_protocol
@@ -40,10 +42,16 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     await fleet.start()
     feed = LiveFeed(fleet, config.gateway_keepalive_s, config.max_streams_per_engine, config.live_max_clients)
     metrics = Metrics(fleet, feed)
+    history = History(fleet, metrics, config.history_interval_s, config.history_max_age_h)
+    history.listeners.append(lambda sample: feed.push("sample", str(sample.epoch), sample))
+    events = EventLog(fleet, metrics, config.health_check_timeout_s)
+    events.listeners.append(lambda event: feed.push("event", event.id, event))
     await metrics.start()
+    await history.start()
+    await events.start()
     server = _Server(
         uvicorn.Config(
-            build_app(fleet, feed, metrics, config),
+            build_app(fleet, feed, metrics, config, history, events),
             host=config.gateway_host,
             port=config.gateway_port,
             log_config=None,
@@ -64,12 +72,18 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         config.gateway_port,
         "required on writes" if config.api_key else "not set",
     )
+    sampler = asyncio.create_task(history.run(stop))
     try:
         await _serve_until(server, stop, feed)
     except CannotListen as exc:
         log.error("%s", exc)
         raise SystemExit(1) from None
     finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
+        await events.stop()
+        await history.stop()
         await metrics.stop()
         await fleet.stop()
 

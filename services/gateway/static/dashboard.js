@@ -17,9 +17,13 @@
     query: "",
   };
   const rows = new Map(); // container_id -> {tr, cells}
+  // Other scripts (history.js) hear the live feed here: {snapshot, engine, stream, sample, event} -> [fn].
+  const hooks = { snapshot: [], engine: [], stream: [], sample: [], event: [] };
+  const notify = (name, value) => hooks[name].forEach((fn) => fn(value));
   let renderQueued = false;
   let backoffMs = 1000;
   let source = null;
+  let apiKey = null;
 
   const $ = (id) => document.getElementById(id);
 
@@ -85,6 +89,9 @@
   function createRow(id) {
     const tr = el("tr", "engine");
     tr.dataset.id = id;
+    tr.addEventListener("click", () => {
+      location.hash = `#/engines/${encodeURIComponent(id)}`;
+    });
     const td = (label, className) => {
       const cell = el("td", className);
       cell.dataset.label = label;
@@ -361,15 +368,25 @@
   function connect() {
     // With API_KEY set, open the dashboard as /#key=<API_KEY>: a fragment never leaves the browser,
     // and EventSource cannot send an Authorization header, so the key goes in the query.
-    const key = new URLSearchParams(location.hash.slice(1)).get("key");
-    source = new EventSource(key ? `/api/live?key=${encodeURIComponent(key)}` : "/api/live");
+    // Remembered for reconnects: opening an engine's detail (#/engines/<id>) replaces the fragment.
+    apiKey = new URLSearchParams(location.hash.slice(1)).get("key") || apiKey;
+    source = new EventSource(apiKey ? `/api/live?key=${encodeURIComponent(apiKey)}` : "/api/live");
     listen("snapshot", (snapshot) => {
       applySnapshot(snapshot);
+      notify("snapshot", snapshot);
       backoffMs = 1000;
       setConnection("live", "Live");
     });
-    listen("engine", onEngine);
-    listen("stream", onStream);
+    listen("engine", (change) => {
+      onEngine(change);
+      notify("engine", change);
+    });
+    listen("stream", (change) => {
+      onStream(change);
+      notify("stream", change);
+    });
+    listen("sample", (change) => notify("sample", change));
+    listen("event", (change) => notify("event", change));
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
         // The browser gave up (e.g. a non-200 answer): retry ourselves, with backoff.
@@ -401,7 +418,7 @@
     });
   }
 
-  window.aceDashboard = { relTime, formatBytes, state };
+  window.aceDashboard = { relTime, formatBytes, state, hooks, el, setText, setAgo, clock, HEALTH_LABEL };
 
   document.addEventListener("DOMContentLoaded", () => {
     bindControls();

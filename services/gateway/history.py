@@ -1,0 +1,187 @@
+"""Fleet history: one sample per HISTORY_INTERVAL_S into ACE_HISTORY, and every replica's copy of it.
+
+Every gateway replica wakes at each interval boundary, reads the fleet from its
+views, the state-keepers' counters and the probe latencies it saw since the
+last boundary, then races for the boundary's epoch marker (shared/lease.py, as
+the sweeps do): the winner publishes the sample with `Nats-Msg-Id
+history.<epoch>`, so a retried or doubled write is stored once. Reading before
+racing keeps the window between winning and writing to one publish: a replica
+killed in it costs one sample, never two.
+
+Each replica keeps the samples of the last HISTORY_MAX_AGE_H in memory, fed by
+an ordered consumer on ACE_HISTORY from its first message: a restarted gateway
+gets the history back from the stream, and every replica sees every sample
+live (for /api/live) whichever replica wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime
+
+import msgspec
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import Error as JsError
+
+from services.gateway.fleet import Fleet
+from services.gateway.metrics import Metrics
+from shared import names
+from shared.errors import describe
+from shared.lease import claim_epoch, epoch_of, sleep_to_next_epoch
+from shared.policy.history import downsample, expired, per_second, sample_of
+from shared.schemas import EngineHealth, HistoryPoint, HistorySample, decode_sample, encode, utcnow
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_S = 5.0
+MAX_LATENCIES = 100_000  # probe latencies kept per interval; beyond, later ones are not counted
+
+
+class History:
+    def __init__(self, fleet: Fleet, metrics: Metrics, interval_s: float, max_age_h: float) -> None:
+        self.fleet = fleet
+        self.metrics = metrics
+        self.interval_s = interval_s
+        self.max_age_s = max_age_h * 3600
+        self.holder = f"gateway-{socket.gethostname()}-{os.getpid()}"  # of the epoch markers
+        # By time, not epoch: epochs of different HISTORY_INTERVAL_S settings are different units.
+        self.samples: dict[datetime, HistorySample] = {}
+        self.listeners: list[Callable[[HistorySample], None]] = []
+        self.written = 0  # samples this replica won and published
+        self.undecodable = 0
+        self._latencies: list[float] = []
+        self._previous: tuple[Counter[str], float] | None = None
+        self._reading: asyncio.Task[tuple[Counter[str], float] | None] | None = None
+        self._sub: object | None = None
+        self._last_seq = 0
+        metrics.observers.append(self._observe)
+
+    # ------------------------------------------------------------ reading
+
+    def series(self, range_s: float) -> tuple[float, list[HistoryPoint]]:
+        return downsample(self.samples.values(), range_s, utcnow())
+
+    def prune(self) -> None:
+        """Drop what the stream has aged out too (once per interval, not per sample: a restart
+        loads a day of samples at once)."""
+        now = utcnow()
+        for at in [at for at, s in self.samples.items() if expired(s, now, self.max_age_s)]:
+            del self.samples[at]
+
+    async def start(self) -> None:
+        await self._follow()
+        self.fleet.bus.on_reconnect(self._follow)
+
+    async def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+        await self._unsubscribe()
+
+    async def _follow(self) -> None:
+        """(Re)start the ordered consumer after the last sample seen: after a NATS restart the old
+        consumer is gone and would stay silent."""
+        await self._unsubscribe()
+        start = self._last_seq + 1
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if self._last_seq else api.DeliverPolicy.ALL,
+            opt_start_seq=start if self._last_seq else None,
+        )
+        self._sub = await self.fleet.bus.js.subscribe(
+            names.HISTORY_SAMPLE, stream=names.HISTORY_STREAM, cb=self._on_sample, ordered_consumer=True, config=config
+        )
+
+    async def _unsubscribe(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()  # type: ignore[attr-defined]
+            except nats.errors.Error:
+                pass
+
+    async def _on_sample(self, msg: Msg) -> None:
+        self._last_seq = max(self._last_seq, msg.metadata.sequence.stream)
+        try:
+            sample = decode_sample(msg.data)
+        except msgspec.DecodeError as exc:
+            self.undecodable += 1
+            log.warning("history: undecodable sample at sequence %d: %s", msg.metadata.sequence.stream, exc)
+            return
+        self.remember(sample)
+
+    def remember(self, sample: HistorySample) -> None:
+        if sample.at in self.samples:
+            return
+        self.samples[sample.at] = sample
+        for listener in self.listeners:
+            listener(sample)
+
+    # ------------------------------------------------------------ writing
+
+    def _observe(self, observation: EngineHealth) -> None:
+        if observation.latency_ms is not None and len(self._latencies) < MAX_LATENCIES:
+            self._latencies.append(observation.latency_ms)
+
+    async def _read_counters(self) -> tuple[Counter[str], float] | None:
+        totals = await self.metrics.selection_totals()
+        return None if totals is None else (totals, time.monotonic())
+
+    def _take_reading(self) -> tuple[Counter[str], float] | None:
+        """The counters gathered since the last boundary; None if that gather failed or is late."""
+        task, self._reading = self._reading, None
+        if task is None:
+            return None
+        if not task.done():
+            task.cancel()
+            return None
+        if task.cancelled() or task.exception() is not None:
+            return None
+        return task.result()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("history sampler started with %gs interval, keeping %gh", self.interval_s, self.max_age_s / 3600)
+        while await sleep_to_next_epoch(self.interval_s, stop):
+            self.prune()
+            try:
+                await self.tick(epoch_of(time.time(), self.interval_s))
+            except (nats.errors.Error, JsError, OSError) as exc:
+                log.warning("history: sample not written: %s", describe(exc))
+
+    async def tick(self, epoch: int) -> bool:
+        """Read the fleet for `epoch`, then write it if this replica wins the epoch; True if written.
+
+        Nothing here waits on the state-keepers: their counters are gathered in the background
+        (STATS_WINDOW_S) and used at the next boundary. Waiting at the boundary made a loaded
+        replica's tick run past the next boundary, and every replica skipped that epoch."""
+        latencies, self._latencies = self._latencies, []
+        reading = self._take_reading()
+        self._reading = asyncio.get_running_loop().create_task(self._read_counters())
+        before, self._previous = self._previous, reading
+        rates = None if before is None or reading is None else per_second(*before, *reading)
+        now = utcnow()
+        sample = sample_of(
+            epoch,
+            self.interval_s,
+            self.fleet.engine_list(now),
+            self.fleet.stream_list(status="started"),
+            rates,
+            latencies,
+        )
+        middle = (epoch + 0.5) * self.interval_s  # of the epoch: no float rounding lands it in a neighbour
+        if not await claim_epoch(self.fleet.bus.leases, "history", self.interval_s, self.holder, middle):
+            return False
+        await self.fleet.bus.js.publish(
+            names.HISTORY_SAMPLE,
+            encode(sample),
+            headers={"Nats-Msg-Id": f"history.{epoch}"},
+            timeout=PUBLISH_TIMEOUT_S,
+        )
+        self.written += 1
+        return True
