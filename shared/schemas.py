@@ -209,7 +209,7 @@ class EngineDemand(Struct, frozen=True):
 Rate: TypeAlias = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class HistorySample(Struct, forbid_unknown_fields=True):
+class HistorySample(Struct, frozen=True, forbid_unknown_fields=True):
     """The fleet at one HISTORY_INTERVAL_S boundary (`epoch` = at // interval), written once across
     gateway replicas. Rates are per second since the writer's previous reading; `None` when unknown
     (no previous reading, no probe seen in the interval)."""
@@ -236,7 +236,7 @@ class HistorySample(Struct, forbid_unknown_fields=True):
     cache_cleaned_bytes: Count = 0  # bytes removed by the last clean of every current engine
 
 
-class HistoryPoint(Struct):
+class HistoryPoint(Struct, frozen=True):
     """One point of a downsampled series: the mean over `samples` samples from `at` on
     (probe p99 and health problems: the worst of them, so a spike is not averaged away)."""
 
@@ -256,14 +256,14 @@ class HistoryPoint(Struct):
     cache_cleaned_bytes: float
 
 
-class HistoryReply(Struct):
+class HistoryReply(Struct, frozen=True):
     range: str
     interval_s: float  # the sampling interval
     step_s: float  # the width of one point
     points: list[HistoryPoint]
 
 
-class Probe(Struct):
+class Probe(Struct, frozen=True):
     """One health probe of one engine, for its sparkline (`GET /api/engines/{id}/probes`)."""
 
     at: Timestamp
@@ -271,7 +271,7 @@ class Probe(Struct):
     ok: bool
 
 
-class FleetEvent(Struct):
+class FleetEvent(Struct, frozen=True):
     """One thing that happened, said in words (`text`), newest first in `GET /api/events`."""
 
     id: str
@@ -407,7 +407,7 @@ decode_stream = decoder(StreamRecord)
 decode_removal = decoder(EngineRemoval)
 decode_sample = decoder(HistorySample)
 
-EVENT_TYPES: dict[str, type[Struct]] = {
+EVENT_TYPES: dict[str, type[Event]] = {
     "stream.started": StreamStarted,
     "stream.ended": StreamEnded,
     "engine.health": EngineHealth,
