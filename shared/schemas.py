@@ -125,6 +125,8 @@ class StreamRecord(Struct, frozen=True):
     reason: str | None = None
     proxy: str | None = None  # the reporting proxy replica's member id (DESIGN §10), when it has one
     stats: PlaybackStats | None = None
+    viewers: int | None = None  # from the proxy's latest stream.stats
+    relayed_bytes: int | None = None  # from the proxy's latest stream.stats
 
 
 # ---------------------------------------------------------------- events
@@ -194,6 +196,8 @@ class StreamStats(Struct, frozen=True):
     stream_id: Key
     stats: PlaybackStats
     proxy: ShortText | None = None
+    viewers: Count | None = None  # the proxy's viewers of this stream now
+    relayed_bytes: Count | None = None  # bytes the proxy sent its viewers since the stream started
 
 
 class EngineIdle(Struct, frozen=True):
@@ -226,6 +230,8 @@ class HistorySample(Struct, frozen=True, forbid_unknown_fields=True):
     streams: Count = 0  # started stream records (one per playback session a proxy or client reported)
     channels: Count = 0  # distinct content among them
     peers: Count = 0  # sum of the engines' reported peers over started streams
+    viewers: Count = 0  # sum of the proxies' viewers over started streams
+    relayed_bytes: Count = 0  # sum of what proxies sent viewers of the started streams
     speed_down_kib: Count = 0  # sum of reported download speeds, KiB/s
     downloaded_bytes: Count = 0  # sum of `downloaded` over started streams (what the engines fetched for them)
     selections_per_s: Rate | None = None  # engine.select answered with an engine
@@ -248,6 +254,8 @@ class HistoryPoint(Struct, frozen=True):
     streams: float
     channels: float
     peers: float
+    viewers: float
+    relayed_bytes: float
     speed_down_kib: float
     selections_per_s: float | None
     no_capacity_per_s: float | None

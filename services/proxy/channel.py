@@ -312,6 +312,7 @@ class Channel:
     async def _poll_stats(self, session: Session) -> None:
         interval = self.hub.config.stat_interval_s
         upstream = self.hub.upstream
+        relayed_before = self.bytes_out  # the channel's count spans its sessions; a stream reports its own
         while True:
             await asyncio.sleep(interval)
             try:
@@ -330,7 +331,7 @@ class Channel:
             session.stats = stats
             session.starving_since = starving_since(session.starving_since, stats, time.monotonic())
             try:
-                await upstream.publish_stats(session, stats)
+                await upstream.publish_stats(session, stats, len(self.viewers), self.bytes_out - relayed_before)
             except Exception as exc:  # core NATS publish: the next interval sends fresher figures anyway
                 log.debug("stream %s: stats not published: %s", session.stream_id, describe(exc))
 

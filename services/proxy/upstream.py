@@ -177,8 +177,14 @@ class Upstream:
         status, body = await _get(self.http, session.playback.stat_url, ENGINE_TIMEOUT_S)
         return stats_of(body, utcnow())
 
-    async def publish_stats(self, session: Session, stats: PlaybackStats) -> None:
-        message = StreamStats(stream_id=session.stream_id, stats=stats, proxy=self.member_id)
+    async def publish_stats(self, session: Session, stats: PlaybackStats, viewers: int, relayed_bytes: int) -> None:
+        message = StreamStats(
+            stream_id=session.stream_id,
+            stats=stats,
+            proxy=self.member_id,
+            viewers=viewers,
+            relayed_bytes=relayed_bytes,
+        )
         await self.nc.publish(names.STREAM_STATS, encode(message))
 
     # ------------------------------------------------------------ end

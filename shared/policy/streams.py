@@ -42,7 +42,12 @@ def apply_stats(record: StreamRecord | None, report: StreamStats, now: datetime)
     held = record.stats.reported_at if record.stats is not None else None
     if held is not None and stamp <= held:
         return record
-    return replace(record, stats=replace(report.stats, reported_at=stamp))
+    return replace(
+        record,
+        stats=replace(report.stats, reported_at=stamp),
+        viewers=record.viewers if report.viewers is None else report.viewers,
+        relayed_bytes=record.relayed_bytes if report.relayed_bytes is None else report.relayed_bytes,
+    )
 
 
 def lost_to_proxies(streams: Iterable[StreamRecord], live_proxies: Collection[str]) -> list[StreamRecord]:

@@ -25,9 +25,21 @@ def sample(epoch: int, interval: float = INTERVAL, **fields) -> HistorySample:
     return HistorySample(epoch=epoch, at=datetime.fromtimestamp(epoch * interval, UTC), interval_s=interval, **fields)
 
 
-def stream(stream_id: str, content: str | None = "ch", status: str = "started", **stats) -> StreamRecord:
+def stream(
+    stream_id: str,
+    content: str | None = "ch",
+    status: str = "started",
+    viewers: int | None = None,
+    relayed: int | None = None,
+    **stats,
+) -> StreamRecord:
     return StreamRecord(
-        stream_id=stream_id, content_key=content, status=status, stats=PlaybackStats(**stats) if stats else None
+        stream_id=stream_id,
+        content_key=content,
+        status=status,
+        stats=PlaybackStats(**stats) if stats else None,
+        viewers=viewers,
+        relayed_bytes=relayed,
     )
 
 
@@ -88,10 +100,10 @@ def test_a_sample_counts_engines_streams_and_probes():
         engine("d", health_status="healthy"),
     ]
     streams = [
-        stream("s1", "ch-news", peers=3, speed_down=100, downloaded=1000),
-        stream("s2", "ch-news", peers=4, speed_down=50),
+        stream("s1", "ch-news", viewers=5, relayed=4000, peers=3, speed_down=100, downloaded=1000),
+        stream("s2", "ch-news", viewers=2, peers=4, speed_down=50),
         stream("s3", "ch-film"),
-        stream("s4", "ch-old", status="ended", peers=99, speed_down=999, downloaded=999),
+        stream("s4", "ch-old", status="ended", viewers=40, relayed=999, peers=99, speed_down=999, downloaded=999),
     ]
     got = sample_of(EPOCH, INTERVAL, engines, streams, {"selected": 1.5, "shared": 0.5, "no_capacity": 0.25}, [3, 1, 2])
     assert got == HistorySample(
@@ -107,6 +119,8 @@ def test_a_sample_counts_engines_streams_and_probes():
         streams=3,
         channels=2,
         peers=7,
+        viewers=7,
+        relayed_bytes=4000,
         speed_down_kib=150,
         downloaded_bytes=1000,
         selections_per_s=2.0,
@@ -133,13 +147,16 @@ def test_an_hour_at_ten_seconds_is_one_point_per_sample():
 
 
 def test_a_day_is_at_most_the_chart_width_and_means_each_step():
-    samples = [sample(EPOCH - n, streams=n % 2 * 10, probe_p99_ms=float(n % 24)) for n in range(8640)]
+    samples = [
+        sample(EPOCH - n, streams=n % 2 * 10, viewers=n % 2 * 30, relayed_bytes=n % 4, probe_p99_ms=float(n % 24))
+        for n in range(8640)
+    ]
     step, points = downsample(samples, 86400, NOW)
     assert step == 240.0 and len(points) == MAX_POINTS
     assert all(p.at.timestamp() % step == 0 for p in points)
     assert points[-1].at == NOW and points[-1].samples == 1  # the step that just began
     full = points[:-1]
-    assert all(p.samples == 24 and p.streams == 5.0 for p in full)
+    assert all(p.samples == 24 and p.streams == 5.0 and p.viewers == 15.0 and p.relayed_bytes == 1.5 for p in full)
     # p99 is the worst in the step, not the mean: a spike stays visible
     assert all(p.probe_p99_ms == 23.0 for p in full)
 

@@ -26,9 +26,9 @@ def stream(stream_id="s1", **fields) -> StreamRecord:
 ONE_S_AGO = ago(1)
 
 
-def report(stream_id="s1", proxy="p1", reported_at=ONE_S_AGO, peers=7) -> StreamStats:
+def report(stream_id="s1", proxy="p1", reported_at=ONE_S_AGO, peers=7, viewers=None, relayed=None) -> StreamStats:
     stats = PlaybackStats(status="dl", peers=peers, speed_down=512, reported_at=reported_at)
-    return StreamStats(stream_id=stream_id, stats=stats, proxy=proxy)
+    return StreamStats(stream_id=stream_id, stats=stats, proxy=proxy, viewers=viewers, relayed_bytes=relayed)
 
 
 # ---------------------------------------------------------------- stream.started names the proxy
@@ -52,6 +52,14 @@ def test_an_end_applied_before_its_start_learns_the_proxy_too():
 def test_figures_land_on_a_started_stream():
     after = apply_stats(stream(), report(), NOW)
     assert after.stats.peers == 7 and after.stats.speed_down == 512 and after.stats.reported_at == ago(1)
+
+
+def test_the_proxys_viewers_and_relayed_bytes_land_with_the_figures_and_stay_when_a_report_has_none():
+    after = apply_stats(stream(), report(viewers=3, relayed=188_000), NOW)
+    assert (after.viewers, after.relayed_bytes) == (3, 188_000)
+    later = apply_stats(after, report(reported_at=NOW, viewers=None, relayed=None), NOW)
+    assert (later.viewers, later.relayed_bytes) == (3, 188_000) and later.stats.reported_at == NOW
+    assert apply_stats(after, report(reported_at=ago(5), viewers=9), NOW) is after, "a late report changes nothing"
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,14 @@ async def test_stats_are_published_and_a_session_that_is_gone_fails_over(stack_f
         latest = heard[-1]["stats"]
         assert latest["peers"] > 0 and latest["speed_down"] > 0 and latest["status"] in ("prebuf", "dl")
         assert latest["downloaded"] >= heard[0]["stats"]["downloaded"]
+        # The proxy's own figures: one viewer, and what it was sent of this stream so far.
+        assert heard[-1]["viewers"] == 1 and heard[-1]["relayed_bytes"] >= heard[0]["relayed_bytes"] > 0
+
+        async def recorded():
+            [record] = await stack.streams("started")
+            return record if record.get("viewers") == 1 and record.get("relayed_bytes", 0) > 0 else None
+
+        await wait_until(recorded, timeout=10, what="viewers and relayed bytes on the stream record")
         assert (await stack.status())["sessions"][0]["stats"]["peers"] > 0
         announced = json.loads((await nc.jetstream().get_last_msg(names.EVENTS_STREAM, names.STREAM_STARTED)).data)
         assert announced["stream_id"] == old["stream_id"] and announced["proxy"] == member

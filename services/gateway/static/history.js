@@ -17,6 +17,7 @@
     streams: "#1d4ed8",
     channels: "#0f766e",
     peers: "#b45309",
+    viewers: "#7c3aed",
     p50: "#0f766e",
     p99: "#dc2626",
     selections: "#1d4ed8",
@@ -68,8 +69,18 @@
       data: stacked,
     },
     streams: {
-      series: [series("Streams", COLORS.streams), series("Channels", COLORS.channels), series("Peers", COLORS.peers)],
-      data: (points) => [points.map((p) => p.streams), points.map((p) => p.channels), points.map((p) => p.peers)],
+      series: [
+        series("Streams", COLORS.streams),
+        series("Viewers", COLORS.viewers),
+        series("Channels", COLORS.channels),
+        series("Peers", COLORS.peers),
+      ],
+      data: (points) => [
+        points.map((p) => p.streams),
+        points.map((p) => p.viewers),
+        points.map((p) => p.channels),
+        points.map((p) => p.peers),
+      ],
     },
     latency: {
       series: [series("p50", COLORS.p50), series("p99", COLORS.p99)],
