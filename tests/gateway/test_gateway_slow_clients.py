@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import httpx
+from support import wait_until
 
 HEAD = b"GET /engines HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: one-byte-at-a-time\r\nAccept: */*\r\n\r\n"
 
@@ -58,3 +59,27 @@ async def test_a_keep_alive_connection_gets_a_fresh_deadline_per_request(stack):
             await asyncio.sleep(0.5)
         metrics = (await http.get("/metrics")).text
     assert "aceorch_gateway_slow_heads_cut_total 0.0" in metrics
+
+
+async def test_connections_beyond_the_cap_are_answered_503_at_once_and_served_again_once_they_go(stack):
+    # The cap is LIVE_MAX_CLIENTS + 1,000 other connections: 1,001 here, all held open and silent.
+    url, gateway = await stack.start_gateway(LIVE_MAX_CLIENTS=1, GATEWAY_HEADER_TIMEOUT_S=60)
+    host, port = url.removeprefix("http://").split(":")
+    held = [await asyncio.open_connection(host, int(port)) for _ in range(1001)]
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            refused = await http.get("/engines")
+            assert refused.status_code == 503
+    finally:
+        for _, writer in held:
+            writer.close()
+    async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+        served = await wait_until(_answers_200(http), timeout=20, what="served again once the held connections closed")
+    assert served and gateway.alive()
+
+
+def _answers_200(http: httpx.AsyncClient):
+    async def check() -> bool:
+        return (await http.get("/engines")).status_code == 200
+
+    return check
