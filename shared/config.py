@@ -100,6 +100,7 @@ class Config:
     nats_url: str = "nats://127.0.0.1:4222"
     nats_replicas: int = 1
     nats_connect_timeout_s: float = 5.0
+    nats_nkey: str = ""  # path of this process's nkey seed file (its role's key); empty: no authentication
     health_check_interval_s: float = 30.0
     health_check_timeout_s: float = 5.0
     health_fail_threshold: int = 2
@@ -159,6 +160,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "nats_url": _url,
     "nats_replicas": _number(int, 1),
     "nats_connect_timeout_s": POSITIVE_FLOAT,
+    "nats_nkey": _text,
     "health_check_interval_s": POSITIVE_FLOAT,
     "health_check_timeout_s": POSITIVE_FLOAT,
     "health_fail_threshold": POSITIVE_INT,

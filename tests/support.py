@@ -313,3 +313,58 @@ async def write_markers(nc: nats.NATS, kv, prefix: str, count: int, batch: int =
         await nc.flush()
     while (await kv._js.stream_info(kv._stream)).state.last_seq < first + count:
         await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ authentication (DESIGN §11)
+
+
+def start_auth_server(workdir: Path, processes: Processes) -> tuple[NatsServer, Path]:
+    """A nats-server that knows only the role keys `aceorch auth init` wrote into workdir/auth."""
+    from shared import auth
+
+    keys = workdir / "auth"
+    auth.init(keys)
+    server = NatsServer(
+        port=free_port(),
+        store=workdir / "jetstream",
+        processes=processes,
+        extra_args=("-c", str(keys / auth.SERVER_CONFIG)),
+    )
+    server.start()
+    return server, keys
+
+
+async def create_layout(url: str, keys: Path) -> None:
+    """What `aceorch setup` does, as admin: the stream, the buckets, the state-keeper's durable."""
+    from services.cli.auth import create_layout as setup
+    from shared.config import load_config
+
+    await setup(load_config({"NATS_URL": url, "NATS_NKEY": str(keys / "admin.nk")}))
+
+
+@dataclass
+class RoleClient:
+    """A connection made with one role's key; `denied` collects the server's permission violations."""
+
+    role: str
+    nc: nats.NATS
+    denied: list[str] = field(default_factory=list)
+
+
+async def connect_as(url: str, keys: Path, role: str) -> RoleClient:
+    from shared import auth
+
+    denied: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        found = auth.violation(str(exc))
+        if found is not None:
+            denied.append(f"{found.action} {found.subject}")
+
+    nc = await nats.connect(
+        url,
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+        **auth.client_options(str(keys / f"{role}.nk")),
+    )
+    return RoleClient(role, nc, denied)
