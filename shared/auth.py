@@ -117,7 +117,6 @@ def _events_consumer() -> tuple[str, ...]:
     `js_ack_fc_v2` layout, which puts a domain and a hash before the stream name)."""
     stream, durable = names.EVENTS_STREAM, names.EVENTS_CONSUMER
     return (
-        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.CONSUMER.INFO.{stream}.{durable}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
         f"$JS.ACK.{stream}.{durable}.>",
@@ -158,7 +157,9 @@ def grants(role: str, public_key: str) -> Grants:
     if role == ADMIN:
         return Grants(publish=(">",), subscribe=(">",), allow_responses=True)
     publish, subscribe = _contract_grants(role)
-    publish.extend(f"$JS.API.STREAM.INFO.KV_{bucket}" for bucket in BUCKETS)
+    # Stream info (configuration and counts, no messages) on the whole layout: every service checks at
+    # start-up that what it binds to exists.
+    publish.extend(f"$JS.API.STREAM.INFO.{stream}" for stream in (names.EVENTS_STREAM, *(f"KV_{b}" for b in BUCKETS)))
     for bucket in READS.get(role, ()):
         publish.extend(kv_read(bucket))
     publish.extend(f"$KV.{bucket}.{keys}" for bucket, keys in WRITES.get(role, ()))

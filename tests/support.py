@@ -342,6 +342,19 @@ async def create_layout(url: str, keys: Path) -> None:
     await setup(load_config({"NATS_URL": url, "NATS_NKEY": str(keys / "admin.nk")}))
 
 
+async def refusal(url: str, **options: object) -> BaseException | None:
+    """What connecting raised (None if it connected); the client is closed either way (nats-py
+    leaves a refused connection's socket open otherwise)."""
+    nc = nats.NATS()
+    try:
+        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **options)
+    except Exception as exc:
+        return exc
+    finally:
+        await nc.close()
+    return None
+
+
 @dataclass
 class RoleClient:
     """A connection made with one role's key; `denied` collects the server's permission violations."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
@@ -82,7 +83,11 @@ def _add_up(commands) -> None:
         help="run nats-server and every service on this machine",
         description="Start nats-server and every service as child processes; Ctrl-C stops them all.",
     )
-    up.add_argument("--data-dir", default="data", help="JetStream store and engine state (default: ./data)")
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("DATA_DIR") or "data",
+        help="JetStream store, role keys and engine state (default: $DATA_DIR or ./data)",
+    )
     up.add_argument("--runtime", choices=("local", "docker"), help="engine runtime (default: $ENGINE_RUNTIME or local)")
     up.add_argument("--nats-port", type=int, help="NATS client port (default: $NATS_PORT or 4222)")
     up.add_argument("--gateway-port", type=int, help="HTTP port of the gateway (default: $GATEWAY_PORT or 8000)")

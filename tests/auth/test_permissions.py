@@ -26,6 +26,7 @@ from support import (
     collect_dropped_connections,
     connect_as,
     create_layout,
+    refusal,
     start_auth_server,
     wait_until,
 )
@@ -71,25 +72,13 @@ async def as_role(server: tuple[str, Path], role: str) -> RoleClient:
 # ------------------------------------------------------------------ who may connect
 
 
-async def _refusal(url: str, **options: object) -> BaseException | None:
-    """What connecting raised (None if it connected); the client is closed either way."""
-    nc = nats.NATS()
-    try:
-        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **options)
-    except Exception as exc:
-        return exc
-    finally:
-        await nc.close()
-    return None
-
-
 async def test_a_client_without_a_key_or_with_an_unknown_key_is_refused(server):
     url, _ = server
-    anonymous = await _refusal(url)
+    anonymous = await refusal(url)
     assert anonymous is not None and auth.refused(anonymous)
-    stranger = await _refusal(url, nkeys_seed_str=auth.new_seed())
+    stranger = await refusal(url, nkeys_seed_str=auth.new_seed())
     assert stranger is not None and auth.refused(stranger)
-    assert await _refusal(url, **auth.client_options(str(server[1] / "proxy.nk"))) is None
+    assert await refusal(url, **auth.client_options(str(server[1] / "proxy.nk"))) is None
 
 
 # ------------------------------------------------------------------ what each role needs
