@@ -13,10 +13,13 @@ Replies travel on private inboxes: a client's inbox prefix is `_INBOX_<its
 public key>`, and only that key may subscribe under it, so no client reads
 another's replies (nor the KV watch deliveries, which go to the same inboxes).
 
-Known hole, accepted (nats-server issue 8274): a KV watch needs the bare
+Known hole (nats-server issue 8274): a KV watch needs the bare
 `$JS.API.CONSUMER.CREATE.KV_<bucket>` grant, and whoever holds it can give a
-consumer any push `deliver_subject`. Only roles that read the bucket anyway
-get it, and no role but admin gets any consumer creation on ACE_EVENTS.
+consumer any push `deliver_subject`; measured here, values delivered to an
+event subject are captured by ACE_EVENTS, so a reader of a bucket can replay
+its values as events. Only roles that read the bucket get the grant, and no
+role but admin gets any consumer creation on ACE_EVENTS; closing the path
+needs the streams in an account of their own (README, "Known limit").
 """
 
 from __future__ import annotations
