@@ -194,8 +194,9 @@ CHANNELS: tuple[Channel, ...] = (
         names.STREAM_ENDED,
         StreamEnded,
         "event",
-        "A stream ended (last viewer gone, failover, engine lost). Idempotent; an end before its start is kept.",
-        ("proxy", "gateway", "operator"),
+        "A stream ended (last viewer gone, failover, engine lost; the state-keeper ends the streams of a lost proxy "
+        "or a gone session). Idempotent; an end before its start is kept.",
+        ("proxy", "gateway", "operator", "state-keeper"),
         _EVENT_READERS,
         StreamEnded(
             stream_id=STREAM_ID, container_id=ENGINE_ID, reason="viewers_left", ended_at=_AT + timedelta(minutes=42)

@@ -148,10 +148,12 @@ class Process:
 
 @dataclass
 class Processes:
-    """Starts and tracks child processes for one test."""
+    """Starts and tracks child processes for one test. With `keys` (a directory of role keys, set by
+    the `nats_server` fixture) every service started here connects with its own role's key."""
 
     workdir: Path
     started: list[Process] = field(default_factory=list)
+    keys: Path | None = None
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> Process:
         log_path = self.workdir / f"{name}-{len(self.started)}.log"
@@ -164,6 +166,8 @@ class Processes:
         return proc
 
     def service(self, module: str, env: Mapping[str, str]) -> Process:
+        if self.keys is not None and "NATS_NKEY" not in env:
+            env = {**env, "NATS_NKEY": str(self.keys / f"{module.replace('_', '-')}.nk")}
         return self.start(module, [sys.executable, "-m", f"services.{module}"], env)
 
     def stop_all(self) -> None:
@@ -178,6 +182,22 @@ class NatsServer:
     processes: Processes
     process: Process | None = None
     extra_args: tuple[str, ...] = ()
+    keys: Path | None = None  # with role keys: the server enforces their grants (see `with_role_keys`)
+
+    def with_role_keys(self, directory: Path) -> Path:
+        """Role keys in `directory` and a config that enforces their grants; a client without a key is
+        the test itself and may do anything (`no_auth_user`), so tests keep poking the bus directly
+        while every service they start runs with least privilege. Returns the key directory."""
+        from shared import auth
+
+        keys, _ = auth.ensure_keys(directory)
+        users = [auth.user_block(role, public) for role, public in keys.items()]
+        users.append('    { user: "test", password: "test" }')
+        config = directory / "test-server.conf"
+        config.write_text("authorization {\n  users: [\n" + "\n".join(users) + '\n  ]\n}\nno_auth_user: "test"\n')
+        self.extra_args = (*self.extra_args, "-c", str(config))
+        self.keys = directory
+        return directory
 
     @property
     def url(self) -> str:
@@ -353,6 +373,15 @@ async def refusal(url: str, **options: object) -> BaseException | None:
     finally:
         await nc.close()
     return None
+
+
+def create_open_layout(url: str) -> None:
+    """The layout on a server whose keyless client may do anything (`NatsServer.with_role_keys`);
+    from synchronous fixtures, before the test's event loop runs."""
+    from services.cli.auth import create_layout as setup
+    from shared.config import load_config
+
+    asyncio.run(setup(load_config({"NATS_URL": url})))
 
 
 @dataclass
