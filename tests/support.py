@@ -7,6 +7,7 @@ by its pid when the test ends.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import json
 import os
@@ -375,13 +376,21 @@ async def refusal(url: str, **options: object) -> BaseException | None:
     return None
 
 
-def create_open_layout(url: str) -> None:
-    """The layout on a server whose keyless client may do anything (`NatsServer.with_role_keys`);
-    from synchronous fixtures, before the test's event loop runs."""
+def create_open_layout(url: str, replicas: int = 1) -> None:
+    """The layout on a server whose keyless client may do anything (`NatsServer.with_role_keys`), as
+    `aceorch setup` makes it; callable from synchronous code, inside a running event loop too (it then
+    runs in a thread of its own and blocks the loop for those few milliseconds)."""
     from services.cli.auth import create_layout as setup
     from shared.config import load_config
 
-    asyncio.run(setup(load_config({"NATS_URL": url})))
+    config = load_config({"NATS_URL": url, "NATS_REPLICAS": str(replicas)})
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(setup(config))
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, setup(config)).result()
 
 
 @dataclass
