@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -449,3 +450,26 @@ def refused(exc: BaseException) -> bool:
     import nats.errors
 
     return isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in str(exc).lower()
+
+
+# ------------------------------------------------------------------ TLS (NATS across hosts)
+
+
+def tls_context(ca: str, cert: str = "", key: str = "") -> ssl.SSLContext | None:
+    """A client TLS context trusting `ca` (None without one), presenting `cert`/`key` when given
+    (a server with `verify: true` refuses clients without a certificate its CA signed)."""
+    if not ca:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca)
+        if cert:
+            context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise AuthError(f"NATS TLS files ({ca}, {cert or '-'}, {key or '-'}): {exc}") from None
+    return context
+
+
+def tls_options(ca: str, cert: str = "", key: str = "") -> dict[str, ssl.SSLContext]:
+    """`nats.connect` keyword arguments for TLS ({} without a CA)."""
+    context = tls_context(ca, cert, key)
+    return {} if context is None else {"tls": context}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +196,7 @@ async def connect(config: Config, name: str) -> Bus:
                 reconnected_cb=reconnected_cb,
                 closed_cb=closed_cb,
                 **identity.connect_options(),
+                **_tls(config),
             ),
             refused,
             config.nats_connect_timeout_s,
@@ -231,6 +233,13 @@ async def connect(config: Config, name: str) -> Bus:
     holder.append(bus)
     log.info("nats: connected to %s (server %s)", config.nats_url, nc.connected_server_version)
     return bus
+
+
+def _tls(config: Config) -> dict[str, Any]:
+    try:
+        return auth.tls_options(config.nats_tls_ca, config.nats_tls_cert, config.nats_tls_key)
+    except auth.AuthError as exc:
+        raise BusError(str(exc)) from None
 
 
 async def _first_connect(connecting: Awaitable[Client], refused: asyncio.Event, limit_s: float) -> Client:

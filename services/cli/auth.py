@@ -38,6 +38,14 @@ def add_parsers(commands: argparse._SubParsersAction, client: argparse.ArgumentP
     sub = group.add_subparsers(dest="auth_command", required=True, metavar="init|show")
     init = sub.add_parser("init", help="one key per role and the server's authorization config (keeps existing keys)")
     init.add_argument("dir", nargs="?", help="where (default: $DATA_DIR/auth, i.e. data/auth)")
+    init.add_argument(
+        "--tls", action="store_true", help="also a private CA, the server's and each role's certificate (openssl)"
+    )
+    init.add_argument(
+        "--tls-host",
+        action="append",
+        help="a name or IP the server's certificate is valid for (default: 127.0.0.1, localhost)",
+    )
     init.set_defaults(run="auth_init")
     show = sub.add_parser("show", help="each role's public key and grants, as a table")
     show.add_argument("dir", nargs="?", help="key directory (default: $DATA_DIR/auth, i.e. data/auth)")
@@ -65,6 +73,16 @@ def init(args: argparse.Namespace) -> int:
     kept = [role for role in keys if role not in created]
     print(f"{directory}: created {', '.join(created) or 'no key'}; kept {', '.join(kept) or 'no key'}")
     print(f"server config: {directory / auth.SERVER_CONFIG} (nats-server -c it, or include it)")
+    if args.tls:
+        from services.cli.certs import SERVER_HOSTS, TLS_CONFIG, make_certificates
+
+        try:
+            made = make_certificates(directory, args.tls_host or SERVER_HOSTS)
+        except (OSError, auth.AuthError) as exc:
+            print(f"aceorch auth init: {exc}", file=sys.stderr)
+            return 1
+        print(f"certificates in {directory / 'tls'}: made {', '.join(made) or 'none (all kept)'}")
+        print(f"server TLS config: {directory / TLS_CONFIG}; clients: NATS_TLS_CA, NATS_TLS_CERT, NATS_TLS_KEY")
     return 0
 
 

@@ -61,9 +61,13 @@ async def connected(url: str, name: str = "aceorch-cli", nkey: str = "") -> Asyn
                 task.cancel()
 
     try:
-        options = auth.client_options(nkey)
+        options: dict[str, Any] = {**auth.client_options(nkey)}
     except auth.AuthError as exc:
         raise CliError(f"--nkey/NATS_NKEY: {exc}") from None
+    try:
+        options.update(auth.tls_options(*(os.environ.get(f"NATS_TLS_{part}", "") for part in ("CA", "CERT", "KEY"))))
+    except auth.AuthError as exc:
+        raise CliError(str(exc)) from None
     try:
         nc = await asyncio.wait_for(
             nats.connect(
@@ -73,7 +77,7 @@ async def connected(url: str, name: str = "aceorch-cli", nkey: str = "") -> Asyn
                 max_reconnect_attempts=2,
                 reconnect_time_wait=0.2,
                 error_cb=on_error,
-                **options,  # type: ignore[arg-type]
+                **options,
             ),
             timeout=CONNECT_TIMEOUT_S,
         )
