@@ -13,6 +13,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import nats
 from nats.aio.client import Client
@@ -20,7 +22,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
-from shared import names
+from shared import auth, names
 from shared.config import Config
 from shared.errors import describe
 
@@ -37,6 +39,42 @@ class BusError(RuntimeError):
     """NATS is unreachable or unsuitable; the message says what to do."""
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Who this process is on the bus: no key (an open server: it creates what it needs, as before
+    authentication), or a role's key (it binds to what admin created and never changes it)."""
+
+    seed: str = ""
+    role: str = ""  # the key file's name when it is a role's (DIR/<role>.nk), else ""
+    public_key: str = ""
+
+    @classmethod
+    def of(cls, config: Config) -> Identity:
+        if not config.nats_nkey:
+            return cls()
+        path = Path(config.nats_nkey)
+        try:
+            seed = auth.read_seed(path)
+        except auth.AuthError as exc:
+            raise BusError(f"NATS_NKEY: {exc}") from None
+        return cls(seed=seed, role=auth.role_of(path), public_key=auth.public_key(seed))
+
+    @property
+    def creates_layout(self) -> bool:
+        return not self.seed or self.role == auth.ADMIN
+
+    @property
+    def who(self) -> str:
+        if not self.seed:
+            return "an anonymous connection (NATS_NKEY is not set)"
+        return f"the key {self.public_key[:12]}… ({self.role or 'unknown role'})"
+
+    def connect_options(self) -> dict[str, str]:
+        if not self.seed:
+            return {}
+        return {"nkeys_seed_str": self.seed, "inbox_prefix": auth.inbox_prefix(self.public_key)}
+
+
 @dataclass
 class Bus:
     nc: Client
@@ -44,6 +82,7 @@ class Bus:
     engines: KeyValue
     streams: KeyValue
     leases: KeyValue
+    identity: Identity = field(default_factory=Identity)
     _on_reconnect: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     # Set when the connection closed for good without us closing it (the server sent an error
     # nats-py treats as fatal: a payload over max_payload, revoked credentials): it will never
@@ -115,8 +154,19 @@ async def connect(config: Config, name: str) -> Bus:
     """Connect, check the server, and make sure the stream and buckets exist."""
     holder: list[Bus] = []
 
+    identity = Identity.of(config)
+
+    refused = asyncio.Event()  # the server refused our key (or our lack of one) while connecting
+
     async def error_cb(exc: Exception) -> None:
-        log.warning("nats: %s", describe(exc))
+        if auth.refused(exc) and not holder:
+            refused.set()  # retrying cannot help: stop the first connect now, with the reason
+            return
+        denied = auth.violation(str(exc))
+        if denied is not None:
+            log.error("%s", auth.explain(denied, identity.role))
+        else:
+            log.warning("nats: %s", describe(exc))
 
     async def disconnected_cb() -> None:
         if holder and holder[0]._closing:
@@ -134,7 +184,7 @@ async def connect(config: Config, name: str) -> Bus:
             holder[0]._reconnected()
 
     try:
-        nc = await asyncio.wait_for(
+        nc = await _first_connect(
             nats.connect(
                 servers=config.nats_url.split(","),
                 name=name,
@@ -145,9 +195,17 @@ async def connect(config: Config, name: str) -> Bus:
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
                 closed_cb=closed_cb,
+                **identity.connect_options(),
+                **_tls(config),
             ),
-            timeout=config.nats_connect_timeout_s,
+            refused,
+            config.nats_connect_timeout_s,
         )
+    except nats.errors.AuthorizationError:
+        raise BusError(
+            f"NATS at {config.nats_url} refused {identity.who}: the server requires a key its "
+            "authorization config knows; set NATS_NKEY to this service's role key (e.g. data/auth/<role>.nk)"
+        ) from None
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise BusError(
             f"cannot connect to NATS at {config.nats_url} ({type(exc).__name__}): is nats-server running? "
@@ -160,17 +218,46 @@ async def connect(config: Config, name: str) -> Bus:
         await nc.close()
         raise
     js = nc.jetstream(timeout=5)
-    await _ensure_layout_retrying(nc, js, config)
+    if identity.creates_layout:
+        await _ensure_layout_retrying(nc, js, config)
+    else:
+        await _require_layout(nc, js, config, identity)
     bus = Bus(
         nc=nc,
         js=js,
         engines=await js.key_value(names.ENGINES_BUCKET),
         streams=await js.key_value(names.STREAMS_BUCKET),
         leases=await js.key_value(names.LEASES_BUCKET),
+        identity=identity,
     )
     holder.append(bus)
     log.info("nats: connected to %s (server %s)", config.nats_url, nc.connected_server_version)
     return bus
+
+
+def _tls(config: Config) -> dict[str, Any]:
+    try:
+        return auth.tls_options(config.nats_tls_ca, config.nats_tls_cert, config.nats_tls_key)
+    except auth.AuthError as exc:
+        raise BusError(str(exc)) from None
+
+
+async def _first_connect(connecting: Awaitable[Client], refused: asyncio.Event, limit_s: float) -> Client:
+    """`connecting`, bounded by `limit_s`; AuthorizationError as soon as `refused` is set (nats-py
+    would otherwise retry a refused key until the timeout, and report a timeout)."""
+    attempt = asyncio.ensure_future(connecting)
+    verdict = asyncio.ensure_future(refused.wait())
+    try:
+        done, _ = await asyncio.wait({attempt, verdict}, timeout=limit_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        verdict.cancel()
+    if attempt in done:
+        return attempt.result()
+    attempt.cancel()
+    await asyncio.gather(attempt, return_exceptions=True)
+    if verdict in done:
+        raise nats.errors.AuthorizationError
+    raise TimeoutError
 
 
 def require_server(version: tuple[int, int], jetstream: bool, url: str) -> None:
@@ -261,6 +348,29 @@ async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Conf
                 LAYOUT_ATTEMPTS - attempt,
             )
             await asyncio.sleep(0.5 * attempt)
+
+
+async def _require_layout(nc: Client, js: JetStreamContext, config: Config, identity: Identity) -> None:
+    """A role other than admin binds to the stream and buckets: missing ones are an error saying who
+    creates them (it may not, and must not quietly run without them)."""
+    missing = []
+    for stream in auth.LAYOUT:
+        try:
+            await js.stream_info(stream)
+        except NotFoundError:
+            missing.append(stream)
+        except nats.errors.TimeoutError:
+            await nc.close()
+            raise BusError(
+                f"JetStream at {config.nats_url} did not answer about {stream} (is the role {identity.role or '?'} "
+                "granted stream info? see the server log for a permissions violation)"
+            ) from None
+    if missing:
+        await nc.close()
+        raise BusError(
+            f"{', '.join(missing)} missing on {config.nats_url}: with a role key ({identity.role or identity.public_key}) "
+            "services bind to the layout admin made and never create it; run `aceorch setup` (admin key) first"
+        )
 
 
 async def _ensure_stream(js: JetStreamContext, stream: api.StreamConfig) -> None:

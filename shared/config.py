@@ -108,6 +108,10 @@ class Config:
     nats_url: str = "nats://127.0.0.1:4222"
     nats_replicas: int = 1
     nats_connect_timeout_s: float = 5.0
+    nats_nkey: str = ""  # path of this process's nkey seed file (its role's key); empty: no authentication
+    nats_tls_ca: str = ""  # CA file that signed the server's certificate; set: connect with TLS
+    nats_tls_cert: str = ""  # this process's client certificate (for servers that verify clients)
+    nats_tls_key: str = ""  # its private key
     health_check_interval_s: float = 30.0
     health_check_timeout_s: float = 5.0
     health_fail_threshold: int = 2
@@ -172,6 +176,10 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "nats_url": _url,
     "nats_replicas": _number(int, 1),
     "nats_connect_timeout_s": POSITIVE_FLOAT,
+    "nats_nkey": _text,
+    "nats_tls_ca": _text,
+    "nats_tls_cert": _text,
+    "nats_tls_key": _text,
     "health_check_interval_s": POSITIVE_FLOAT,
     "health_check_timeout_s": POSITIVE_FLOAT,
     "health_fail_threshold": POSITIVE_INT,
@@ -246,6 +254,10 @@ def load_config(environ: Mapping[str, str] | None = None) -> Config:
 
 
 def _check_consistency(config: Config) -> None:
+    if bool(config.nats_tls_cert) != bool(config.nats_tls_key):
+        raise ConfigError("NATS_TLS_CERT and NATS_TLS_KEY go together: set both (a client certificate) or neither")
+    if config.nats_tls_cert and not config.nats_tls_ca:
+        raise ConfigError("NATS_TLS_CERT needs NATS_TLS_CA (the CA that signed the server's certificate)")
     if config.min_replicas > config.max_replicas:
         raise ConfigError(f"MIN_REPLICAS ({config.min_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})")
     if config.min_free_replicas > config.max_replicas:

@@ -196,8 +196,9 @@ CHANNELS: tuple[Channel, ...] = (
         names.STREAM_ENDED,
         StreamEnded,
         "event",
-        "A stream ended (last viewer gone, failover, engine lost). Idempotent; an end before its start is kept.",
-        ("proxy", "gateway", "operator"),
+        "A stream ended (last viewer gone, failover, engine lost; the state-keeper ends the streams of a lost proxy "
+        "or a gone session). Idempotent; an end before its start is kept.",
+        ("proxy", "gateway", "operator", "state-keeper"),
         _EVENT_READERS,
         StreamEnded(
             stream_id=STREAM_ID, container_id=ENGINE_ID, reason="viewers_left", ended_at=_AT + timedelta(minutes=42)
@@ -355,7 +356,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ErrorReply,
         _KEEPER_ERRORS,
         "Engine records, sorted by `container_id`, optionally filtered. `{}` lists all.",
-        ("gateway", "operator"),
+        ("gateway", "operator", "reaper"),
         ListRequest(state="active"),
         EngineList(engines=[_RECORD]),
         (_bad_request(ListRequest, b'{"state": "sleeping"}'),),
@@ -369,7 +370,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ErrorReply,
         (400, 404, 500, 503),
         "One engine record; `404` when there is none.",
-        ("proxy", "gateway", "operator"),
+        ("proxy", "gateway", "operator", "reaper"),
         GetRequest(container_id=ENGINE_ID),
         _RECORD,
         (ErrorReply(error="engine acestream-9 not found", code=404),),

@@ -72,6 +72,9 @@ async def _main(name: str, config: Config, body: Body) -> int:
         log.info("metrics on http://%s:%d/metrics", config.metrics_host, config.metrics_port)
     try:
         await _run_body(body(config, bus, stop), bus, stop, log)
+    except BusError as exc:  # e.g. a role key whose service finds the layout incomplete
+        log.error("%s", exc)
+        return 1
     finally:
         await bus.close()
     if bus.lost.is_set():

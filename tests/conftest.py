@@ -8,7 +8,7 @@ from datetime import timedelta
 import nats
 import pytest
 from hypothesis import Phase, settings
-from support import NatsServer, Processes, collect_dropped_connections, free_port
+from support import NatsServer, Processes, collect_dropped_connections, create_open_layout, free_port
 
 # Hypothesis' 200 ms default deadline fails examples on a shared 2-core machine whenever another
 # process takes the CPU; 5 s still flags a step that is pathologically slow.
@@ -51,8 +51,15 @@ def processes(tmp_path):
 
 @pytest.fixture
 def nats_server(tmp_path, processes) -> NatsServer:
+    """A nats-server enforcing the role grants (DESIGN §11) on the services a test starts: each gets
+    its role's key (processes.service) and binds to the layout made here, as `aceorch setup` would.
+    ACEORCH_TEST_AUTH=0 runs the old open server."""
     server = NatsServer(port=free_port(), store=tmp_path / "jetstream", processes=processes)
+    if os.environ.get("ACEORCH_TEST_AUTH", "1") != "0":
+        processes.keys = server.with_role_keys(tmp_path / "auth")
     server.start()
+    if server.keys is not None:
+        create_open_layout(server.url)
     return server
 
 

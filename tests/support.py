@@ -7,6 +7,7 @@ by its pid when the test ends.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import json
 import os
@@ -148,10 +149,12 @@ class Process:
 
 @dataclass
 class Processes:
-    """Starts and tracks child processes for one test."""
+    """Starts and tracks child processes for one test. With `keys` (a directory of role keys, set by
+    the `nats_server` fixture) every service started here connects with its own role's key."""
 
     workdir: Path
     started: list[Process] = field(default_factory=list)
+    keys: Path | None = None
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> Process:
         log_path = self.workdir / f"{name}-{len(self.started)}.log"
@@ -164,6 +167,8 @@ class Processes:
         return proc
 
     def service(self, module: str, env: Mapping[str, str]) -> Process:
+        if self.keys is not None and "NATS_NKEY" not in env:
+            env = {**env, "NATS_NKEY": str(self.keys / f"{module.replace('_', '-')}.nk")}
         return self.start(module, [sys.executable, "-m", f"services.{module}"], env)
 
     def stop_all(self) -> None:
@@ -178,6 +183,22 @@ class NatsServer:
     processes: Processes
     process: Process | None = None
     extra_args: tuple[str, ...] = ()
+    keys: Path | None = None  # with role keys: the server enforces their grants (see `with_role_keys`)
+
+    def with_role_keys(self, directory: Path) -> Path:
+        """Role keys in `directory` and a config that enforces their grants; a client without a key is
+        the test itself and may do anything (`no_auth_user`), so tests keep poking the bus directly
+        while every service they start runs with least privilege. Returns the key directory."""
+        from shared import auth
+
+        keys, _ = auth.ensure_keys(directory)
+        users = [auth.user_block(role, public) for role, public in keys.items()]
+        users.append('    { user: "test", password: "test" }')
+        config = directory / "test-server.conf"
+        config.write_text("authorization {\n  users: [\n" + "\n".join(users) + '\n  ]\n}\nno_auth_user: "test"\n')
+        self.extra_args = (*self.extra_args, "-c", str(config))
+        self.keys = directory
+        return directory
 
     @property
     def url(self) -> str:
@@ -313,3 +334,88 @@ async def write_markers(nc: nats.NATS, kv, prefix: str, count: int, batch: int =
         await nc.flush()
     while (await kv._js.stream_info(kv._stream)).state.last_seq < first + count:
         await asyncio.sleep(0.05)
+
+
+# ------------------------------------------------------------------ authentication (DESIGN §11)
+
+
+def start_auth_server(workdir: Path, processes: Processes) -> tuple[NatsServer, Path]:
+    """A nats-server that knows only the role keys `aceorch auth init` wrote into workdir/auth."""
+    from shared import auth
+
+    keys = workdir / "auth"
+    auth.init(keys)
+    server = NatsServer(
+        port=free_port(),
+        store=workdir / "jetstream",
+        processes=processes,
+        extra_args=("-c", str(keys / auth.SERVER_CONFIG)),
+    )
+    server.start()
+    return server, keys
+
+
+async def create_layout(url: str, keys: Path) -> None:
+    """What `aceorch setup` does, as admin: the stream, the buckets, the state-keeper's durable."""
+    from services.cli.auth import create_layout as setup
+    from shared.config import load_config
+
+    await setup(load_config({"NATS_URL": url, "NATS_NKEY": str(keys / "admin.nk")}))
+
+
+async def refusal(url: str, **options: object) -> BaseException | None:
+    """What connecting raised (None if it connected); the client is closed either way (nats-py
+    leaves a refused connection's socket open otherwise)."""
+    nc = nats.NATS()
+    try:
+        await nc.connect(url, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, **options)
+    except Exception as exc:
+        return exc
+    finally:
+        await nc.close()
+    return None
+
+
+def create_open_layout(url: str, replicas: int = 1, **settings: str) -> None:
+    """The layout on a server whose keyless client may do anything (`NatsServer.with_role_keys`), as
+    `aceorch setup` makes it; callable from synchronous code, inside a running event loop too (it then
+    runs in a thread of its own and blocks the loop for those few milliseconds)."""
+    from services.cli.auth import create_layout as setup
+    from shared.config import load_config
+
+    config = load_config({"NATS_URL": url, "NATS_REPLICAS": str(replicas), **settings})
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(setup(config))
+        return
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, setup(config)).result()
+
+
+@dataclass
+class RoleClient:
+    """A connection made with one role's key; `denied` collects the server's permission violations."""
+
+    role: str
+    nc: nats.NATS
+    denied: list[str] = field(default_factory=list)
+
+
+async def connect_as(url: str, keys: Path, role: str) -> RoleClient:
+    from shared import auth
+
+    denied: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        found = auth.violation(str(exc))
+        if found is not None:
+            denied.append(f"{found.action} {found.subject}")
+
+    nc = await nats.connect(
+        url,
+        error_cb=on_error,
+        max_reconnect_attempts=1,
+        **auth.client_options(str(keys / f"{role}.nk")),
+    )
+    return RoleClient(role, nc, denied)

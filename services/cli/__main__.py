@@ -8,15 +8,19 @@ aceorch stream start [CONTENT] [--stream-id ID]
 aceorch stream end STREAM_ID
 aceorch demo [--viewers N] [--duration S]
 aceorch contract [--output FILE] [--check]
+aceorch auth init [DIR] | aceorch auth show [DIR] [--role ROLE]
+aceorch setup [--nkey ADMIN_KEY]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 
+from services.cli import auth as auth_cli
 from services.cli import contract, follow
 from services.cli.client import CliError, default_nats_url
 
@@ -34,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--nats-url",
         default=default_nats_url(),
         help="NATS server(s), comma-separated (default: $NATS_URL or %(default)s)",
+    )
+    client.add_argument(
+        "--nkey",
+        help="the role key (seed file) to connect with (default: $NATS_NKEY, else data/auth/operator.nk "
+        "when it exists — admin.nk for setup — else none)",
     )
     client.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -68,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_demo(commands, client)
     contract.add_parser(commands)
+    auth_cli.add_parsers(commands, client)
     return parser
 
 
@@ -77,7 +87,11 @@ def _add_up(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="run nats-server and every service on this machine",
         description="Start nats-server and every service as child processes; Ctrl-C stops them all.",
     )
-    up.add_argument("--data-dir", default="data", help="JetStream store and engine state (default: ./data)")
+    up.add_argument(
+        "--data-dir",
+        default=os.environ.get("DATA_DIR") or "data",
+        help="JetStream store, role keys and engine state (default: $DATA_DIR or ./data)",
+    )
     up.add_argument("--runtime", choices=("local", "docker"), help="engine runtime (default: $ENGINE_RUNTIME or local)")
     up.add_argument("--nats-port", type=int, help="NATS client port (default: $NATS_PORT or 4222)")
     up.add_argument("--gateway-port", type=int, help="HTTP port of the gateway (default: $GATEWAY_PORT or 8000)")
@@ -126,6 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return up(args)
     if args.run == "contract":
         return contract.contract(args)
+    if args.run in ("auth_init", "auth_show"):
+        return auth_cli.init(args) if args.run == "auth_init" else auth_cli.show(args)
+    if getattr(args, "nkey", "") is None:
+        args.nkey = auth_cli.default_nkey(getattr(args, "nkey_role", "operator"))
+    if args.run == "setup":
+        return auth_cli.setup(args)
     from services.cli import commands, demo
 
     handlers = {

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -20,6 +21,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from shared import auth
 from shared.schemas import encode
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
@@ -41,12 +43,31 @@ def default_nats_url() -> str:
 
 
 @asynccontextmanager
-async def connected(url: str, name: str = "aceorch-cli") -> AsyncIterator[Client]:
-    """A NATS connection that fails fast with a clear message; closed on exit."""
+async def connected(url: str, name: str = "aceorch-cli", nkey: str = "") -> AsyncIterator[Client]:
+    """A NATS connection that fails fast with a clear message; closed on exit. With `nkey` (a seed
+    file) it connects as that key's role; an action the role is not granted ends the command at
+    once with a CliError saying what was denied (not a timeout)."""
+    denied: list[auth.Violation] = []
+    refusals: list[Exception] = []
+    task = asyncio.current_task()
 
-    async def quiet(exc: Exception) -> None:  # the default error_cb prints tracebacks
-        pass
+    async def on_error(exc: Exception) -> None:  # the default error_cb prints tracebacks
+        if auth.refused(exc):
+            refusals.append(exc)
+        violation = auth.violation(str(exc))
+        if violation is not None and not denied:
+            denied.append(violation)
+            if task is not None:
+                task.cancel()
 
+    try:
+        options: dict[str, Any] = {**auth.client_options(nkey)}
+    except auth.AuthError as exc:
+        raise CliError(f"--nkey/NATS_NKEY: {exc}") from None
+    try:
+        options.update(auth.tls_options(*(os.environ.get(f"NATS_TLS_{part}", "") for part in ("CA", "CERT", "KEY"))))
+    except auth.AuthError as exc:
+        raise CliError(str(exc)) from None
     try:
         nc = await asyncio.wait_for(
             nats.connect(
@@ -55,19 +76,33 @@ async def connected(url: str, name: str = "aceorch-cli") -> AsyncIterator[Client
                 connect_timeout=min(CONNECT_TIMEOUT_S, 2.0),
                 max_reconnect_attempts=2,
                 reconnect_time_wait=0.2,
-                error_cb=quiet,
+                error_cb=on_error,
+                **options,
             ),
             timeout=CONNECT_TIMEOUT_S,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
+        if not (refusals or auth.refused(exc)):
+            raise CliError(
+                f"cannot connect to NATS at {url} ({type(exc).__name__}): is `aceorch up` running? "
+                "Pass --nats-url or set NATS_URL."
+            ) from None
         raise CliError(
-            f"cannot connect to NATS at {url} ({type(exc).__name__}): is `aceorch up` running? "
-            "Pass --nats-url or set NATS_URL."
+            f"NATS at {url} refused {'the key in ' + nkey if nkey else 'a connection without a key'}: "
+            "pass --nkey (or set NATS_NKEY) to a role key the server knows, e.g. data/auth/operator.nk"
         ) from None
     try:
         yield nc
+    except asyncio.CancelledError:
+        if not denied:
+            raise
+        if task is not None:
+            task.uncancel()
+        raise CliError(auth.explain(denied[0], auth.role_of(Path(nkey)))) from None
     finally:
         await nc.close()
+    if denied:  # denied after the last await that could be cancelled
+        raise CliError(auth.explain(denied[0], auth.role_of(Path(nkey))))
 
 
 async def request(

@@ -27,7 +27,7 @@ def _dump(obj: object) -> None:
 
 
 async def engines(args: argparse.Namespace) -> int:
-    async with connected(args.nats_url) as nc:
+    async with connected(args.nats_url, nkey=args.nkey) as nc:
         listing = await request(nc, names.ENGINE_LIST, ListRequest(), decode=decode_engines)
     if args.json:
         _dump(listing.engines)
@@ -38,7 +38,7 @@ async def engines(args: argparse.Namespace) -> int:
 
 async def streams(args: argparse.Namespace) -> int:
     query = StreamListRequest(status=None if args.all else "started")
-    async with connected(args.nats_url) as nc:
+    async with connected(args.nats_url, nkey=args.nkey) as nc:
         listing = await request(nc, names.STREAM_LIST, query, decode=decode_streams)
     if args.json:
         _dump(listing.streams)
@@ -48,7 +48,7 @@ async def streams(args: argparse.Namespace) -> int:
 
 
 async def select_engine(args: argparse.Namespace) -> int:
-    async with connected(args.nats_url) as nc:
+    async with connected(args.nats_url, nkey=args.nkey) as nc:
         choice = await select(nc, args.content, args.key_type if args.content else None)
     if args.json:
         _dump(choice)
@@ -64,7 +64,7 @@ async def select_engine(args: argparse.Namespace) -> int:
 
 async def stream_start(args: argparse.Namespace) -> int:
     content = args.content or f"aceorch-cli-{new_stream_id()[4:12]}"
-    async with connected(args.nats_url) as nc, httpx.AsyncClient() as http:
+    async with connected(args.nats_url, nkey=args.nkey) as nc, httpx.AsyncClient() as http:
         playing = await start_stream(nc, http, content, args.stream_id, args.key_type)
     if args.json:
         _dump(playing)
@@ -81,7 +81,7 @@ async def stream_start(args: argparse.Namespace) -> int:
 
 
 async def stream_end(args: argparse.Namespace) -> int:
-    async with connected(args.nats_url) as nc, httpx.AsyncClient() as http:
+    async with connected(args.nats_url, nkey=args.nkey) as nc, httpx.AsyncClient() as http:
         result = await end_stream(nc, http, args.stream_id, reason=args.reason)
         keeper_up = await keeper_answers(nc)
     for line in end_report(args.stream_id, result, keeper_up):

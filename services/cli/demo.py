@@ -153,5 +153,5 @@ async def demo(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, on_signal)
     loop.call_later(args.duration, stop.set)
     print(f"demo: {args.viewers} viewers over {args.channels} channels for {args.duration:g}s (Ctrl-C ends it)")
-    async with connected(args.nats_url, name="aceorch-demo") as nc, httpx.AsyncClient() as http:
+    async with connected(args.nats_url, name="aceorch-demo", nkey=args.nkey) as nc, httpx.AsyncClient() as http:
         return await Demo(nc, http, args, stop).run()

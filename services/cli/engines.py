@@ -22,7 +22,7 @@ from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from services.cli.proxy import publish_event
-from shared import names
+from shared import auth, names
 from shared.config import Config
 from shared.runtime import make_runtime
 from shared.runtime.base import EngineSpec
@@ -46,14 +46,16 @@ async def stop_engines(config: Config) -> list[tuple[EngineSpec, BaseException |
     return list(zip(engines, results, strict=True))
 
 
-async def report_removed(nats_url: str, container_ids: list[str]) -> list[str]:
+async def report_removed(nats_url: str, container_ids: list[str], nkey: str = "") -> list[str]:
     """Publish `engine.removed` for each, then wait (bounded) for their records to go: the ids still recorded.
 
     The events are durable: a state-keeper that is not running applies them when it starts.
     """
     if not container_ids:
         return []
-    nc = await nats.connect(nats_url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False)
+    nc = await nats.connect(
+        nats_url, connect_timeout=2, max_reconnect_attempts=0, allow_reconnect=False, **auth.client_options(nkey)
+    )
     try:
         for cid in container_ids:
             removed = EngineRemoved(container_id=cid, reason=REMOVAL_REASON)

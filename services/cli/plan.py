@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from shared.auth import OPERATOR, SERVER_CONFIG, key_path
 from shared.config import Config, ConfigError, load_config
 
 # (package under services/, name in logs) in start order; stopped in reverse.
@@ -75,11 +76,18 @@ def metrics_ports(environ: Mapping[str, str]) -> dict[str, int]:
     return {name: base + index for index, (_, name) in enumerate(SERVICES)}
 
 
+def auth_dir(options: UpOptions) -> Path:
+    """Where `up` keeps the role keys and the server's authorization config (made on first start)."""
+    return options.data_dir / "auth"
+
+
 def service_env(environ: Mapping[str, str], options: UpOptions, name: str | None = None) -> dict[str, str]:
     """The environment service `name` gets: the caller's, pointed at our NATS and data dir,
-    with its own metrics port (none when `name` is None or METRICS_PORT is unset)."""
+    with its own metrics port (none when `name` is None or METRICS_PORT is unset) and its own
+    role key (the operator's when `name` is None: what `up` itself does as a client)."""
     env = dict(environ)
     env.pop("METRICS_PORT", None)
+    env["NATS_NKEY"] = str(key_path(auth_dir(options), name or OPERATOR))
     if name is not None and (port := metrics_ports(environ).get(name)):
         env["METRICS_PORT"] = str(port)
     env.update(
@@ -94,8 +102,12 @@ def service_env(environ: Mapping[str, str], options: UpOptions, name: str | None
 
 
 def nats_argv(binary: str, options: UpOptions) -> list[str]:
+    """The embedded server: loopback, JetStream under the data dir, and only the role keys of
+    DATA/auth may connect (the config holds nothing but the authorization block; flags after it win)."""
     return [
         binary,
+        "--config",
+        str(auth_dir(options) / SERVER_CONFIG),
         "--addr",
         "127.0.0.1",
         "--port",

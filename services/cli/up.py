@@ -23,9 +23,11 @@ import contextlib
 import os
 import signal
 from collections.abc import Awaitable
+from pathlib import Path
 
 import httpx
 
+from services.cli.auth import create_layout
 from services.cli.children import Child, adopted_children, alive, become_subreaper, kill_pid, reap, terminate_pid
 from services.cli.engines import report_removed, stop_engines
 from services.cli.logs import Output
@@ -34,6 +36,7 @@ from services.cli.plan import (
     SERVICES,
     UpError,
     UpOptions,
+    auth_dir,
     find_nats_server,
     find_services,
     lock_data_dir,
@@ -45,7 +48,9 @@ from services.cli.plan import (
     service_argv,
     service_env,
 )
-from shared.config import Config
+from shared import auth
+from shared.bus import BusError
+from shared.config import Config, load_config
 
 NATS_START_TIMEOUT_S = 20.0
 GATEWAY_HEAD_START_S = 5.0  # the longest the other services wait for the gateway to answer
@@ -97,6 +102,9 @@ class Supervisor:
     async def _start_nats(self) -> None:
         options = self.options
         (options.data_dir / "nats").mkdir(parents=True, exist_ok=True)
+        _, created = auth.init(auth_dir(options))  # keys made once, kept for ever after; grants rewritten
+        if created:
+            self.out.say(f"made role keys in {auth_dir(options)} ({len(created)}); give external proxies proxy.nk")
         self.nats = Child(
             "nats", nats_argv(find_nats_server(), options), dict(os.environ), self.out.emit, self.exited.set
         )
@@ -112,6 +120,18 @@ class Supervisor:
             if self.stop.is_set():
                 return
             await asyncio.sleep(0.1)
+        await self._create_layout()
+
+    async def _create_layout(self) -> None:
+        """As admin, before any service: with role keys they bind to the layout and never create it."""
+        admin = load_config({**service_env(os.environ, self.options), "NATS_NKEY": str(self._key(auth.ADMIN))})
+        try:
+            await create_layout(admin)
+        except BusError as exc:
+            raise UpError(f"could not create the stream and buckets as admin: {exc}") from None
+
+    def _key(self, role: str) -> Path:
+        return auth.key_path(auth_dir(self.options), role)
 
     async def _start_services(self) -> None:
         present, missing = find_services()
@@ -278,7 +298,7 @@ class Supervisor:
                 stopped.append(engine.container_id)
         if self.nats is not None and not self.nats.running:
             return  # nothing can record it now; the next run's provisioner reports them gone
-        still = await report_removed(self.config.nats_url, stopped)
+        still = await report_removed(self.config.nats_url, stopped, str(self._key(auth.OPERATOR)))
         if still:
             self.out.say(
                 f"{len(still)} engine record(s) not removed yet: the state-keeper applies engine.removed when it next starts"

@@ -24,12 +24,12 @@ import msgspec
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import api
-from nats.js.errors import APIError, NoStreamResponseError
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from services.state_keeper.events import EngineNotKnownYet, EventApplier, Rejected
 from services.state_keeper.stats import Stats
 from shared import names
-from shared.bus import Bus
+from shared.bus import Bus, BusError
 from shared.decode_errors import describe_decode_error
 from shared.errors import describe
 from shared.kv import ConflictExhausted
@@ -55,6 +55,17 @@ def consumer_config(max_deliver: int = MAX_DELIVER, ack_wait_s: float = ACK_WAIT
         ack_wait=ack_wait_s,
         max_ack_pending=4096,
     )
+
+
+async def require_consumer(bus: Bus) -> None:
+    """With a role key the durable is admin's (`aceorch setup`): bind to it, or say it is missing."""
+    try:
+        await bus.js.consumer_info(names.EVENTS_STREAM, names.EVENTS_CONSUMER)
+    except NotFoundError:
+        raise BusError(
+            f"the durable consumer {names.EVENTS_CONSUMER} on {names.EVENTS_STREAM} does not exist: "
+            "with a role key the state-keeper binds to it and never creates it; run `aceorch setup` (admin key) first"
+        ) from None
 
 
 def store_unavailable(exc: BaseException) -> bool:
@@ -108,7 +119,8 @@ class EventConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
-        await self.bus.js.add_consumer(names.EVENTS_STREAM, consumer_config(self.max_deliver, self.ack_wait_s))
+        if self.bus.identity.creates_layout:  # with a role key it is admin's, checked at start-up
+            await self.bus.js.add_consumer(names.EVENTS_STREAM, consumer_config(self.max_deliver, self.ack_wait_s))
         sub = await self.bus.js.pull_subscribe_bind(durable=names.EVENTS_CONSUMER, stream=names.EVENTS_STREAM)
         log.info("consuming %s as durable %s", names.EVENTS_STREAM, names.EVENTS_CONSUMER)
         while not stop.is_set():

@@ -8,7 +8,7 @@ import socket
 import time
 from datetime import datetime
 
-from services.state_keeper.consumer import EventConsumer
+from services.state_keeper.consumer import EventConsumer, require_consumer
 from services.state_keeper.endpoints import Endpoints
 from services.state_keeper.events import EventApplier
 from services.state_keeper.stats import Stats
@@ -43,6 +43,8 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
         config.max_clock_skew_s,
     )
     await applier.forget_sequences_beyond((await bus.js.stream_info(names.EVENTS_STREAM)).state.last_seq)
+    if not bus.identity.creates_layout:
+        await require_consumer(bus)
     consumer = EventConsumer(bus, applier, stats, config.unknown_engine_retry_s)
     endpoints = Endpoints(store, config, stats)
     service = await endpoints.start()

@@ -19,7 +19,7 @@ import pytest
 from support import base_env, free_port_range, request_json, wait_for_port, wait_for_service, wait_until
 from test_cli_up import UpRun
 
-from shared import names
+from shared import auth, names
 from shared.schemas import utcnow
 
 CLI = [sys.executable, "-m", "services.cli"]
@@ -174,6 +174,8 @@ async def test_sigkilled_state_keeper_under_demo_load_leaves_no_phantom_stream(t
             "demo",
             "--nats-url",
             up.nats_url,
+            "--nkey",
+            str(up.keys / "operator.nk"),
             "--viewers",
             "4",
             "--channels",
@@ -188,7 +190,8 @@ async def test_sigkilled_state_keeper_under_demo_load_leaves_no_phantom_stream(t
             stderr=asyncio.subprocess.STDOUT,
         )
         output = asyncio.ensure_future(demo.communicate())
-        nc = await nats.connect(up.nats_url)
+        # As admin: the test also reads the durable consumer's backlog, which no client role may.
+        nc = await nats.connect(up.nats_url, **auth.client_options(str(up.keys / "admin.nk")))
         try:
             seen = 0
             for kill in range(1, 4):

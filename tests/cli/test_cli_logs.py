@@ -17,6 +17,7 @@ from support import ROOT, free_port, free_port_range, wait_until
 from test_cli_up import CLI, SCALED_DOWN
 
 from services.cli.logs import Output
+from shared import auth
 
 
 def test_a_stuck_reader_never_blocks_emit_and_learns_how_many_lines_were_dropped():
@@ -75,7 +76,8 @@ async def test_up_with_a_stuck_reader_keeps_answering_and_stops_on_sigint(tmp_pa
     try:
         async with httpx.AsyncClient(timeout=3) as http:
             await wait_until(lambda: _healthy_engines(http, gateway_port, 2), timeout=120, what="2 healthy engines")
-        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+        proxy_key = str(tmp_path / "data" / "auth" / "proxy.nk")
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_port}", **auth.client_options(proxy_key))
         try:
             js = nc.jetstream()
             for n in range(3000):  # each one a rejection the state-keeper logs: a burst of lines

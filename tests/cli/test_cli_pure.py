@@ -224,6 +224,10 @@ def test_service_env_points_services_at_our_nats_and_data_dir(tmp_path):
     assert env["MIN_REPLICAS"] == "3"  # everything else passes through
     config = load_config(env)
     assert (config.nats_url, config.gateway_port, config.nats_replicas) == ("nats://127.0.0.1:4999", 8999, 1)
+    # Each service its own role key; `up` itself, as a client, the operator's.
+    assert config.nats_nkey == str(tmp_path / "auth" / "operator.nk")
+    keyed = {name: service_env({"NATS_NKEY": "mine.nk"}, options(tmp_path), name)["NATS_NKEY"] for _, name in SERVICES}
+    assert keyed == {name: str(tmp_path / "auth" / f"{name}.nk") for _, name in SERVICES}
 
 
 def test_nats_argv_is_loopback_with_jetstream_under_the_data_dir(tmp_path):
@@ -233,6 +237,7 @@ def test_nats_argv_is_loopback_with_jetstream_under_the_data_dir(tmp_path):
     assert argv[argv.index("--port") + 1] == "4999"
     assert "--jetstream" in argv
     assert argv[argv.index("--store_dir") + 1] == str(tmp_path / "nats")
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "auth" / "auth.conf")  # role keys only
 
 
 def test_services_stop_in_reverse_start_order():

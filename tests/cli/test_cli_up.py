@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -17,7 +18,9 @@ import httpx
 import nats
 import pytest
 from proc_tree import TreeWatcher
-from support import free_port, free_port_range, wait_until
+from support import free_port, free_port_range, refusal, wait_until
+
+from shared import auth
 
 CLI = [sys.executable, "-m", "services.cli"]
 SCALED_DOWN = {
@@ -47,6 +50,7 @@ class UpRun:
             "ENGINE_PORT_RANGE": f"{first}-{first + 19}",
             **env,
         }
+        self.keys = data_dir / "auth"
         argv = [*CLI, "up", "--data-dir", str(data_dir), "--stop-timeout", "15"]
         self.process = processes.start("aceorch-up", argv, self.env)
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.gateway_port}", timeout=5)
@@ -77,6 +81,10 @@ class UpRun:
         return await self.get(f"/engines/{container_id}")
 
     async def cli(self, *args: str) -> tuple[int, str, str]:
+        """A client command as a user on this machine runs it: with the operator key `up` made
+        (found under $DATA_DIR, as the CLI does by default)."""
+        env = {**os.environ, "DATA_DIR": str(self.keys.parent)}
+        env.pop("NATS_NKEY", None)
         proc = await asyncio.create_subprocess_exec(
             *CLI,
             *args,
@@ -84,6 +92,7 @@ class UpRun:
             self.nats_url,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            env=env,
         )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
         return proc.returncode, out.decode(), err.decode()
@@ -157,9 +166,13 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     assert f"watch: http://127.0.0.1:{up.proxy_port}/ace/getstream?id=" in up.log()
     assert all(e["runtime"] == "local" and e["host"] == "127.0.0.1" for e in engines)
 
-    nc = await nats.connect(up.nats_url)
+    await _only_known_keys_get_in(up)
+    nc = await nats.connect(up.nats_url, **auth.client_options(str(up.keys / "proxy.nk")))
     try:
         engine = await start_stream_like_a_proxy(nc, "channel-one", "proxy-1")
+        kv = await nc.jetstream(timeout=1).key_value("ace_engines")
+        with pytest.raises(nats.errors.TimeoutError):  # the proxy reads the records, never writes them
+            await kv.put(engine["container_id"], b"{}")
     finally:
         await nc.close()
     used = await wait_until(
@@ -172,6 +185,9 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     assert code == 0, err
     row = next(line for line in table.splitlines() if line.startswith(engine["container_name"] + " "))
     assert " 1 " in row and ("just now" in row or "s ago" in row), table
+
+    code, out, err = await up.cli("engines", "--nkey", str(up.keys / "prober.nk"))  # a role without engine.list
+    assert code == 1 and "permission denied" in err and "role prober" in err and "engine.list" in err, err
 
     code, out, err = await up.cli("stream", "end", "proxy-1")
     assert code == 0, err
@@ -198,6 +214,14 @@ async def _first_run(up: UpRun, tree: TreeWatcher) -> None:
     await _watch_through_the_proxy(up)
     tree.scan()
     assert await up.stop(signal.SIGINT) == 0
+
+
+async def _only_known_keys_get_in(up: UpRun) -> None:
+    """`up`'s server is secure by default: no key, or a key it does not know, is refused."""
+    for options in ({}, {"nkeys_seed_str": auth.new_seed()}):
+        refused = await refusal(up.nats_url, **options)
+        assert refused is not None and auth.refused(refused), options
+    assert all((up.keys / f"{role}.nk").stat().st_mode & 0o077 == 0 for role in auth.ROLES)
 
 
 async def _watch_through_the_proxy(up: UpRun) -> None:

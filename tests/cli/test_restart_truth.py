@@ -21,6 +21,8 @@ import nats
 import pytest
 from test_cli_up import UpRun
 
+from shared import auth
+
 WATCH_S = 10.0  # every engine healthy within this, from the first answer
 RESTART_ENV = {
     "MIN_REPLICAS": "2",
@@ -88,7 +90,13 @@ async def select_continually(up: UpRun, watch: Watch, until: float) -> None:
     nc = None
     while nc is None and time.monotonic() < until:
         try:
-            nc = await nats.connect(up.nats_url, max_reconnect_attempts=0, connect_timeout=1, allow_reconnect=False)
+            nc = await nats.connect(
+                up.nats_url,
+                max_reconnect_attempts=0,
+                connect_timeout=1,
+                allow_reconnect=False,
+                **auth.client_options(str(up.keys / "proxy.nk")),
+            )
         except Exception:  # nats-server still starting
             await asyncio.sleep(0.05)
     if nc is None:

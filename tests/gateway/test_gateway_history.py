@@ -10,7 +10,7 @@ from datetime import datetime
 
 import httpx
 import msgspec
-from support import wait_until
+from support import create_open_layout, wait_until
 
 from shared import names
 from shared.schemas import HistorySample
@@ -79,8 +79,10 @@ async def test_two_replicas_write_one_sample_per_interval_even_when_one_is_kille
     stack.state_keeper.stop()
 
 
-async def test_history_is_kept_for_its_max_age_only(make_stack, nc):
+async def test_history_is_kept_for_its_max_age_only(make_stack, nc, nats_server):
     max_age_s = 3.6  # HISTORY_MAX_AGE_H=0.001
+    # The stream is admin's (`aceorch setup` with the setting), not the gateway's: its role only binds to it.
+    create_open_layout(nats_server.url, HISTORY_MAX_AGE_H="0.001")
     stack = await make_stack(HISTORY_INTERVAL_S=INTERVAL_S, HISTORY_MAX_AGE_H=0.001)
     info = await nc.jetstream().stream_info(names.HISTORY_STREAM)
     assert info.config.max_age == max_age_s

@@ -20,6 +20,7 @@ from support import (
     Process,
     Processes,
     base_env,
+    create_open_layout,
     free_port,
     free_port_range,
     nats_server_binary,
@@ -136,8 +137,13 @@ class Stack:
     # ------------------------------------------------------------ NATS
 
     def start_nats(self) -> None:
+        """One node enforcing the role grants: each service gets its role's key (Processes.service)."""
         self.nats = NatsServer(port=free_port(), store=self.tmp / "jetstream", processes=self.processes)
+        if os.environ.get("ACEORCH_TEST_AUTH", "1") != "0":
+            self.processes.keys = self.nats.with_role_keys(self.tmp / "auth")
         self.nats.start()
+        if self.nats.keys is not None:
+            create_open_layout(self.nats.url, self.replicas)
 
     def start_cluster(self) -> Cluster:
         self.nats = Cluster(self.processes, self.tmp)

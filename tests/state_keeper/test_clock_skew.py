@@ -9,7 +9,9 @@ from keeper_helpers import consumer_drained, get_engine, publish, register_healt
 from nats.js.errors import KeyNotFoundError
 from support import keeper_stats, request_json, wait_until
 
+from services.cli.auth import create_layout
 from shared import names
+from shared.config import load_config
 from shared.lease import epoch_of
 from shared.schemas import EngineHealth, EngineRegistered, EngineRemoved, StreamEnded, StreamStarted, utcnow
 
@@ -92,7 +94,7 @@ async def _equals(pending, expected) -> bool:
     return await pending == expected
 
 
-async def test_an_events_stream_made_again_does_not_freeze_records(start_keepers, bus, nc):
+async def test_an_events_stream_made_again_does_not_freeze_records(start_keepers, bus, nc, nats_server):
     """Sequences restart when ACE_EVENTS is deleted and created again; records keep the old ones."""
     [keeper] = await start_keepers(1)
     await register_healthy(bus, nc, "e1")
@@ -104,7 +106,9 @@ async def test_an_events_stream_made_again_does_not_freeze_records(start_keepers
     assert keeper.stop() == 0
     await bus.js.delete_stream(names.EVENTS_STREAM)
 
-    await start_keepers(1)  # creates the stream again: its sequences start at 1
+    # Made again (by admin, as `aceorch setup` does: a keeper with a role key only binds): sequences start at 1.
+    await create_layout(load_config({"NATS_URL": nats_server.url}))
+    await start_keepers(1)
     await publish(bus, names.ENGINE_REGISTERED, EngineRegistered(container_id="g2", host="127.0.0.1", port=7002))
     await _hang_and_leave_selection(bus, nc, "e1")
     await wait_until(lambda: consumer_drained(bus), what="consumer drained")
