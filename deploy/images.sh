@@ -273,10 +273,17 @@ build_nats() {
     cp "$bin" "$ctx/nats-server"
     cp "$REPO"/deploy/nats/*.conf "$ctx/"
     cp "$REPO/deploy/nats/Dockerfile" "$ctx/Dockerfile"
+    # single-auth.conf includes ../nats-auth/auth.conf, which docker-compose.yml mounts from AUTH_DIR:
+    # it is checked against grants made for the purpose (`aceorch auth init`), removed afterwards.
+    local grants="$BUILD_DIR/nats-auth"
+    rm -rf "$grants"
+    pick_python
+    (cd "$REPO" && "$PYTHON_FOR_PIP" -m services.cli auth init "$grants" >/dev/null) || die "nats: aceorch auth init failed"
     local conf
     for conf in "$ctx"/*.conf; do
-        "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || die "nats: invalid config $(basename "$conf")"
+        "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || { rm -rf "$grants"; die "nats: invalid config $(basename "$conf")"; }
     done
+    rm -rf "$grants"
     local inputs
     inputs=$( (cd "$ctx" && sha256sum nats-server ./*.conf Dockerfile) | sha256sum | cut -c1-16)
     skip_if_current nats "$NATS_TAG" "$inputs" && return 0

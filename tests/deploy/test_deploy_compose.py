@@ -14,11 +14,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
+import sys
+from pathlib import Path
+
 import docker
 import httpx
 import nats
 import pytest
-from support import ROOT, free_port, free_port_range, wait_for_service, wait_until
+from support import ROOT, free_port, free_port_range, refusal, wait_for_service, wait_until
 
 from shared import names
 
@@ -75,6 +78,10 @@ class Stack:
         return self.env["NATS_URL"]
 
     @property
+    def auth_dir(self) -> Path:
+        return Path(self.env["AUTH_DIR"])
+
+    @property
     def gateway(self) -> str:
         return f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
 
@@ -96,6 +103,12 @@ def stack(images, tmp_path):
     first = free_port_range(ENGINE_PORTS)
     nats_port = free_port()
     suffix = uuid.uuid4().hex[:8]
+    # The operator's one step before `compose up`: a key per role and the server's grants (README).
+    keys = tmp_path / "auth"
+    made = subprocess.run(
+        [sys.executable, "-m", "services.cli", "auth", "init", str(keys)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
     env = {
         **os.environ,
         "NATS_PORT": str(nats_port),
@@ -113,6 +126,7 @@ def stack(images, tmp_path):
         "HEALTH_RECHECK_S": "0.5",
         "AUTOSCALE_INTERVAL_S": "1",
         "ENGINE_GRACE_PERIOD_S": "600",
+        "AUTH_DIR": str(keys),
     }
     for leftover in ("NATS_CONFIG", "NATS_REPLICAS", "ENGINE_RUNTIME", "ACEORCH_IMAGE", "NATS_IMAGE", "DOCKER_NETWORK"):
         env.pop(leftover, None)  # the compose file's defaults are what is under test
@@ -175,7 +189,11 @@ async def test_compose_stack_provisions_healthy_engine_containers_and_scales(sta
     _assert_engine_containers(stack.pool, {engine["container_id"] for engine in engines})
     _assert_services_scaled(stack.project)
 
-    nc = await nats.connect(stack.nats_url)
+    # The server refuses anonymous clients; the operator's key reads and requests.
+    assert await refusal(stack.nats_url) is not None
+    nc = await nats.connect(
+        stack.nats_url, nkeys_seed=str(stack.auth_dir / "operator.nk"), inbox_prefix=_inbox(stack.auth_dir, "operator")
+    )
     try:
         await wait_for_service(nc, names.SERVICE_NAME, SCALED["state-keeper"], timeout=60)
         reply = await nc.request(names.ENGINE_SELECT, b'{"content_key": "compose-channel"}', timeout=5)
@@ -207,3 +225,9 @@ def _assert_services_scaled(project: str) -> None:
         client.close()
     expected = {"nats": 1, "provisioner": 1, "janitor": 1, "reaper": 1, "gateway": 1, **SCALED}
     assert dict(running) == expected
+
+
+def _inbox(keys: Path, role: str) -> str:
+    from shared import auth
+
+    return auth.inbox_prefix(auth.public_key(auth.read_seed(keys / f"{role}.nk")))

@@ -60,4 +60,16 @@ def test_the_cluster_profile_adds_two_nodes_with_the_shipped_configs():
         assert service["profiles"] == ["cluster"]
         assert service["command"] == ["-c", f"/etc/nats/cluster-{node}.conf"]
         assert (ROOT / "deploy" / "nats" / f"cluster-{node}.conf").exists()
-    assert services["nats"]["command"][:2] == ["-c", "/etc/nats/${NATS_CONFIG:-single.conf}"]
+    assert services["nats"]["command"][:2] == ["-c", "/etc/nats/${NATS_CONFIG:-single-auth.conf}"]
+
+
+def test_each_service_mounts_its_own_role_key_only_and_nats_loads_the_grants():
+    services = compose()["services"]
+    for name, role in [*((s, s) for s in (*SERVICES, "proxy")), ("setup", "admin")]:
+        keys = [m for m in services[name]["volumes"] if m.endswith(".nk:ro")]
+        assert keys == [f"${{AUTH_DIR:-./auth}}/{role}.nk:/run/aceorch/{role}.nk:ro"], name
+        assert services[name]["environment"]["NATS_NKEY"] == f"/run/aceorch/{role}.nk", name
+    assert services["setup"]["command"] == ["services.cli", "setup"]
+    assert "${AUTH_DIR:-./auth}:/etc/nats-auth:ro" in services["nats"]["volumes"]
+    shipped = (ROOT / "deploy" / "nats" / "single-auth.conf").read_text()
+    assert "include ./single.conf" in shipped and "include ../nats-auth/auth.conf" in shipped
