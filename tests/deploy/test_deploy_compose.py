@@ -10,11 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-
-import sys
 from pathlib import Path
 
 import docker
