@@ -10,7 +10,7 @@ from itertools import pairwise
 
 import httpx
 from prober_fleet import INTERVAL_S, RECHECK_S, TIMEOUT_S, engine_id
-from support import free_port, wait_until
+from support import free_port, wait_for_service, wait_until
 
 # DESIGN §5: out of selection within about interval + 2 × timeout + recheck.
 UNHEALTHY_BOUND_S = INTERVAL_S + 2 * TIMEOUT_S + RECHECK_S
@@ -176,6 +176,9 @@ async def test_engines_registered_after_a_nats_restart_are_probed(fleet, nats_se
     nats_server.restart()  # same port, same store
     await wait_until(lambda: nc.is_connected, timeout=20, what="the test client to reconnect")
     await wait_until(lambda: "nats: reconnected" in prober.log(), timeout=20, what="the prober to reconnect")
+    # The state-keeper's endpoints come back with its own reconnect, which may come later under load
+    # (engine.list then answered "no responders" in a CI run with four test workers).
+    await wait_for_service(nc, timeout=20)
     await fleet.register([after])
     await fleet.wait_healthy([after], timeout=30)
     assert prober.alive()
