@@ -273,9 +273,9 @@ CHANNELS: tuple[Channel, ...] = (
         EngineDemand,
         "notification",
         "A selection found no capacity (`content_key` null: the reaper asks for a replacement). "
-        "A missed one is caught by the next sweep.",
+        "A missed one is caught by the next sweep. The gateway lists them among its events.",
         ("state-keeper", "reaper"),
-        ("provisioner",),
+        ("provisioner", "gateway"),
         EngineDemand(content_key=_CONTENT),
     ),
     Channel(

@@ -123,6 +123,15 @@ async def test_events_list_a_hung_engines_flip_with_its_error_newest_first(make_
     mine = (await stack.http.get("/api/events", params={"container_id": ids[1], "limit": 2})).json()
     assert [e["text"] for e in mine] == texts[:1] + [t for t in texts[1:] if t.startswith("acestream-2")][:1]
     assert (await stack.http.get("/api/events", params={"limit": 0})).status_code == 400
+
+    # engine.demand notices are listed too (the gateway's role must be granted the subscription).
+    await stack.nc.publish(names.ENGINE_DEMAND, b'{"content_key": "news"}')
+
+    async def demanded():
+        return any(e["kind"] == "engine.demand" for e in (await stack.http.get("/api/events")).json())
+
+    await wait_until(demanded, timeout=10, what="the engine.demand notice in /api/events")
+    assert "permission denied" not in stack.gateway.log()
     probes = (await stack.http.get(f"/api/engines/{ids[1]}/probes")).json()
     assert probes and all(set(p) == {"at", "latency_ms", "ok"} for p in probes) and probes[-1]["ok"] is False
 

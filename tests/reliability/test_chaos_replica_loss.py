@@ -99,7 +99,9 @@ async def test_losing_one_replica_of_each_service_under_load(stack, figures):
     await asyncio.sleep(6 * INTERVAL_S)
     gateway_ok = httpx.get(f"{survivor_gateway}/engines", timeout=5).status_code == 200
     await load.finish()
-    await watcher.stop()  # while the follower still drains it
+    # While the follower still drains it; bounded, as the watch is the test's own instrument (a full
+    # watch queue has blocked `stop()` for good before, and a run then timed out with no hint).
+    await asyncio.wait_for(watcher.stop(), timeout=15)
     follower.cancel()
     sampler.cancel()
     await asyncio.gather(follower, sampler, return_exceptions=True)
