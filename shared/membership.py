@@ -122,7 +122,9 @@ class Membership:
     async def start(self, timeout_s: float = 10.0) -> None:
         """Announce this member and wait for the current member list."""
         if not self.watch_only:
-            await self._heartbeat()
+            # Acknowledged, so the beat is stored before anyone who starts watching after us syncs;
+            # a core publish may still be on its way into the stream when their snapshot is taken.
+            await self._heartbeat(acknowledged=True)
         await self._restart_watch()
         await asyncio.wait_for(self._ready.wait(), timeout_s)
 
@@ -165,17 +167,17 @@ class Membership:
     def _beat(self) -> Heartbeat:
         return Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), sent_at=time.time())
 
-    async def _heartbeat(self) -> None:
-        await self._publish(self._beat(), ttl_s=max(1, math.ceil(self.ttl_s)))
-
-    async def _publish(self, beat: Heartbeat, ttl_s: int) -> None:
-        # Core publish lands in the bucket's stream too; it never blocks the
-        # expiry loop behind an ack, and a lost beat is covered by the next one.
+    async def _heartbeat(self, acknowledged: bool = False) -> None:
+        subject, beat = self.subject_prefix + self.me, _encode(self._beat())
+        headers: dict[str, str] = {api.Header.MSG_TTL: f"{max(1, math.ceil(self.ttl_s))}s"}
+        # Renewals are core publishes: they land in the bucket's stream too, never block the
+        # expiry loop behind an ack, and a lost one is covered by the next.
         try:
-            await self.bus.nc.publish(
-                self.subject_prefix + self.me, _encode(beat), headers={api.Header.MSG_TTL: f"{ttl_s}s"}
-            )
-        except (nats.errors.Error, OSError) as exc:
+            if acknowledged:
+                await self.bus.js.publish(subject, beat, headers=headers, timeout=2.0)
+            else:
+                await self.bus.nc.publish(subject, beat, headers=headers)
+        except (TimeoutError, nats.errors.Error, APIError, OSError) as exc:
             log.debug("heartbeat of %s not sent: %s", self.me, exc)
 
     async def _leave(self) -> None:
