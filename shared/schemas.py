@@ -213,10 +213,11 @@ class EngineDemand(Struct, frozen=True):
 Rate: TypeAlias = Annotated[float, msgspec.Meta(ge=0)]
 
 
-class HistorySample(Struct, frozen=True, forbid_unknown_fields=True):
+class HistorySample(Struct, frozen=True):
     """The fleet at one HISTORY_INTERVAL_S boundary (`epoch` = at // interval), written once across
     gateway replicas. Rates are per second since the writer's previous reading; `None` when unknown
-    (no previous reading, no probe seen in the interval)."""
+    (no previous reading, no probe seen in the interval). Unknown fields are ignored, not refused:
+    during a rolling upgrade an older gateway reads the samples a newer one wrote."""
 
     epoch: int
     at: Timestamp

@@ -2,6 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from records import NOW, engine
 
@@ -15,7 +16,7 @@ from shared.policy.history import (
     percentile,
     sample_of,
 )
-from shared.schemas import HistorySample, PlaybackStats, StreamRecord
+from shared.schemas import HistorySample, PlaybackStats, StreamRecord, decode_sample
 
 INTERVAL = 10.0
 EPOCH = int(NOW.timestamp() // INTERVAL)
@@ -192,3 +193,12 @@ def test_nothing_to_show():
 def test_expiry_is_by_age():
     assert expired(sample(EPOCH - 361), NOW, 3600)
     assert not expired(sample(EPOCH - 359), NOW, 3600)
+
+
+def test_a_sample_from_a_newer_gateway_is_read_by_an_older_one():
+    """Rolling upgrade: fields this version does not know are ignored, the known ones kept."""
+    newer = msgspec.json.encode(
+        {"epoch": 7, "at": "2026-11-30T10:00:00Z", "interval_s": 10.0, "healthy": 3, "gpu_temperature": 71}
+    )
+    sample = decode_sample(newer)
+    assert (sample.epoch, sample.healthy, sample.interval_s) == (7, 3, 10.0)
