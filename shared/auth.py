@@ -68,7 +68,6 @@ WRITES: dict[str, tuple[tuple[str, str], ...]] = {
     "janitor": ((names.LEASES_BUCKET, "epoch.janitor-sweep.>"),),
     "reaper": ((names.LEASES_BUCKET, "epoch.reaper-sweep.>"),),
     "provisioner": ((names.LEASES_BUCKET, "epoch.provisioner.>"), (names.LEASES_BUCKET, "provisioner.lock")),
-    "gateway": ((names.LEASES_BUCKET, "epoch.history.>"),),  # one fleet sample per interval across replicas
 }
 # Streams a role follows with its own ordered consumer: the gateway's events page replays ACE_EVENTS and
 # its history follows ACE_HISTORY. Such a grant carries the deliver-subject hole (see the module's

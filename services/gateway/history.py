@@ -2,11 +2,13 @@
 
 Every gateway replica wakes at each interval boundary, reads the fleet from its
 views, the state-keepers' counters and the probe latencies it saw since the
-last boundary, then races for the boundary's epoch marker (shared/lease.py, as
-the sweeps do): the winner publishes the sample with `Nats-Msg-Id
-history.<epoch>`, so a retried or doubled write is stored once. Reading before
-racing keeps the window between winning and writing to one publish: a replica
-killed in it costs one sample, never two.
+last boundary, and publishes the sample with `Nats-Msg-Id history.<epoch>`:
+the stream's duplicate window keeps the first and drops the others, so the
+sample is stored once however many replicas run. Why not an epoch marker, as
+the sweeps use: the winner of a marker can be killed between winning and
+writing, and that interval's sample is then lost (a CI run saw it); racing
+with the write itself costs the same one message per replica per interval and
+loses nothing while one replica lives.
 
 Each replica keeps the samples of the last HISTORY_MAX_AGE_H in memory, fed by
 an ordered consumer on ACE_HISTORY from its first message: a restarted gateway
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,7 +35,7 @@ from services.gateway.fleet import Fleet
 from services.gateway.metrics import Metrics
 from shared import names
 from shared.errors import describe
-from shared.lease import claim_epoch, epoch_of, sleep_to_next_epoch
+from shared.lease import epoch_of, sleep_to_next_epoch
 from shared.policy.history import downsample, expired, per_second, sample_of
 from shared.schemas import EngineHealth, HistoryPoint, HistorySample, decode_sample, encode, utcnow
 
@@ -51,11 +51,10 @@ class History:
         self.metrics = metrics
         self.interval_s = interval_s
         self.max_age_s = max_age_h * 3600
-        self.holder = f"gateway-{socket.gethostname()}-{os.getpid()}"  # of the epoch markers
         # By time, not epoch: epochs of different HISTORY_INTERVAL_S settings are different units.
         self.samples: dict[datetime, HistorySample] = {}
         self.listeners: list[Callable[[HistorySample], None]] = []
-        self.written = 0  # samples this replica won and published
+        self.written = 0  # samples this replica published first (the stream kept its copy)
         self.undecodable = 0
         self._latencies: list[float] = []
         self._previous: tuple[Counter[str], float] | None = None
@@ -155,7 +154,7 @@ class History:
                 log.warning("history: sample not written: %s", describe(exc))
 
     async def tick(self, epoch: int) -> bool:
-        """Read the fleet for `epoch`, then write it if this replica wins the epoch; True if written.
+        """Read the fleet for `epoch` and write it; True if this replica's copy is the one stored.
 
         Nothing here waits on the state-keepers: their counters are gathered in the background
         (STATS_WINDOW_S) and used at the next boundary. Waiting at the boundary made a loaded
@@ -174,14 +173,13 @@ class History:
             rates,
             latencies,
         )
-        middle = (epoch + 0.5) * self.interval_s  # of the epoch: no float rounding lands it in a neighbour
-        if not await claim_epoch(self.fleet.bus.leases, "history", self.interval_s, self.holder, middle):
-            return False
-        await self.fleet.bus.js.publish(
+        ack = await self.fleet.bus.js.publish(
             names.HISTORY_SAMPLE,
             encode(sample),
             headers={"Nats-Msg-Id": f"history.{epoch}"},
             timeout=PUBLISH_TIMEOUT_S,
         )
+        if ack.duplicate:
+            return False  # another replica's sample of this epoch was stored first
         self.written += 1
         return True
