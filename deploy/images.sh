@@ -273,17 +273,23 @@ build_nats() {
     cp "$bin" "$ctx/nats-server"
     cp "$REPO"/deploy/nats/*.conf "$ctx/"
     cp "$REPO/deploy/nats/Dockerfile" "$ctx/Dockerfile"
-    # single-auth.conf includes ../nats-auth/auth.conf, which docker-compose.yml mounts from AUTH_DIR:
-    # it is checked against grants made for the purpose (`aceorch auth init`), removed afterwards.
-    local grants="$BUILD_DIR/nats-auth"
-    rm -rf "$grants"
+    # single-auth.conf and cluster-*.conf include ../nats-auth/auth.conf, which docker-compose.yml mounts
+    # from AUTH_DIR at /etc/nats-auth; the cluster configs also name its certificates there, by absolute
+    # path. They are checked against grants and certificates made for the purpose (`aceorch auth init
+    # --tls`), on copies pointing at them, all removed afterwards.
+    local grants="$BUILD_DIR/nats-auth" check="$BUILD_DIR/nats-check"
+    rm -rf "$grants" "$check"
+    mkdir -p "$check"
     pick_python
-    (cd "$REPO" && "$PYTHON_FOR_PIP" -m services.cli auth init "$grants" >/dev/null) || die "nats: aceorch auth init failed"
+    (cd "$REPO" && "$PYTHON_FOR_PIP" -m services.cli auth init "$grants" --tls >/dev/null) || die "nats: aceorch auth init failed"
     local conf
     for conf in "$ctx"/*.conf; do
-        "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || { rm -rf "$grants"; die "nats: invalid config $(basename "$conf")"; }
+        sed "s#/etc/nats-auth#$grants#g" "$conf" >"$check/$(basename "$conf")"
     done
-    rm -rf "$grants"
+    for conf in "$check"/*.conf; do
+        "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || { rm -rf "$grants" "$check"; die "nats: invalid config $(basename "$conf")"; }
+    done
+    rm -rf "$grants" "$check"
     local inputs
     inputs=$( (cd "$ctx" && sha256sum nats-server ./*.conf Dockerfile) | sha256sum | cut -c1-16)
     skip_if_current nats "$NATS_TAG" "$inputs" && return 0

@@ -150,11 +150,13 @@ class Process:
 @dataclass
 class Processes:
     """Starts and tracks child processes for one test. With `keys` (a directory of role keys, set by
-    the `nats_server` fixture) every service started here connects with its own role's key."""
+    the `nats_server` fixture) every service started here connects with its own role's key; with
+    `tls` (`aceorch auth init --tls`'s DIR/tls) also over TLS with its role's client certificate."""
 
     workdir: Path
     started: list[Process] = field(default_factory=list)
     keys: Path | None = None
+    tls: Path | None = None
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT) -> Process:
         log_path = self.workdir / f"{name}-{len(self.started)}.log"
@@ -167,8 +169,12 @@ class Processes:
         return proc
 
     def service(self, module: str, env: Mapping[str, str]) -> Process:
+        role = module.replace("_", "-")
         if self.keys is not None and "NATS_NKEY" not in env:
-            env = {**env, "NATS_NKEY": str(self.keys / f"{module.replace('_', '-')}.nk")}
+            env = {**env, "NATS_NKEY": str(self.keys / f"{role}.nk")}
+        if self.tls is not None and "NATS_TLS_CA" not in env:
+            tls = {"NATS_TLS_CA": "ca.pem", "NATS_TLS_CERT": f"{role}.pem", "NATS_TLS_KEY": f"{role}.key"}
+            env = {**env, **{name: str(self.tls / file) for name, file in tls.items()}}
         return self.start(module, [sys.executable, "-m", f"services.{module}"], env)
 
     def stop_all(self) -> None:

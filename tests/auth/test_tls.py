@@ -74,6 +74,15 @@ def test_init_tls_keeps_what_it_made(tls_server):
     assert again.returncode == 0 and b"made none" in again.stdout
     assert ((keys / "tls" / "proxy.pem").read_bytes(), (keys / "tls" / "ca.pem").read_bytes()) == before
     assert (keys / "tls" / "proxy.key").stat().st_mode & 0o077 == 0
+    # A directory made before route certificates existed gains them, and nothing else changes.
+    for made in ("route-ca", "route"):
+        (keys / "tls" / f"{made}.pem").unlink()
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "services.cli", "auth", "init", str(keys), "--tls"], cwd=ROOT, capture_output=True
+    )
+    assert upgraded.returncode == 0 and b"made route-ca, route\n" in upgraded.stdout, upgraded.stdout
+    assert ((keys / "tls" / "proxy.pem").read_bytes(), (keys / "tls" / "ca.pem").read_bytes()) == before
+    assert (keys / "tls" / "route.key").stat().st_mode & 0o077 == 0
 
 
 @pytest.mark.parametrize(

@@ -73,3 +73,23 @@ def test_each_service_mounts_its_own_role_key_only_and_nats_loads_the_grants():
     assert "${AUTH_DIR:-./auth}:/etc/nats-auth:ro" in services["nats"]["volumes"]
     shipped = (ROOT / "deploy" / "nats" / "single-auth.conf").read_text()
     assert "include ./single.conf" in shipped and "include ../nats-auth/auth.conf" in shipped
+
+
+def test_the_cluster_nodes_load_the_grants_and_the_tls_overlay_gives_each_service_its_own_certificate():
+    services = compose()["services"]
+    for node in ("nats", "nats-2", "nats-3"):  # deploy/nats/cluster-*.conf read the grants and certificates there
+        assert "${AUTH_DIR:-./auth}:/etc/nats-auth:ro" in services[node]["volumes"], node
+    overlay = yaml.safe_load((ROOT / "docker-compose.tls.yml").read_text())["services"]
+    keyed = {
+        name: s["environment"]["NATS_NKEY"] for name, s in services.items() if "NATS_NKEY" in s.get("environment", {})
+    }
+    assert set(overlay) == set(keyed)
+    for name, service in overlay.items():
+        role = keyed[name].removeprefix("/run/aceorch/").removesuffix(".nk")
+        files = ("ca.pem", f"{role}.pem", f"{role}.key")  # never another role's key, a CA key or the route key
+        assert service["volumes"] == [f"${{AUTH_DIR:-./auth}}/tls/{f}:/run/aceorch/tls/{f}:ro" for f in files], name
+        assert service["environment"] == {
+            "NATS_TLS_CA": "/run/aceorch/tls/ca.pem",
+            "NATS_TLS_CERT": f"/run/aceorch/tls/{role}.pem",
+            "NATS_TLS_KEY": f"/run/aceorch/tls/{role}.key",
+        }, name

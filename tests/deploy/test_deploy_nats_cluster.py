@@ -1,14 +1,19 @@
-"""A three-node NATS cluster (NATS_REPLICAS=3): one node is SIGKILLed and restarted mid-traffic.
+"""The shipped three-node NATS cluster (deploy/nats/cluster-*.conf: role grants, TLS on client and
+route connections; NATS_REPLICAS=3): one node is SIGKILLed and restarted mid-traffic.
 
 A proxy-like driver keeps selecting engines and publishing stream events the
-whole time; the state-keeper (connected to all three URLs) must keep
-answering and recording, and every acknowledged event must end up in KV.
+whole time; the state-keeper (connected to all three URLs with its role key and
+certificate) must keep answering and recording, and every acknowledged event
+must end up in KV. The cluster lets in no client without a certificate or a key,
+and no node without the route certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import ssl
 import time
 from itertools import pairwise
 
@@ -16,9 +21,9 @@ import nats
 import pytest
 from nats.js.api import StreamInfo
 from nats_cluster import Cluster
-from support import base_env, wait_for_service, wait_until
+from support import base_env, refusal, wait_for_service, wait_until
 
-from shared import names
+from shared import auth, names
 from shared.schemas import utcnow
 
 KEEPER_HEALTH = {"HEALTH_CHECK_INTERVAL_S": 300, "HEALTH_CHECK_TIMEOUT_S": 5, "HEALTH_RECHECK_S": 5}
@@ -112,17 +117,20 @@ async def quiet(exc: Exception) -> None:
 
 async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_killed(tmp_path, processes):
     cluster = Cluster(tmp_path, processes)
-    cluster.write_configs(3)
-    cluster.start_all()
+    cluster.start()
+    await cluster.create_layout()
     nc = await nats.connect(
-        servers=cluster.urls.split(","), reconnect_time_wait=0.2, max_reconnect_attempts=-1, error_cb=quiet
+        servers=cluster.url.split(","),
+        reconnect_time_wait=0.2,
+        max_reconnect_attempts=-1,
+        error_cb=quiet,
+        **cluster.connect_options(auth.ADMIN),
     )
     try:
         js = nc.jetstream(timeout=3)
-        await wait_until(lambda: _meta_leader(js), timeout=60, interval=0.5, what="a JetStream meta leader")
         # Health is reported once, by hand (below): a 300 s interval keeps that verdict fresh for the whole run.
         processes.service(
-            "state_keeper", base_env(cluster.urls, NATS_REPLICAS=3, MAX_STREAMS_PER_ENGINE=10, **KEEPER_HEALTH)
+            "state_keeper", base_env(cluster.url, NATS_REPLICAS=3, MAX_STREAMS_PER_ENGINE=10, **KEEPER_HEALTH)
         )
         await wait_for_service(nc, names.SERVICE_NAME, 1, timeout=60)
         for stream in REPLICATED:
@@ -132,7 +140,7 @@ async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_kil
 
         driver = Driver(nc)
         await driver.run_for(3)
-        leader = cluster.node((await js.stream_info(names.EVENTS_STREAM)).cluster.leader)
+        leader = (await js.stream_info(names.EVENTS_STREAM)).cluster.leader
         cluster.kill(leader)  # SIGKILL the events stream's leader: the hardest node to lose
         killed_at = len(driver.successes)
         during_outage = await driver.run_for(6, min_rounds=5)
@@ -156,17 +164,9 @@ async def test_the_system_keeps_selecting_and_recording_while_a_nats_node_is_kil
     assert driver.longest_gap() < 20, f"no acknowledged step for {driver.longest_gap():.1f}s"
     assert len(driver.successes) > killed_at
     print(
-        f"cluster: {driver.rounds} rounds, {during_outage} with {leader.name} down, "
+        f"cluster: {driver.rounds} rounds, {during_outage} with {leader} down, "
         f"{driver.retries} retries, longest gap {driver.longest_gap():.2f}s"
     )
-
-
-async def _meta_leader(js) -> bool:
-    try:
-        await js.account_info()
-    except (TimeoutError, nats.errors.Error):
-        return False
-    return True
 
 
 async def _request(nc, subject: str, payload: dict) -> dict:
@@ -218,3 +218,61 @@ async def _recorded(nc, driver: Driver) -> bool:
         return False
     ended = {record["stream_id"]: record for record in listing["streams"]}
     return set(driver.started) <= set(ended) and all(ended[s]["container_id"] == c for s, c in driver.started.items())
+
+
+async def test_the_cluster_lets_in_only_clients_with_certificate_and_key_and_nodes_with_the_route_certificate(
+    tmp_path, processes
+):
+    cluster = Cluster(tmp_path, processes)
+    cluster.start()
+    # The routes formed over TLS: every node has a route to both others.
+    await wait_until(lambda: _routed(cluster), timeout=30, interval=0.2, what="every node routed to the two others")
+
+    for port in cluster.route_ports:
+        # A node answers a route dial with its INFO, but only after TLS with a certificate of the route CA:
+        # a plain dial is hung up on, and so is a role's client certificate (another CA), which would
+        # otherwise make its holder a node, past every permission.
+        assert _route_dial(cluster, port, "route").startswith(b"INFO "), port
+        assert _route_dial(cluster, port, None) == b"", port
+        assert _route_dial(cluster, port, "proxy") == b"", port
+
+    url = cluster.url.split(",")[0]
+    assert await refusal(url, **cluster.connect_options("proxy")) is None
+    assert await refusal(url, **cluster.connect_options("proxy", certificate=False)) is not None
+    without_key = await refusal(url, **cluster.connect_options("proxy", key=False))
+    assert without_key is not None and auth.refused(without_key), without_key
+
+
+def _routed(cluster: Cluster) -> bool:
+    for name in cluster.names:
+        routes = cluster.monitor(name, "/routez").get("routes") or []
+        if {route["remote_name"] for route in routes} != set(cluster.names) - {name}:
+            return False
+    return True
+
+
+def _route_dial(cluster: Cluster, port: int, certificate: str | None) -> bytes:
+    """What a node sends someone dialling its route port with `certificate` (None: plain TCP):
+    its INFO line, or b"" when it hangs up (in the TLS handshake or before)."""
+    tls = cluster.keys / "tls"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        try:
+            if certificate is None:
+                raw.sendall(b"PING\r\n")  # a node would send CONNECT; the server wants a TLS ClientHello
+                return _line(raw)
+            context = ssl.create_default_context(cafile=str(tls / "route-ca.pem"))
+            context.load_cert_chain(str(tls / f"{certificate}.pem"), str(tls / f"{certificate}.key"))
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as wrapped:
+                return _line(wrapped)
+        except (ssl.SSLError, ConnectionResetError):
+            return b""
+
+
+def _line(sock: socket.socket) -> bytes:
+    received = b""
+    while not received.endswith(b"\r\n"):
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received

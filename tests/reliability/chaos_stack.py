@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from nats_cluster import Cluster
 from support import (
     NatsServer,
     Process,
@@ -23,13 +24,12 @@ from support import (
     create_open_layout,
     free_port,
     free_port_range,
-    nats_server_binary,
     wait_for_port,
     wait_for_service,
     wait_until,
 )
 
-from shared import names
+from shared import auth, names
 from shared.bus import Bus, connect
 from shared.config import load_config
 
@@ -47,76 +47,6 @@ def port_block(count: int) -> int:
 
 
 # ---------------------------------------------------------------- NATS
-
-
-class Cluster:
-    """Three nats-server nodes on loopback, JetStream replicated, each with an HTTP monitor port."""
-
-    def __init__(self, processes: Processes, workdir: Path, size: int = 3) -> None:
-        self.processes = processes
-        self.workdir = workdir
-        self.size = size
-        self.names = [f"n{i + 1}" for i in range(size)]
-        self.client_ports = [free_port() for _ in range(size)]
-        self.route_ports = [free_port() for _ in range(size)]
-        self.http_ports = [free_port() for _ in range(size)]
-        self.nodes: dict[str, Process | None] = {name: None for name in self.names}
-        self._write_configs()
-
-    @property
-    def url(self) -> str:
-        return ",".join(f"nats://127.0.0.1:{port}" for port in self.client_ports)
-
-    def _write_configs(self) -> None:
-        routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.route_ports)
-        for i, name in enumerate(self.names):
-            store = self.workdir / f"store-{name}"
-            (self.workdir / f"{name}.conf").write_text(
-                f"server_name: {name}\n"
-                f"listen: 127.0.0.1:{self.client_ports[i]}\n"
-                f"http: 127.0.0.1:{self.http_ports[i]}\n"
-                f'jetstream {{ store_dir: "{store}" }}\n'
-                f"cluster {{\n  name: aceorch-chaos\n  listen: 127.0.0.1:{self.route_ports[i]}\n"
-                f"  routes: [{routes}]\n}}\n"
-            )
-
-    def start(self, name: str | None = None) -> None:
-        for node in [name] if name else self.names:
-            conf = self.workdir / f"{node}.conf"
-            self.nodes[node] = self.processes.start(f"nats-{node}", [nats_server_binary(), "-c", str(conf)])
-        for node in [name] if name else self.names:
-            wait_for_port(self.client_ports[self.names.index(node)], timeout=20)
-
-    def kill(self, name: str) -> None:
-        proc = self.nodes[name]
-        assert proc is not None
-        proc.kill()
-
-    def monitor(self, name: str, path: str) -> dict:
-        port = self.http_ports[self.names.index(name)]
-        return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).json()
-
-    def alive(self) -> list[str]:
-        return [name for name, proc in self.nodes.items() if proc is not None and proc.alive()]
-
-    def meta_leader(self) -> str | None:
-        """The JetStream meta leader as a live node reports it (None while an election runs)."""
-        for name in self.alive():
-            try:
-                leader = self.monitor(name, "/jsz").get("meta_cluster", {}).get("leader")
-            except (httpx.HTTPError, ValueError):
-                continue
-            if leader in self.alive():
-                return leader
-        return None
-
-    def healthy(self, name: str) -> bool:
-        """The node's JetStream is up and current with the cluster (its /healthz says ok)."""
-        try:
-            port = self.http_ports[self.names.index(name)]
-            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 # ---------------------------------------------------------------- the stack
@@ -145,10 +75,13 @@ class Stack:
         if self.nats.keys is not None:
             create_open_layout(self.nats.url, self.replicas)
 
-    def start_cluster(self) -> Cluster:
-        self.nats = Cluster(self.processes, self.tmp)
+    async def start_cluster(self) -> Cluster:
+        """The shipped 3-node cluster (tests/nats_cluster.py: role grants, TLS on client and route
+        connections) with the layout replicated ×3; services get their role's key and certificate."""
+        self.nats = Cluster(self.tmp, self.processes)
         self.replicas = 3
         self.nats.start()
+        await self.nats.create_layout(self.replicas)
         return self.nats
 
     @property
@@ -276,7 +209,9 @@ class Stack:
     # ------------------------------------------------------------ clients
 
     async def client(self, name: str = "chaos-client") -> Bus:
-        config = load_config({"NATS_URL": self.url, "NATS_REPLICAS": str(self.replicas)})
+        """A client that may do anything: keyless on the one test server, admin on the cluster."""
+        settings = self.nats.settings(auth.ADMIN) if isinstance(self.nats, Cluster) else {"NATS_URL": self.url}
+        config = load_config({**settings, "NATS_REPLICAS": str(self.replicas)})
         bus = await connect(config, name)
         self.clients.append(bus)
         return bus

@@ -142,7 +142,8 @@ SCENARIOS = [
     Scenario(
         "2",
         "NATS cluster",
-        "3 nodes, stream + buckets R3; SIGKILL the ACE_EVENTS stream leader, restore, then the meta leader, "
+        "3 nodes (the shipped configs: role keys, TLS on client and route connections), stream + buckets R3; "
+        "SIGKILL the ACE_EVENTS stream leader, restore, then the meta leader, "
         "under load: selections and events keep succeeding, nothing lost, every watch resumes",
         "test_cluster_survives_losing_a_node_then_the_meta_leader",
         "test_chaos_nats_cluster.py",
