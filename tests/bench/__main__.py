@@ -44,7 +44,7 @@ def main() -> int:
     info = machine()
     print(
         f"aceorch benchmarks on {info['nproc']} x {info['cpu']}, {info['ram_gib']} GiB, Python {info['python']}, "
-        f"{info['nats_server']}, nats-py {info['nats_py']}",
+        f"{info['nats_server']}, nats-py {info['nats_py']}, bus {info['bus']}",
         flush=True,
     )
     results = Results()

@@ -28,7 +28,15 @@ import nats.errors
 from shared.bus import Bus, connect
 from shared.config import load_config
 from shared.service import run_loop
-from tests.support import NatsServer, Process, Processes, free_port, free_port_range, wait_for_service
+from tests.support import (
+    NatsServer,
+    Process,
+    Processes,
+    create_open_layout,
+    free_port,
+    free_port_range,
+    wait_for_service,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "build" / "bench"
@@ -143,6 +151,7 @@ def machine() -> dict[str, str]:
         "nats_server": server,
         "nats_py": md.version("nats-py"),
         "msgspec": md.version("msgspec"),
+        "bus": "role keys and grants" if AUTH else "open (BENCH_AUTH=0)",
     }
 
 
@@ -273,6 +282,11 @@ class Window:
 free_port_block = free_port_range
 
 
+# The services run as they do in production: each with its role's key, under grants the server enforces
+# (the load generators connect keyless and may do anything). BENCH_AUTH=0: the open server, to compare.
+AUTH = os.environ.get("BENCH_AUTH", "1") != "0"
+
+
 class Stack:
     """One private nats-server plus the services a benchmark starts; everything stopped by pid."""
 
@@ -281,12 +295,16 @@ class Stack:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"aceorch-bench-{name}-"))
         self.processes = Processes(self.workdir)
         self.nats = NatsServer(port=free_port(), store=self.workdir / "jetstream", processes=self.processes)
+        if AUTH:
+            self.processes.keys = self.nats.with_role_keys(self.workdir / "auth")
         self.gauge = Gauge()
         self._failed = False
 
     def __enter__(self) -> Stack:
         self.nats.start()
         self.gauge.track("nats-server", self.nats.process.pid)
+        if AUTH:
+            create_open_layout(self.url)  # as `aceorch setup` does: services with a role key only bind to it
         return self
 
     def __exit__(self, kind, exc, tb) -> None:
