@@ -60,14 +60,20 @@ READS: dict[str, tuple[str, ...]] = {
 }
 # Keys (below `$KV.<bucket>.`) a role writes: the state-keeper is the single writer of the records;
 # the others only their own heartbeats (shared.membership), once-per-interval markers
-# (shared.lease.claim_epoch, job names as the services spell them) and the provisioner's lock.
+# (shared.lease.claim_epoch, job names as the services spell them, per host where each host sweeps its
+# own engines) and the provisioner's lock and starts.
 WRITES: dict[str, tuple[tuple[str, str], ...]] = {
     "state-keeper": tuple((bucket, ">") for bucket in BUCKETS),
     "prober": ((names.LEASES_BUCKET, "members.prober.>"),),
     "proxy": ((names.LEASES_BUCKET, f"members.{names.PROXY_GROUP}.>"),),
     "janitor": ((names.LEASES_BUCKET, "epoch.janitor-sweep.>"),),
     "reaper": ((names.LEASES_BUCKET, "epoch.reaper-sweep.>"),),
-    "provisioner": ((names.LEASES_BUCKET, "epoch.provisioner.>"), (names.LEASES_BUCKET, "provisioner.lock")),
+    "provisioner": (
+        (names.LEASES_BUCKET, "epoch.provisioner.>"),
+        (names.LEASES_BUCKET, "provisioner.lock"),
+        (names.LEASES_BUCKET, f"members.{names.PROVISIONER_GROUP}.>"),  # which hosts have a live provisioner
+        (names.LEASES_BUCKET, f"{names.STARTS_PREFIX}.>"),  # its host's engines being started (provisioner/starts.py)
+    ),
     "gateway": ((names.LEASES_BUCKET, "epoch.history.>"),),  # one fleet sample per interval across replicas
 }
 # Streams a role follows with its own ordered consumer: the gateway's events page replays ACE_EVENTS and

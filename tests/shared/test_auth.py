@@ -95,6 +95,8 @@ def test_each_role_writes_only_its_own_leases():
     assert writes("proxy", "members.proxy.p-1") and not writes("proxy", "epoch.janitor-sweep.7")
     assert writes("janitor", "epoch.janitor-sweep.7") and not writes("janitor", "epoch.reaper-sweep.7")
     assert writes("provisioner", "provisioner.lock") and not writes("provisioner", "removed.acestream-1")
+    assert writes("provisioner", "members.provisioner.p-1") and writes("provisioner", "starting.host-a.p-1")
+    assert not writes("reaper", "starting.host-a.p-1") and not writes("provisioner", "members.prober.p-1")
     assert not any(writes(role, "anything") for role in ("gateway", auth.OPERATOR))
 
 
