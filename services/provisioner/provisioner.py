@@ -56,7 +56,7 @@ from nats.aio.msg import Msg
 from services.provisioner import metrics
 from services.provisioner.endpoint import ProvisionEndpoint, Refused
 from services.provisioner.lock import KvLock
-from services.provisioner.starts import RENEW_S, StartsBoard, key_token
+from services.provisioner.starts import RENEW_S, StartsBoard
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -66,7 +66,7 @@ from shared.kv import KvView, wait_for_value
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.membership import Membership, new_member_id
 from shared.policy.engines import effective_state
-from shared.policy.hosts import host_of
+from shared.policy.hosts import host_of, key_token
 from shared.policy.pool import PoolPolicy, managed, plan_starts, start_backoff_s
 from shared.policy.provisioning import HEALTHY_WAIT_S, max_replicas_eta_s
 from shared.runtime import EngineSpec, Runtime, RuntimeFailure, make_runtime, placeholder

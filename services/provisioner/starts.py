@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Collection
 
@@ -32,6 +31,7 @@ from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from shared import names
 from shared.bus import Bus
+from shared.policy.hosts import key_token
 from shared.schemas import HostStarts, decoder, encode
 
 log = logging.getLogger("provisioner")
@@ -41,11 +41,6 @@ RENEW_S = TTL_S / 3
 MARKER_TTL_S = 1  # the delete marker of an emptied entry vanishes after this
 
 _decode = decoder(HostStarts)
-
-
-def key_token(text: str) -> str:
-    """`text` as one KV key token (host ids may hold dots, which would split the key)."""
-    return re.sub(r"[^-_=a-zA-Z0-9]", "_", text) or "_"
 
 
 class StartsBoard:

@@ -14,6 +14,7 @@ the same). Hosts at their cap, and hosts whose agents nobody hears, get none.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ class HostLoad:
     host_id: str
     engines: int
     streams: int
+
+
+def key_token(host_id: str) -> str:
+    """A host id as one KV key token (`epoch.reaper-sweep.<host>`): host ids may hold dots, which split keys."""
+    return re.sub(r"[^-_=a-zA-Z0-9]", "_", host_id) or "_"
 
 
 def host_of(record: EngineRecord) -> str:
