@@ -119,6 +119,7 @@ class Provisioner:
         self.members = members  # the live provisioners, so the hosts engines may be placed on
         self.starts = StartsBoard(bus, config.host_id, self.holder)
         self.announced: dict[str, float] = {}  # our starts registered lately → when (monotonic): still listed
+        self.starts_written = asyncio.Lock()
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died
         self.tasks: set[asyncio.Task[bool]] = set()  # readiness waits, one per start
         # Creates that outlived CREATE_BUDGET_S: the runtime may still make each engine (a docker call
@@ -275,7 +276,7 @@ class Provisioner:
             try:
                 created = await self.create(count)
             finally:
-                await self.publish_starts()  # before the lock goes: its next holder counts them
+                await self.announce_starts()  # before the lock goes: its next holder counts them
         for spec, started in created:
             self.spawn(self.await_ready(spec, started))
 
@@ -328,7 +329,7 @@ class Provisioner:
             try:
                 created = await self.create(1)
             finally:
-                await self.publish_starts()
+                await self.announce_starts()
         if not created:
             raise Refused(
                 "start_failed",
@@ -368,9 +369,28 @@ class Provisioner:
         return hosts | {self.host_id}
 
     async def publish_starts(self) -> None:
-        """Our starts for the other hosts' holders: those under way, and those registered lately."""
-        _lately(self.announced, "")  # forgets the ones registered more than RECENT_S ago
-        await self.starts.publish(set(self.starting) | set(self.announced), len(self.late_creates))
+        """Our starts for the other hosts' holders: those under way, and those registered lately.
+
+        One write at a time, each of the set as it is when written: an older snapshot landing
+        after the one written under the lock would hide an engine just created.
+        """
+        async with self.starts_written:
+            _lately(self.announced, "")  # forgets the ones registered more than RECENT_S ago
+            await self.starts.publish(set(self.starting) | set(self.announced), len(self.late_creates))
+
+    async def announce_starts(self) -> None:
+        """`publish_starts` under the scaling lock; if it cannot be written, the lock is kept until
+        its TTL ends, so no holder on another host counts without the engines just created."""
+        try:
+            await self.publish_starts()
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            self.lock.keep()
+            log.warning(
+                "could not write our starts (%s); keeping %s until it expires (%.0fs)",
+                describe(exc),
+                LOCK_KEY,
+                LOCK_TTL_S,
+            )
 
     async def publish_starts_quietly(self) -> None:
         try:
