@@ -153,8 +153,8 @@ class Pool:
 
     # ------------------------------------------------------------ engines
 
-    async def create_engines(self, count: int) -> list[EngineSpec]:
-        """Start `count` acesim engines and register them like the provisioner does."""
+    async def create_engines(self, count: int, host_id: str | None = None) -> list[EngineSpec]:
+        """Start `count` acesim engines and register them like the provisioner (of `host_id`) does."""
         specs = list(await asyncio.gather(*(self.runtime.create() for _ in range(count))))
         await asyncio.gather(*(asyncio.to_thread(wait_for_port, spec.port, 30) for spec in specs))
         for spec in specs:
@@ -165,6 +165,7 @@ class Pool:
                 container_name=spec.container_name,
                 runtime=self.runtime.kind,
                 labels=spec.labels,
+                host_id=host_id,
             )
             await self.js.publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": uuid.uuid4().hex})
         return specs

@@ -66,7 +66,9 @@ class Janitor:
     async def run(self, stop: asyncio.Event) -> None:
         await self.view.start()
         self.runtime.owns({})  # docker: starts learning the daemon's id now, without blocking, for is_ours
-        sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue="janitor", cb=self.on_idle)
+        # One group per host: an engine.idle reaches one janitor of every host, and its own host's cleans it.
+        queue = f"janitor.{key_token(self.config.host_id)}"
+        sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue=queue, cb=self.on_idle)
         log.info(
             "started with %gs sweep interval, cleaning on engine.idle too (%s runtime, holder %s)",
             self.interval_s,
