@@ -182,6 +182,7 @@ class HostStarts(Struct, frozen=True):
     written_at: float  # the writer's wall clock (seconds since the epoch): an entry a TTL old is ignored
     container_ids: Annotated[list[Key], msgspec.Meta(max_length=1024)] = []
     unnamed: Count = 0  # creations still under way: no id yet
+    backoff_until: float | None = None  # its starts keep failing: place nothing on its host before then (wall clock)
 
 
 class EngineRemoved(Struct, frozen=True):

@@ -256,10 +256,10 @@ class Provisioner:
             records = self.engines.values()
             live = await self.runtime.list_managed()
             pool, unregistered = self.census(records, live)
-            starting = {**await self.starts.elsewhere({r.container_id for r in records}), self.host_id: unregistered}
-            plan = plan_starts(
-                pool, utcnow(), self.policy, self.live_hosts(), starting, self.config.host_max_engines, demand
-            )
+            elsewhere, failing = await self.starts.elsewhere({r.container_id for r in records})
+            starting = {**elsewhere, self.host_id: unregistered}
+            hosts = self.live_hosts() - failing  # (never ours: this round waited out our own backoff)
+            plan = plan_starts(pool, utcnow(), self.policy, hosts, starting, self.config.host_max_engines, demand)
             count = plan.count(self.host_id)
             if count < len(plan):
                 log.info("%d engine(s) placed on other hosts: %s", len(plan) - count, ", ".join(sorted(set(plan))))
@@ -300,7 +300,7 @@ class Provisioner:
                 raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
             records = self.engines.values()
             pool, unregistered = self.census(records, await self.runtime.list_managed())
-            elsewhere = sum((await self.starts.elsewhere({r.container_id for r in records})).values())
+            elsewhere = sum((await self.starts.elsewhere({r.container_id for r in records}))[0].values())
             existing = len(managed(pool)) + unregistered + elsewhere
             here = sum(1 for r in managed(pool) if host_of(r) == self.host_id) + unregistered
             if 0 < self.config.host_max_engines <= here:
@@ -376,7 +376,12 @@ class Provisioner:
         """
         async with self.starts_written:
             _lately(self.announced, "")  # forgets the ones registered more than RECENT_S ago
-            await self.starts.publish(set(self.starting) | set(self.announced), len(self.late_creates))
+            backoff = self.not_before - time.monotonic()
+            await self.starts.publish(
+                set(self.starting) | set(self.announced),
+                len(self.late_creates),
+                time.time() + backoff if backoff > 0 else None,
+            )
 
     async def announce_starts(self) -> None:
         """`publish_starts` under the scaling lock; if it cannot be written, the lock is kept until
@@ -515,6 +520,7 @@ class Provisioner:
         backoff = start_backoff_s(self.failures)
         self.not_before = time.monotonic() + backoff
         self._count("failed")
+        self.spawn(self._publish_starts_task())  # the other hosts place nothing here meanwhile
         log.warning(
             "start failed: %s; next start in %.0fs (%d consecutive failures)",
             reason,

@@ -14,6 +14,11 @@ deletes it once empty; a crashed writer's entry expires with its TTL (and one
 older than the TTL is ignored even where the server keeps it, DESIGN §9).
 Until it expires the other hosts count too many engines, never too few: they
 may start one late, never one too many.
+
+A provisioner whose starts keep failing (start backoff) says until when in
+its entry, and the others place nothing on its host meanwhile: otherwise its
+host, emptier than the rest, would be given every new engine and none would
+start anywhere.
 """
 
 from __future__ import annotations
@@ -24,10 +29,9 @@ import time
 from collections.abc import Collection
 
 import msgspec
-import nats.errors
 from nats.js import api
-from nats.js.errors import APIError
-from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
+from nats.js.errors import KeyDeletedError, KeyNotFoundError
+from nats.js.kv import KV_DEL, KV_OP
 
 from shared import names
 from shared.bus import Bus
@@ -51,10 +55,10 @@ class StartsBoard:
         self.listed = False  # whether our entry may be in the bucket (so emptying it needs a delete)
         self.renewed = 0.0  # monotonic time of our last write
 
-    async def publish(self, container_ids: Collection[str], unnamed: int) -> None:
+    async def publish(self, container_ids: Collection[str], unnamed: int, backoff_until: float | None = None) -> None:
         """Our host's starts as they are now, acknowledged (the lock's next holder must read them)."""
         subject = f"$KV.{names.LEASES_BUCKET}.{self.key}"
-        if not container_ids and not unnamed:
+        if not container_ids and not unnamed and backoff_until is None:
             if not self.listed:
                 return
             headers = {KV_OP: KV_DEL, api.Header.MSG_TTL: f"{MARKER_TTL_S}s"}
@@ -62,7 +66,11 @@ class StartsBoard:
             self.listed = False
             return
         entry = HostStarts(
-            host_id=self.host_id, container_ids=sorted(container_ids), unnamed=unnamed, written_at=time.time()
+            host_id=self.host_id,
+            container_ids=sorted(container_ids),
+            unnamed=unnamed,
+            written_at=time.time(),
+            backoff_until=backoff_until,
         )
         headers = {api.Header.MSG_TTL: f"{math.ceil(TTL_S)}s"}
         await self.bus.js.publish(subject, encode(entry), headers=headers, timeout=2.0)
@@ -72,11 +80,14 @@ class StartsBoard:
     def due(self) -> bool:
         return self.listed and time.monotonic() - self.renewed >= RENEW_S
 
-    async def elsewhere(self, known: Collection[str]) -> dict[str, int]:
-        """Per other host: engines its provisioners are starting that have no record in `known` yet."""
+    async def elsewhere(self, known: Collection[str]) -> tuple[dict[str, int], set[str]]:
+        """(per other host: engines its provisioners are starting that have no record in `known` yet,
+        the other hosts whose starts are failing now)."""
         counts: dict[str, int] = {}
-        oldest = time.time() - TTL_S
-        for entry in await _snapshot(self.bus.leases, f"{names.STARTS_PREFIX}.>"):
+        failing: set[str] = set()
+        now = time.time()
+        oldest = now - TTL_S
+        for entry in await _snapshot(self.bus, f"{names.STARTS_PREFIX}.>"):
             try:
                 starts = _decode(entry)
             except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -86,22 +97,25 @@ class StartsBoard:
                 continue  # ours: the runtime shows them; a TTL old: its writer is gone
             unseen = sum(1 for c in starts.container_ids if c not in known) + starts.unnamed
             counts[starts.host_id] = counts.get(starts.host_id, 0) + unseen
-        return counts
+            if starts.backoff_until is not None and starts.backoff_until > now:
+                failing.add(starts.host_id)
+        return counts, failing
 
 
-async def _snapshot(kv: KeyValue, keys: str) -> list[bytes]:
-    """The current values under `keys`, read from the stream (not a cache): what was acknowledged is there."""
-    watcher = await kv.watch(keys, ignore_deletes=True)
+async def _snapshot(bus: Bus, keys: str) -> list[bytes]:
+    """The current values under `keys`, from the stream itself: what was acknowledged is there.
+
+    The stream's own list of subjects, then one get per key. (A watch's snapshot can end before
+    entries already on their way to us have been handed over, so it could miss a start.)
+    """
+    stream = f"KV_{names.LEASES_BUCKET}"
+    info = await bus.js.stream_info(stream, subjects_filter=f"$KV.{names.LEASES_BUCKET}.{keys}")
     values: list[bytes] = []
-    try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.operation not in (KV_DEL, KV_PURGE) and entry.value:
-                values.append(entry.value)
-    finally:
+    for subject in sorted((info.state.subjects or {}) if info.state else {}):
         try:
-            await watcher.stop()
-        except (nats.errors.Error, APIError, TimeoutError) as exc:
-            log.debug("stopping the starts watch: %s", exc)
+            entry = await bus.leases.get(subject.removeprefix(f"$KV.{names.LEASES_BUCKET}."))
+        except (KeyNotFoundError, KeyDeletedError):
+            continue  # emptied or expired since the listing
+        if entry.value:
+            values.append(entry.value)
     return values

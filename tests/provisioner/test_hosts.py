@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from pool_harness import pools  # noqa: F401 (the fixture lives with the harness)
 from provisioner_harness import local_engines
 from support import free_port_range, wait_until
 
+from services.provisioner.starts import TTL_S, StartsBoard
+from shared import names
+from shared.bus import connect
 from shared.config import load_config
 from shared.runtime import make_runtime
+from shared.schemas import HostStarts, encode
 
 STARTUP_S = 8  # longer than the second provisioner takes to start and scale
 SLOW = f"{sys.executable} -m deploy.acesim --port {{port}} --cache-dir {{cache_dir}} --startup-delay {STARTUP_S}"
@@ -82,3 +87,25 @@ async def test_a_second_host_counts_the_firsts_starts_and_each_host_stays_under_
         for env in hosts.values():
             await remove_all({**pool.settings, **env})
     assert most == 4  # never more than MAX_REPLICAS, not even while both scaled
+
+
+async def test_the_starts_board_counts_other_hosts_unrecorded_starts_and_says_whose_are_failing(nats_server):
+    bus = await connect(load_config({"NATS_URL": nats_server.url}), "test-starts")
+    a1, a2 = StartsBoard(bus, "host-a", "p-1"), StartsBoard(bus, "host-a", "p-2")  # two replicas on host-a
+    b, c = StartsBoard(bus, "host-b", "p-3"), StartsBoard(bus, "host-c", "p-4")
+    try:
+        await a1.publish(["local-1", "local-2"], unnamed=1)
+        await a2.publish(["local-3"], unnamed=0)
+        await c.publish([], unnamed=0, backoff_until=time.time() + 60)
+        # What a writer that died long ago left behind on a server that kept it: ignored.
+        stale = HostStarts(host_id="host-d", written_at=time.time() - 2 * TTL_S, container_ids=["local-9"])
+        await bus.leases.put(f"{names.STARTS_PREFIX}.host-d.p-5", encode(stale))
+        # local-2 has a record by now: counted once, as a record.
+        assert await b.elsewhere({"local-2"}) == ({"host-a": 3, "host-c": 0}, {"host-c"})
+        assert await a1.elsewhere(()) == ({"host-c": 0}, {"host-c"})  # its own host: the runtime shows those
+        await a1.publish([], unnamed=0)
+        await a2.publish([], unnamed=0)
+        await c.publish([], unnamed=0)
+        assert await b.elsewhere(()) == ({}, set())  # emptied entries are deleted
+    finally:
+        await bus.close()
