@@ -117,7 +117,7 @@ class Provisioner:
         self.lock = KvLock(bus.leases, LOCK_KEY, self.holder, LOCK_TTL_S)
         self.host_id = config.host_id
         self.members = members  # the live provisioners, so the hosts engines may be placed on
-        self.starts = StartsBoard(bus, config.host_id, self.holder)
+        self.starts = StartsBoard(bus, config.host_id, self.holder, config.max_clock_skew_s)
         self.announced: dict[str, float] = {}  # our starts registered lately → when (monotonic): still listed
         self.starts_written = asyncio.Lock()
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died

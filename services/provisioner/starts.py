@@ -11,7 +11,8 @@ so there is no moment in which another host counts it neither as a record nor
 as a start; the reader leaves out ids it already has a record of, so nothing
 is counted twice. The writer renews the entry while it is not empty and
 deletes it once empty; a crashed writer's entry expires with its TTL (and one
-older than the TTL is ignored even where the server keeps it, DESIGN §9).
+older than the TTL and MAX_CLOCK_SKEW_S is ignored even where the server keeps
+it, DESIGN §9: a fresh entry of a writer whose clock is behind still counts).
 Until it expires the other hosts count too many engines, never too few: they
 may start one late, never one too many.
 
@@ -48,9 +49,10 @@ _decode = decoder(HostStarts)
 
 
 class StartsBoard:
-    def __init__(self, bus: Bus, host_id: str, member: str) -> None:
+    def __init__(self, bus: Bus, host_id: str, member: str, max_skew_s: float = 30.0) -> None:
         self.bus = bus
         self.host_id = host_id
+        self.max_skew_s = max_skew_s
         self.key = f"{names.STARTS_PREFIX}.{key_token(host_id)}.{key_token(member)}"
         self.listed = False  # whether our entry may be in the bucket (so emptying it needs a delete)
         self.renewed = 0.0  # monotonic time of our last write
@@ -86,7 +88,7 @@ class StartsBoard:
         counts: dict[str, int] = {}
         failing: set[str] = set()
         now = time.time()
-        oldest = now - TTL_S
+        oldest = now - TTL_S - self.max_skew_s
         for entry in await _snapshot(self.bus, f"{names.STARTS_PREFIX}.>"):
             try:
                 starts = _decode(entry)

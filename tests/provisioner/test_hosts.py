@@ -97,8 +97,8 @@ async def test_the_starts_board_counts_other_hosts_unrecorded_starts_and_says_wh
         await a1.publish(["local-1", "local-2"], unnamed=1)
         await a2.publish(["local-3"], unnamed=0)
         await c.publish([], unnamed=0, backoff_until=time.time() + 60)
-        # What a writer that died long ago left behind on a server that kept it: ignored.
-        stale = HostStarts(host_id="host-d", written_at=time.time() - 2 * TTL_S, container_ids=["local-9"])
+        # What a writer that died long ago left behind on a server that kept it: ignored (past TTL and clock skew).
+        stale = HostStarts(host_id="host-d", written_at=time.time() - TTL_S - 31, container_ids=["local-9"])
         await bus.leases.put(f"{names.STARTS_PREFIX}.host-d.p-5", encode(stale))
         # local-2 has a record by now: counted once, as a record.
         assert await b.elsewhere({"local-2"}) == ({"host-a": 3, "host-c": 0}, {"host-c"})
