@@ -197,3 +197,10 @@ def test_holders_taking_turns_never_pass_the_ceiling_or_a_hosts_cap(
         for host in live:
             now_there = loads(records, live, starting)[host].engines
             assert not host_max or now_there <= max(host_max, per_host_before[host])
+
+
+def test_a_live_host_below_its_floor_gets_engines_though_the_fleet_floors_are_met():
+    policy = PoolPolicy(min_replicas=2, min_free_replicas=1, max_replicas=10, min_replicas_per_host=1)
+    assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {}) == ["b"]
+    assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {"b": 1}) == []  # its engine is on the way
+    assert plan_starts(on("a", 3), NOW, policy, {"a"}, {}) == []  # b's provisioner is gone: nothing to place there
