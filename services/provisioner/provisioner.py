@@ -262,7 +262,11 @@ class Provisioner:
             plan = plan_starts(pool, utcnow(), self.policy, hosts, starting, self.config.host_max_engines, demand)
             count = plan.count(self.host_id)
             if count < len(plan):
-                log.info("%d engine(s) placed on other hosts: %s", len(plan) - count, ", ".join(sorted(set(plan))))
+                log.info(
+                    "%d engine(s) placed on other hosts: %s",
+                    len(plan) - count,
+                    ", ".join(sorted(set(plan) - {self.host_id})),
+                )
             if count == 0:
                 return
             log.info(
