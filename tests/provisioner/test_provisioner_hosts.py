@@ -73,6 +73,7 @@ async def test_a_second_host_counts_the_firsts_starts_and_each_host_stays_under_
         b = pool.service("provisioner", **hosts["host-b"])
         agents.append(b)
         await wait_until(lambda: "starting 1 engine(s)" in b.log(), timeout=20, what="host-b starting the 4th")
+        assert "(0 managed, 3 starting, max 4)" in b.log()  # host-a's were unregistered: counted from ace_leases
 
         records = await pool.wait_healthy(4, timeout=4 * STARTUP_S)
         assert sorted(r["host_id"] for r in records) == ["host-a", "host-a", "host-a", "host-b"]
