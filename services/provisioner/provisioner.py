@@ -704,7 +704,10 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
             await provisioner.run(stop)
     finally:
         if membership is not None:
-            await membership  # `stop` is set: it says goodbye, so the others stop placing engines here
+            if not stop.is_set():  # failed rather than stopped: no goodbye, the heartbeat expires
+                membership.cancel()
+            # Stopped: it says goodbye, so the others stop placing engines here at once.
+            await asyncio.gather(membership, return_exceptions=True)
         await members.stop()
         await endpoint.stop()
         await http.aclose()
