@@ -41,7 +41,9 @@ INBOX_ROOT = "_INBOX_"
 SERVER_CONFIG = "auth.conf"
 MICRO_QUEUE = "q"  # nats.micro's queue group: pinning it keeps a lone subscriber from taking every request
 # Core subscriptions that are shared across replicas in a queue group; the grant names the group.
-QUEUE_GROUPS = {names.ENGINE_IDLE: "janitor", names.STREAM_STATS: "state-keeper"}
+# The janitors of each host are a group of their own, `janitor.<host>`: each cleans only its host's engines,
+# so every host's group must hear every engine.idle.
+QUEUE_GROUPS = {names.ENGINE_IDLE: "janitor.*", names.STREAM_STATS: "state-keeper"}
 BUCKETS = (names.ENGINES_BUCKET, names.STREAMS_BUCKET, names.LEASES_BUCKET)
 # Every stream admin creates (`shared.bus.ensure_layout`) and services check for at start-up.
 LAYOUT = (names.EVENTS_STREAM, names.HISTORY_STREAM, *(f"KV_{bucket}" for bucket in BUCKETS))
@@ -60,14 +62,20 @@ READS: dict[str, tuple[str, ...]] = {
 }
 # Keys (below `$KV.<bucket>.`) a role writes: the state-keeper is the single writer of the records;
 # the others only their own heartbeats (shared.membership), once-per-interval markers
-# (shared.lease.claim_epoch, job names as the services spell them) and the provisioner's lock.
+# (shared.lease.claim_epoch, job names as the services spell them, per host where each host sweeps its
+# own engines) and the provisioner's lock and starts.
 WRITES: dict[str, tuple[tuple[str, str], ...]] = {
     "state-keeper": tuple((bucket, ">") for bucket in BUCKETS),
     "prober": ((names.LEASES_BUCKET, "members.prober.>"),),
     "proxy": ((names.LEASES_BUCKET, f"members.{names.PROXY_GROUP}.>"),),
     "janitor": ((names.LEASES_BUCKET, "epoch.janitor-sweep.>"),),
     "reaper": ((names.LEASES_BUCKET, "epoch.reaper-sweep.>"),),
-    "provisioner": ((names.LEASES_BUCKET, "epoch.provisioner.>"), (names.LEASES_BUCKET, "provisioner.lock")),
+    "provisioner": (
+        (names.LEASES_BUCKET, "epoch.provisioner.>"),
+        (names.LEASES_BUCKET, "provisioner.lock"),
+        (names.LEASES_BUCKET, f"members.{names.PROVISIONER_GROUP}.>"),  # which hosts have a live provisioner
+        (names.LEASES_BUCKET, f"{names.STARTS_PREFIX}.>"),  # its host's engines being started (provisioner/starts.py)
+    ),
 }
 # Streams a role follows with its own ordered consumer: the gateway's events page replays ACE_EVENTS and
 # its history follows ACE_HISTORY. Such a grant carries the deliver-subject hole (see the module's
@@ -217,13 +225,13 @@ def matches(pattern: str, subject: str) -> bool:
 def permits(granted: Grants, action: str, subject: str, queue: str = "") -> bool:
     """What the server decides for `action` ("publish"/"subscribe") on `subject` (in `queue`):
     some allow entry matches and no deny entry does. A subscribe grant naming a queue group
-    allows only that group."""
+    allows only the groups its name matches (`janitor.*`: any host's janitors)."""
     allow = granted.publish if action == "publish" else granted.subscribe
     deny = granted.deny_publish if action == "publish" else granted.deny_subscribe
 
     def fits(entry: str) -> bool:
         pattern, _, group = entry.partition(" ")
-        return matches(pattern, subject) and (not group or group == queue)
+        return matches(pattern, subject) and (not group or bool(queue) and matches(group, queue))
 
     return any(fits(entry) for entry in allow) and not any(matches(entry.split(" ")[0], subject) for entry in deny)
 

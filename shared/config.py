@@ -170,6 +170,7 @@ class Config:
     # Many hosts, one fleet: the host this process's engines run on, and a floor of engines per host.
     host_id: str = dataclass_field(default_factory=default_host_id)
     min_replicas_per_host: int = 0
+    host_max_engines: int = 0  # engines one host runs at most; 0: no per-host cap
 
 
 PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -236,6 +237,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "proxy_header_timeout_s": POSITIVE_FLOAT,
     "host_id": _label_value,
     "min_replicas_per_host": NON_NEGATIVE_INT,
+    "host_max_engines": NON_NEGATIVE_INT,
 }
 
 
@@ -263,6 +265,11 @@ def _check_consistency(config: Config) -> None:
     if config.min_free_replicas > config.max_replicas:
         raise ConfigError(
             f"MIN_FREE_REPLICAS ({config.min_free_replicas}) must not exceed MAX_REPLICAS ({config.max_replicas})"
+        )
+    if 0 < config.host_max_engines < config.min_replicas_per_host:
+        raise ConfigError(
+            f"MIN_REPLICAS_PER_HOST ({config.min_replicas_per_host}) must not exceed "
+            f"HOST_MAX_ENGINES ({config.host_max_engines}): a host could never meet its floor"
         )
     if config.health_check_timeout_s > config.health_check_interval_s:
         raise ConfigError(

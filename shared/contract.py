@@ -262,7 +262,7 @@ CHANNELS: tuple[Channel, ...] = (
         EngineIdle,
         "notification",
         "An engine's stream count dropped to 0 (live reservations do not hold it back). "
-        "The janitor hears it in queue group `janitor`. A missed one is caught by the next sweep.",
+        "The janitors hear it in one queue group per host, `janitor.<HOST_ID>`. A missed one is caught by the next sweep.",
         ("state-keeper",),
         ("janitor",),
         EngineIdle(container_id=ENGINE_ID),

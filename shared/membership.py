@@ -64,6 +64,7 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     pid: int
     leaving: bool = False  # said by members of earlier versions instead of deleting their key
     sent_at: float | None = None  # the sender's wall clock (seconds since the epoch)
+    host_id: str | None = None  # the HOST_ID the member acts for (agents of many hosts); absent in older beats
 
 
 _encode = msgspec.json.encode
@@ -87,8 +88,10 @@ class Membership:
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         watch_only: bool = False,
+        host_id: str | None = None,
     ) -> None:
         self.bus = bus
+        self.host_id = host_id
         self.watch_only = watch_only
         self.group = group
         self.me = member_id
@@ -97,6 +100,7 @@ class Membership:
         self.listeners: list[Callable[[tuple[str, ...]], None]] = []
         self._clock = clock
         self._seen: dict[str, float] = {}  # member → local monotonic time its last heartbeat was sent
+        self._hosts: dict[str, str] = {}  # member → the host_id its latest beat named
         self._revisions: dict[str, int | None] = {}  # member → revision of its last heartbeat (to delete a dead one's)
         self._members: tuple[str, ...] = () if watch_only else (member_id,)
         self._synced = False
@@ -112,6 +116,11 @@ class Membership:
     @property
     def members(self) -> tuple[str, ...]:
         return self._members
+
+    def host_ids(self) -> frozenset[str]:
+        """The hosts the live members act for (this one's included); members that name none are left out."""
+        hosts = {self._hosts[m] for m in self._members if m in self._hosts}
+        return frozenset(hosts | ({self.host_id} if self.host_id and not self.watch_only else set()))
 
     @property
     def subject_prefix(self) -> str:
@@ -165,7 +174,9 @@ class Membership:
     # ------------------------------------------------------------ heartbeats
 
     def _beat(self) -> Heartbeat:
-        return Heartbeat(member=self.me, host=socket.gethostname(), pid=os.getpid(), sent_at=time.time())
+        return Heartbeat(
+            member=self.me, host=socket.gethostname(), pid=os.getpid(), sent_at=time.time(), host_id=self.host_id
+        )
 
     async def _heartbeat(self, acknowledged: bool = False) -> None:
         subject, beat = self.subject_prefix + self.me, _encode(self._beat())
@@ -271,6 +282,8 @@ class Membership:
                     now = self._clock()
                     self._seen[member] = max(self._seen.get(member, -math.inf), now if sent is None else sent)
                     self._revisions[member] = entry.revision
+                    if beat.host_id:
+                        self._hosts[member] = beat.host_id
         if not snapshot:
             self._refresh()
 
@@ -316,6 +329,8 @@ class Membership:
             self._refresh()
 
     def _refresh(self) -> None:
+        for gone in set(self._hosts) - set(self._seen):
+            del self._hosts[gone]
         members = tuple(sorted(set(self._seen) | (set() if self.watch_only else {self.me})))
         if members == self._members:
             return

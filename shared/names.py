@@ -25,6 +25,8 @@ STREAM_STATS: Final = "stream.stats"  # latest playback figures of a started str
 
 # Membership groups (heartbeats in ace_leases, see shared/membership.py).
 PROXY_GROUP: Final = "proxy"
+PROVISIONER_GROUP: Final = "provisioner"  # which hosts have a live provisioner (placement, shared/policy/hosts.py)
+STARTS_PREFIX: Final = "starting"  # ace_leases keys `starting.<host>.<member>`: engines a provisioner is starting
 
 # Request/reply endpoints of the `state-keeper` micro service.
 ENGINE_SELECT: Final = "engine.select"

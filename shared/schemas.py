@@ -174,6 +174,17 @@ class EngineRegistered(Struct, frozen=True):
     host_id: ShortText | None = None
 
 
+class HostStarts(Struct, frozen=True):
+    """A provisioner's engines created but maybe not in everyone's records yet (`starting.<host>.<member>`
+    in ace_leases): what the scaling lock's next holder on another host cannot see in its own runtime."""
+
+    host_id: ShortText
+    written_at: float  # the writer's wall clock (seconds since the epoch): an entry a TTL old is ignored
+    container_ids: Annotated[list[Key], msgspec.Meta(max_length=1024)] = []
+    unnamed: Count = 0  # creations still under way: no id yet
+    backoff_until: float | None = None  # its starts keep failing: place nothing on its host before then (wall clock)
+
+
 class EngineRemoved(Struct, frozen=True):
     container_id: Key
     reason: Text | None = None

@@ -113,7 +113,7 @@ class Pool:
     async def sweeps_done(self, job: str, count: int, timeout: float = 30) -> None:
         """Until `count` sweeps of `job` begun after this call have finished (one replica of it running).
 
-        A replica claims `epoch.<job>.<n>` just before it sweeps and sweeps one epoch at a time, so
+        A replica claims `epoch.<job>.<host>.<n>` just before it sweeps and sweeps one epoch at a time, so
         the claim of epoch n + 1 says the sweep of epoch n is over: a "nothing happened" check made
         after this knows the sweeps really ran, which no sleep can say.
         """
@@ -125,7 +125,8 @@ class Pool:
                 keys = await leases.keys()
             except NoKeysError:
                 return -1
-            return max((int(k[len(prefix) :]) for k in keys if k.startswith(prefix)), default=-1)
+            # `epoch.<job>.<host>.<n>`: each host sweeps its own engines (the epoch is the last token).
+            return max((int(k.rsplit(".", 1)[1]) for k in keys if k.startswith(prefix)), default=-1)
 
         async def latest_at_least(epoch: int) -> bool:
             return await latest() >= epoch
@@ -152,8 +153,8 @@ class Pool:
 
     # ------------------------------------------------------------ engines
 
-    async def create_engines(self, count: int) -> list[EngineSpec]:
-        """Start `count` acesim engines and register them like the provisioner does."""
+    async def create_engines(self, count: int, host_id: str | None = None) -> list[EngineSpec]:
+        """Start `count` acesim engines and register them like the provisioner (of `host_id`) does."""
         specs = list(await asyncio.gather(*(self.runtime.create() for _ in range(count))))
         await asyncio.gather(*(asyncio.to_thread(wait_for_port, spec.port, 30) for spec in specs))
         for spec in specs:
@@ -164,6 +165,7 @@ class Pool:
                 container_name=spec.container_name,
                 runtime=self.runtime.kind,
                 labels=spec.labels,
+                host_id=host_id,
             )
             await self.js.publish(names.ENGINE_REGISTERED, encode(event), headers={"Nats-Msg-Id": uuid.uuid4().hex})
         return specs

@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     engines = commands.add_parser("engines", parents=[client], help="list engines as a table")
     engines.add_argument("--watch", action="store_true", help="redraw the table in place until Ctrl-C")
     engines.add_argument("--interval", type=float, default=2.0, help="seconds between redraws (default 2)")
+    engines.add_argument("--host", help="only the engines on this host (its HOST_ID)")
     engines.set_defaults(run="engines")
     follow.add_parser(commands)
 

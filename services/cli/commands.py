@@ -14,7 +14,7 @@ import msgspec
 
 from services.cli.client import connected, request
 from services.cli.proxy import EndResult, end_stream, keeper_answers, new_stream_id, select, start_stream
-from services.cli.table import engines_table, streams_table
+from services.cli.table import engines_table, on_host, streams_table
 from shared import names
 from shared.schemas import EngineList, ListRequest, StreamList, StreamListRequest, decoder, utcnow
 
@@ -30,9 +30,9 @@ async def engines(args: argparse.Namespace) -> int:
     async with connected(args.nats_url, nkey=args.nkey) as nc:
         listing = await request(nc, names.ENGINE_LIST, ListRequest(), decode=decode_engines)
     if args.json:
-        _dump(listing.engines)
+        _dump(on_host(listing.engines, args.host))
     else:
-        print(engines_table(listing.engines, utcnow()))
+        print(engines_table(listing.engines, utcnow(), args.host))
     return 0
 
 

@@ -71,7 +71,7 @@ async def watch_engines(args: argparse.Namespace) -> int:
     async with connected(args.nats_url) as nc:
         while True:
             listing = await request(nc, names.ENGINE_LIST, ListRequest(), decode=decode_engines)
-            sys.stdout.write(frame(engines_table(listing.engines, utcnow()), utcnow(), args.interval))
+            sys.stdout.write(frame(engines_table(listing.engines, utcnow(), args.host), utcnow(), args.interval))
             sys.stdout.flush()
             await asyncio.sleep(args.interval)
 

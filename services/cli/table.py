@@ -86,11 +86,20 @@ def by_name(record: EngineRecord) -> tuple[int, str]:
     return (number if number is not None else sys.maxsize, record.container_name)
 
 
-def engines_table(records: Sequence[EngineRecord], now: datetime) -> str:
+def on_host(records: Sequence[EngineRecord], host: str | None) -> list[EngineRecord]:
+    """The engines on `host` (a HOST_ID); all of them for None."""
+    return [r for r in records if host is None or r.host_id == host]
+
+
+def engines_table(records: Sequence[EngineRecord], now: datetime, host: str | None = None) -> str:
+    """One row per engine; with engines on more than one host, a HOST column first and rows grouped by it."""
+    records = on_host(records, host)
     if not records:
-        return "no engines registered"
-    rows = [engine_row(record, now) for record in sorted(records, key=by_name)]
-    return render_table(ENGINE_COLUMNS, rows)
+        return "no engines registered" if host is None else f"no engines on host {host}"
+    if len({r.host_id for r in records}) < 2:
+        return render_table(ENGINE_COLUMNS, [engine_row(record, now) for record in sorted(records, key=by_name)])
+    grouped = sorted(records, key=lambda r: (r.host_id or "", by_name(r)))
+    return render_table(("HOST", *ENGINE_COLUMNS), [(r.host_id or "-", *engine_row(r, now)) for r in grouped])
 
 
 def speed_cell(stats: PlaybackStats | None) -> str:

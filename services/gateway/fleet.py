@@ -65,7 +65,11 @@ class Fleet(RecordViews):
     # ------------------------------------------------------------ reads (memory only)
 
     def engine_list(
-        self, now: datetime, health_status: HealthStatus | None = None, state: EngineState | None = None
+        self,
+        now: datetime,
+        health_status: HealthStatus | None = None,
+        state: EngineState | None = None,
+        host_id: str | None = None,
     ) -> list[EngineRecord]:
         """Records as readers should see them (`shown`), sorted by container_id."""
         records = (self.shown(item.value, now) for item in self.engines.items().values())
@@ -73,7 +77,9 @@ class Fleet(RecordViews):
             (
                 r
                 for r in records
-                if (health_status is None or r.health_status == health_status) and (state is None or r.state == state)
+                if (health_status is None or r.health_status == health_status)
+                and (state is None or r.state == state)
+                and (host_id is None or r.host_id == host_id)
             ),
             key=lambda r: r.container_id,
         )

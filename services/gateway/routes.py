@@ -77,9 +77,13 @@ def read_routes(fleet: Fleet) -> list[HTTPRouteHandler]:
     async def list_engines(
         health_status: HealthStatus | None = None,
         engine_state: EngineState | None = Parameter(query="state", default=None),  # `state` is reserved
+        host: str | None = Parameter(
+            query="host", default=None, max_length=255, description="only the engines on this HOST_ID"
+        ),
     ) -> list[EngineRecord]:
-        """Engine records exactly as stored in KV (DESIGN §4), sorted by container_id."""
-        return fleet.engine_list(utcnow(), health_status, engine_state)
+        """Engine records exactly as stored in KV (DESIGN §4), sorted by container_id; `host_id` is the
+        host each runs on (the HOST_ID of its provisioner)."""
+        return fleet.engine_list(utcnow(), health_status, engine_state, host)
 
     @get("/engines/{container_id:str}", tags=["engines"], responses=errors(404))
     async def get_engine(container_id: str) -> EngineRecord:

@@ -28,6 +28,7 @@ from shared.keeper_client import KeeperClient, KeeperError
 from shared.kv import KvView
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.policy.cleanup import CleanResult, clean_script, engines_to_clean, format_bytes, parse_clean_output
+from shared.policy.hosts import key_token
 from shared.runtime import ExecStillRunning, Runtime, RuntimeFailure, make_runtime
 from shared.schemas import EngineCleaned, EngineIdle, EngineRecord, decode_engine, decoder, utcnow
 
@@ -52,6 +53,8 @@ class Janitor:
         self.keeper = KeeperClient(bus.nc, bus.js)
         self.view: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
         self.interval_s = config.autoscale_interval_s
+        # Per host: each host's agent acts on its own engines only, so each must get its sweeps.
+        self.sweep_job = f"janitor-sweep.{key_token(config.host_id)}"
         # A clean must finish well inside its claim, or streams could start on a half-emptied cache.
         self.exec_timeout_s = max(1.0, 0.75 * config.claim_ttl_s)
         self._slots = asyncio.Semaphore(CLEAN_CONCURRENCY)
@@ -63,7 +66,9 @@ class Janitor:
     async def run(self, stop: asyncio.Event) -> None:
         await self.view.start()
         self.runtime.owns({})  # docker: starts learning the daemon's id now, without blocking, for is_ours
-        sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue="janitor", cb=self.on_idle)
+        # One group per host: an engine.idle reaches one janitor of every host, and its own host's cleans it.
+        queue = f"janitor.{key_token(self.config.host_id)}"
+        sub = await self.bus.nc.subscribe(names.ENGINE_IDLE, queue=queue, cb=self.on_idle)
         log.info(
             "started with %gs sweep interval, cleaning on engine.idle too (%s runtime, holder %s)",
             self.interval_s,
@@ -96,7 +101,7 @@ class Janitor:
     async def sweep(self) -> None:
         self._forget_gone()  # every replica, epoch or not: each keeps its own
         try:
-            if not await claim_epoch(self.bus.leases, "janitor-sweep", self.interval_s, self.holder):
+            if not await claim_epoch(self.bus.leases, self.sweep_job, self.interval_s, self.holder):
                 return
         except Exception as exc:  # NATS down: the next interval tries again
             log.warning("sweep skipped: %s", exc)
@@ -109,8 +114,12 @@ class Janitor:
             self.spawn(record.container_id, "sweep")
 
     def is_ours(self, record: EngineRecord) -> bool:
-        """Only engines of this runtime; external ones are never cleaned."""
-        return record.runtime == self.runtime.kind and self.runtime.owns(record.labels)
+        """Only engines of this runtime on this host; external ones are never cleaned."""
+        return (
+            record.runtime == self.runtime.kind
+            and record.host_id in (None, self.config.host_id)  # None: recorded before hosts were (one host)
+            and self.runtime.owns(record.labels)
+        )
 
     def spawn(self, container_id: str, trigger: str) -> None:
         if container_id in self._cleaning:

@@ -31,15 +31,21 @@ class KvLock:
         self.key = key
         self.holder = holder
         self.ttl_s = ttl_s
+        self._keep = False
+
+    def keep(self) -> None:
+        """Leave the lock held until its TTL ends instead of releasing it (what we did may not be visible)."""
+        self._keep = True
 
     @asynccontextmanager
     async def hold(self, wait_s: float) -> AsyncIterator[bool]:
         """Yields True while held, False if another holder kept it for `wait_s`."""
+        self._keep = False
         revision = await self._acquire(wait_s)
         try:
             yield revision is not None
         finally:
-            if revision is not None:
+            if revision is not None and not self._keep:
                 await self._release(revision)
 
     async def _acquire(self, wait_s: float) -> int | None:

@@ -24,6 +24,17 @@ reservation counter would have to be decremented on every failed start,
 death and reap, by every service, and drifts for good when a replica
 crashes between increment and create; the lock holds no state that can
 drift — a crashed holder's lease simply expires.
+
+Many hosts (issue 15): the lock stays fleet-wide and the decision too —
+`plan_starts` sizes the pool from all records and every host's starts, then
+places the engines over the hosts whose provisioner is alive (membership
+group `provisioner`), at most HOST_MAX_ENGINES each. The holder starts only
+the engines placed on its own host (HOST_ID); the others start theirs when
+they hold the lock (every demand and sweep reaches each host's provisioner)
+and reach the same plan. Another host's starts are not in this runtime, so a
+holder writes its own to ace_leases before releasing the lock
+(services/provisioner/starts.py) and counts the others' from there. The sweep
+(adopting, forgetting gone engines) is per host: each runs its own runtime.
 """
 
 from __future__ import annotations
@@ -45,6 +56,7 @@ from nats.aio.msg import Msg
 from services.provisioner import metrics
 from services.provisioner.endpoint import ProvisionEndpoint, Refused
 from services.provisioner.lock import KvLock
+from services.provisioner.starts import RENEW_S, StartsBoard
 from shared import names
 from shared.bus import Bus
 from shared.config import Config
@@ -52,8 +64,10 @@ from shared.engine_client import new_client, probe
 from shared.errors import describe
 from shared.kv import KvView, wait_for_value
 from shared.lease import claim_epoch, sleep_to_next_epoch
+from shared.membership import Membership, new_member_id
 from shared.policy.engines import effective_state
-from shared.policy.pool import PoolPolicy, engines_to_start, managed, start_backoff_s
+from shared.policy.hosts import host_of, key_token
+from shared.policy.pool import PoolPolicy, managed, plan_starts, start_backoff_s
 from shared.policy.provisioning import HEALTHY_WAIT_S, max_replicas_eta_s
 from shared.runtime import EngineSpec, Runtime, RuntimeFailure, make_runtime, placeholder
 from shared.schemas import (
@@ -85,7 +99,13 @@ decode_demand = decoder(EngineDemand)
 
 class Provisioner:
     def __init__(
-        self, config: Config, bus: Bus, runtime: Runtime, engines: KvView[EngineRecord], http: httpx.AsyncClient
+        self,
+        config: Config,
+        bus: Bus,
+        runtime: Runtime,
+        engines: KvView[EngineRecord],
+        http: httpx.AsyncClient,
+        members: Membership | None = None,
     ) -> None:
         self.config = config
         self.bus = bus
@@ -95,6 +115,11 @@ class Provisioner:
         self.policy = PoolPolicy.from_config(config)
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
         self.lock = KvLock(bus.leases, LOCK_KEY, self.holder, LOCK_TTL_S)
+        self.host_id = config.host_id
+        self.members = members  # the live provisioners, so the hosts engines may be placed on
+        self.starts = StartsBoard(bus, config.host_id, self.holder, config.max_clock_skew_s)
+        self.announced: dict[str, float] = {}  # our starts registered lately → when (monotonic): still listed
+        self.starts_written = asyncio.Lock()
         self.starting: dict[str, asyncio.Event] = {}  # our starts not registered yet → set when it died
         self.tasks: set[asyncio.Task[bool]] = set()  # readiness waits, one per start
         # Creates that outlived CREATE_BUDGET_S: the runtime may still make each engine (a docker call
@@ -157,6 +182,7 @@ class Provisioner:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.scaler(stop))
                 group.create_task(self.sweeper(stop))
+                group.create_task(self.renew_starts(stop))
                 watcher = group.create_task(self.watch_runtime())
                 await stop.wait()
                 self.wake.set()  # lets the scaler see `stop`
@@ -199,7 +225,10 @@ class Provisioner:
         interval = self.config.autoscale_interval_s
         while await sleep_to_next_epoch(interval, stop):
             try:
-                if not await claim_epoch(self.bus.leases, "provisioner", interval, self.holder):
+                # Per host: each sweeps its own runtime, and every host's scaling round must follow.
+                if not await claim_epoch(
+                    self.bus.leases, f"provisioner.{key_token(self.host_id)}", interval, self.holder
+                ):
                     continue
                 await self.reconcile()
             except Exception as exc:  # the next interval tries again
@@ -227,7 +256,17 @@ class Provisioner:
             records = self.engines.values()
             live = await self.runtime.list_managed()
             pool, unregistered = self.census(records, live)
-            count = engines_to_start(pool, utcnow(), self.policy, unregistered=unregistered, demand=demand)
+            elsewhere, failing = await self.starts.elsewhere({r.container_id for r in records})
+            starting = {**elsewhere, self.host_id: unregistered}
+            hosts = self.live_hosts() - failing  # (never ours: this round waited out our own backoff)
+            plan = plan_starts(pool, utcnow(), self.policy, hosts, starting, self.config.host_max_engines, demand)
+            count = plan.count(self.host_id)
+            if count < len(plan):
+                log.info(
+                    "%d engine(s) placed on other hosts: %s",
+                    len(plan) - count,
+                    ", ".join(sorted(set(plan) - {self.host_id})),
+                )
             if count == 0:
                 return
             log.info(
@@ -235,10 +274,13 @@ class Provisioner:
                 count,
                 "demand" if demand else "the pool floors",
                 len(managed(pool)),
-                unregistered,
+                sum(starting.values()),
                 self.policy.max_replicas,
             )
-            created = await self.create(count)
+            try:
+                created = await self.create(count)
+            finally:
+                await self.announce_starts()  # before the lock goes: its next holder counts them
         for spec, started in created:
             self.spawn(self.await_ready(spec, started))
 
@@ -262,14 +304,23 @@ class Provisioner:
                 raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
             records = self.engines.values()
             pool, unregistered = self.census(records, await self.runtime.list_managed())
-            existing = len(managed(pool)) + unregistered
+            elsewhere = sum((await self.starts.elsewhere({r.container_id for r in records}))[0].values())
+            existing = len(managed(pool)) + unregistered + elsewhere
+            here = sum(1 for r in managed(pool) if host_of(r) == self.host_id) + unregistered
+            if 0 < self.config.host_max_engines <= here:
+                raise Refused(
+                    "max_replicas_reached",
+                    f"this host ({self.host_id}) runs {here} engines ({unregistered} starting), "
+                    f"HOST_MAX_ENGINES is {self.config.host_max_engines}",
+                    max(self.config.autoscale_interval_s, 1.0),
+                )
             if existing >= self.policy.max_replicas:
                 eta = max_replicas_eta_s(
                     pool, utcnow(), self.policy, self.config.max_streams_per_engine, self.config.autoscale_interval_s
                 )
                 raise Refused(
                     "max_replicas_reached",
-                    f"the pool holds {existing} engines ({unregistered} starting), "
+                    f"the pool holds {existing} engines ({unregistered + elsewhere} starting), "
                     f"MAX_REPLICAS is {self.policy.max_replicas}",
                     eta,
                 )
@@ -279,7 +330,10 @@ class Provisioner:
                 unregistered,
                 self.policy.max_replicas,
             )
-            created = await self.create(1)
+            try:
+                created = await self.create(1)
+            finally:
+                await self.announce_starts()
         if not created:
             raise Refused(
                 "start_failed",
@@ -307,10 +361,57 @@ class Provisioner:
         """A record of our runtime whose engine the runtime no longer runs."""
         return (
             record.runtime == self.runtime.kind
+            and record.host_id in (None, self.host_id)
             and self.runtime.owns(record.labels)
             and record.container_id not in live_ids
             and record.container_id not in self.starting
         )
+
+    def live_hosts(self) -> frozenset[str]:
+        """Hosts whose provisioner is alive (this one's always): where engines may be placed."""
+        hosts = self.members.host_ids() if self.members is not None else frozenset()
+        return hosts | {self.host_id}
+
+    async def publish_starts(self) -> None:
+        """Our starts for the other hosts' holders: those under way, and those registered lately.
+
+        One write at a time, each of the set as it is when written: an older snapshot landing
+        after the one written under the lock would hide an engine just created.
+        """
+        async with self.starts_written:
+            _lately(self.announced, "")  # forgets the ones registered more than RECENT_S ago
+            backoff = self.not_before - time.monotonic()
+            await self.starts.publish(
+                set(self.starting) | set(self.announced),
+                len(self.late_creates),
+                time.time() + backoff if backoff > 0 else None,
+            )
+
+    async def announce_starts(self) -> None:
+        """`publish_starts` under the scaling lock; if it cannot be written, the lock is kept until
+        its TTL ends, so no holder on another host counts without the engines just created."""
+        try:
+            await self.publish_starts()
+        except (TimeoutError, nats.errors.Error, OSError) as exc:
+            self.lock.keep()
+            log.warning(
+                "could not write our starts (%s); keeping %s until it expires (%.0fs)",
+                describe(exc),
+                LOCK_KEY,
+                LOCK_TTL_S,
+            )
+
+    async def publish_starts_quietly(self) -> None:
+        try:
+            await self.publish_starts()
+        except (TimeoutError, nats.errors.Error, OSError) as exc:  # renewed within RENEW_S; its TTL ends it
+            log.warning("could not update our starts entry: %s", describe(exc))
+
+    async def renew_starts(self, stop: asyncio.Event) -> None:
+        """Keep our starts entry alive while it lists anything (and drop registrations RECENT_S old)."""
+        while not await _stopped_within(stop, RENEW_S / 2):
+            if self.starts.due():
+                await self.publish_starts_quietly()
 
     async def create(self, count: int) -> list[tuple[EngineSpec, float]]:
         """Create `count` engines, at most PROVISION_CONCURRENCY at a time; failures are counted."""
@@ -345,6 +446,7 @@ class Provisioner:
 
     def _late_create_done(self, task: asyncio.Task[tuple[EngineSpec, float]]) -> None:
         self.late_creates.discard(task)
+        self.spawn(self._publish_starts_task())
         if task.cancelled():
             return
         if task.exception() is not None:
@@ -353,6 +455,10 @@ class Provisioner:
         spec, started = task.result()
         log.info("%s created late (%.0fs); waiting for it to answer", spec.container_name, time.monotonic() - started)
         self.spawn(self.await_ready(spec, started))
+
+    async def _publish_starts_task(self) -> bool:
+        await self.publish_starts_quietly()
+        return True
 
     def spawn(self, coroutine: Coroutine[Any, Any, bool]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -377,6 +483,7 @@ class Provisioner:
                 result = await probe(self.http, spec.host, spec.port, timeout_s)
                 if result.ok:
                     await self.publish_registered(spec)
+                    self.announced[spec.container_id] = time.monotonic()
                     self.failures = 0
                     self._count("started")
                     log.info(
@@ -397,6 +504,9 @@ class Provisioner:
         finally:
             self.starting.pop(spec.container_id, None)
             metrics.STARTING.set(len(self.starting))
+            task = asyncio.current_task()
+            if task is None or not task.cancelling():  # stopping: the entry keeps them until its TTL
+                await self.publish_starts_quietly()
         return False
 
     async def discard(self, spec: EngineSpec, reason: str) -> None:
@@ -414,6 +524,7 @@ class Provisioner:
         backoff = start_backoff_s(self.failures)
         self.not_before = time.monotonic() + backoff
         self._count("failed")
+        self.spawn(self._publish_starts_task())  # the other hosts place nothing here meanwhile
         log.warning(
             "start failed: %s; next start in %.0fs (%d consecutive failures)",
             reason,
@@ -575,13 +686,29 @@ async def serve(config: Config, bus: Bus, stop: asyncio.Event) -> None:
     engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
     await engines.start()
     http = new_client(max_connections=max(config.provision_concurrency * 2, 8))
-    provisioner = Provisioner(config, bus, runtime, engines, http)
+    members = Membership(
+        bus,
+        names.PROVISIONER_GROUP,
+        new_member_id("provisioner-"),
+        config.autoscale_interval_s,
+        host_id=config.host_id,
+    )
+    provisioner = Provisioner(config, bus, runtime, engines, http, members)
     endpoint = ProvisionEndpoint(provisioner)
+    membership: asyncio.Task[None] | None = None
     try:
+        await members.start()
+        membership = asyncio.get_running_loop().create_task(members.run(stop))
         if await provisioner.adopt(stop):
             await endpoint.start()  # after adoption: a request's census must see the adopted engines
             await provisioner.run(stop)
     finally:
+        if membership is not None:
+            if not stop.is_set():  # failed rather than stopped: no goodbye, the heartbeat expires
+                membership.cancel()
+            # Stopped: it says goodbye, so the others stop placing engines here at once.
+            await asyncio.gather(membership, return_exceptions=True)
+        await members.stop()
         await endpoint.stop()
         await http.aclose()
         await engines.stop()

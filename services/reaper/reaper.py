@@ -28,6 +28,7 @@ from shared.kv import KvView
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.policy.claims import claim_covers_removal
 from shared.policy.engines import is_idle
+from shared.policy.hosts import key_token
 from shared.policy.pool import (
     PoolPolicy,
     above_floors_without,
@@ -70,6 +71,8 @@ class Reaper:
         self.keeper = KeeperClient(bus.nc, bus.js)
         self.view: KvView[EngineRecord] = KvView(bus.engines, decode_engine, bus)
         self.interval_s = config.autoscale_interval_s
+        # Per host: each host's agent acts on its own engines only, so each must get its sweeps.
+        self.sweep_job = f"reaper-sweep.{key_token(config.host_id)}"
         self._removals = asyncio.Semaphore(REMOVE_CONCURRENCY)
         self.counts = {"reaped": 0, "replaced": 0, "failed": 0}
 
@@ -98,7 +101,7 @@ class Reaper:
 
     async def _won_epoch(self) -> bool:
         try:
-            return await claim_epoch(self.bus.leases, "reaper-sweep", self.interval_s, self.holder)
+            return await claim_epoch(self.bus.leases, self.sweep_job, self.interval_s, self.holder)
         except Exception as exc:  # NATS down: the next interval tries again
             log.warning("sweep skipped: %s", exc)
             return False
@@ -113,8 +116,12 @@ class Reaper:
             log.warning("sweep stopped: %s", exc)
 
     def is_ours(self, record: EngineRecord) -> bool:
-        """Only engines of this runtime; external ones are never removed."""
-        return record.runtime == self.runtime.kind and self.runtime.owns(record.labels)
+        """Only engines of this runtime on this host; external ones are never removed."""
+        return (
+            record.runtime == self.runtime.kind
+            and record.host_id in (None, self.config.host_id)  # None: recorded before hosts were (one host)
+            and self.runtime.owns(record.labels)
+        )
 
     def current(self, sweep: Sweep) -> list[EngineRecord]:
         """The records as they are now, minus what this sweep already took."""

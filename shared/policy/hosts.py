@@ -14,8 +14,9 @@ the same). Hosts at their cap, and hosts whose agents nobody hears, get none.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.schemas import EngineRecord
@@ -30,13 +31,22 @@ class HostLoad:
     streams: int
 
 
+def key_token(host_id: str) -> str:
+    """A host id as one KV key token (`epoch.reaper-sweep.<host>`): host ids may hold dots, which split keys."""
+    return re.sub(r"[^-_=a-zA-Z0-9]", "_", host_id) or "_"
+
+
 def host_of(record: EngineRecord) -> str:
     return record.host_id or UNKNOWN_HOST
 
 
-def loads(records: Iterable[EngineRecord], hosts: Collection[str] = ()) -> dict[str, HostLoad]:
-    """Per host: engines recorded there and the streams they carry; `hosts` are listed even when empty."""
+def loads(
+    records: Iterable[EngineRecord], hosts: Collection[str] = (), starting: Mapping[str, int] | None = None
+) -> dict[str, HostLoad]:
+    """Per host: engines recorded there (plus `starting` ones without a record yet) and the streams they
+    carry; `hosts` are listed even when empty."""
     engines: Counter[str] = Counter({h: 0 for h in hosts})
+    engines.update(starting or {})
     streams: Counter[str] = Counter({h: 0 for h in hosts})
     for record in records:
         engines[host_of(record)] += 1
@@ -49,9 +59,18 @@ def room(load: HostLoad, host_max: int) -> int | None:
     return None if host_max <= 0 else max(0, host_max - load.engines)
 
 
-def place(records: Iterable[EngineRecord], live_hosts: Collection[str], count: int, host_max: int = 0) -> list[str]:
-    """The host of each of `count` new engines, in order; shorter when the live hosts are full."""
-    current = loads(records, live_hosts)
+def place(
+    records: Iterable[EngineRecord],
+    live_hosts: Collection[str],
+    count: int,
+    host_max: int = 0,
+    starting: Mapping[str, int] | None = None,
+) -> list[str]:
+    """The host of each of `count` new engines, in order; shorter when the live hosts are full.
+
+    `starting`: per host, engines created there that have no record yet; they take room like any other.
+    """
+    current = loads(records, live_hosts, starting)
     placed: list[str] = []
     for _ in range(max(0, count)):
         candidates = [current[h] for h in sorted(live_hosts) if h != UNKNOWN_HOST and room(current[h], host_max) != 0]

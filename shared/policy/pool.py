@@ -8,13 +8,13 @@ Floors: at least `min_replicas` engines and `min_free_replicas` free ones
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
 from shared.config import Config
 from shared.policy.engines import effective_state, is_idle
-from shared.policy.hosts import keeps_host_floor
+from shared.policy.hosts import host_floor_deficit, keeps_host_floor, place
 from shared.schemas import EngineRecord
 
 
@@ -175,7 +175,12 @@ def is_pending(record: EngineRecord, now: datetime) -> bool:
 
 
 def engines_to_start(
-    records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy, unregistered: int = 0, demand: bool = False
+    records: Iterable[EngineRecord],
+    now: datetime,
+    policy: PoolPolicy,
+    unregistered: int = 0,
+    demand: bool = False,
+    host_deficit: int = 0,
 ) -> int:
     """`engines_to_add`, counting engines that exist but do not answer yet as free ones to come.
 
@@ -187,7 +192,34 @@ def engines_to_start(
     pool = managed(records)
     settled = [r for r in pool if not is_pending(r, now)]
     pending = len(pool) - len(settled)
-    return engines_to_add(settled, now, policy, starting=unregistered + pending, demand=demand)
+    return engines_to_add(
+        settled, now, policy, starting=unregistered + pending, demand=demand, host_deficit=host_deficit
+    )
+
+
+def plan_starts(
+    records: Iterable[EngineRecord],
+    now: datetime,
+    policy: PoolPolicy,
+    live_hosts: Collection[str],
+    starting: Mapping[str, int],
+    host_max: int = 0,
+    demand: bool = False,
+) -> list[str]:
+    """The host of each engine to start now, fleet-wide: how many as `engines_to_start`, counting the
+    engines `starting` on every host (per host, created there without a record yet), then where as
+    `hosts.place` over the hosts whose provisioner is alive, at most `host_max` each (0: no cap).
+
+    Each host's provisioner starts only the entries naming its own host; every holder of the
+    scaling lock reaches the same plan from the same records and starts, so the others' entries
+    are what they will start when they hold it.
+    """
+    pool = managed(records)
+    deficit = host_floor_deficit(pool, live_hosts, policy.min_replicas_per_host)
+    count = engines_to_start(
+        pool, now, policy, unregistered=sum(starting.values()), demand=demand, host_deficit=deficit
+    )
+    return place(pool, live_hosts, count, host_max, starting)
 
 
 START_BACKOFF_BASE_S = 1.0

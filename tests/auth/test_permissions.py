@@ -31,6 +31,7 @@ from support import (
     wait_until,
 )
 
+from services.provisioner.starts import StartsBoard
 from shared import auth, names
 from shared.contract import CHANNELS, ENDPOINTS
 from shared.kv import KvView
@@ -123,7 +124,7 @@ async def test_each_role_can_do_what_the_contract_gives_it(server, keeper_and_pr
                 else:
                     await nc.publish(channel.subject, b"{}")
             if role in channel.subscribers:
-                queue = auth.QUEUE_GROUPS.get(channel.subject, "")
+                queue = auth.QUEUE_GROUPS.get(channel.subject, "").replace("*", "host-a")
                 await (await nc.subscribe(channel.subject, queue=queue)).unsubscribe()
         if role in ("gateway", auth.OPERATOR):
             await nc.request(f"$SRV.PING.{names.SERVICE_NAME}", b"", timeout=2)
@@ -162,7 +163,9 @@ class _Bus:
         pass
 
 
-@pytest.mark.parametrize("role,group", [("prober", "prober"), ("proxy", names.PROXY_GROUP)])
+@pytest.mark.parametrize(
+    "role,group", [("prober", "prober"), ("proxy", names.PROXY_GROUP), ("provisioner", names.PROVISIONER_GROUP)]
+)
 async def test_heartbeating_roles_keep_their_membership(server, role, group):
     client = await as_role(server, role)
     js = client.nc.jetstream(timeout=2)
@@ -190,6 +193,10 @@ async def test_sweeping_roles_take_their_epochs(server, role, job):
         if role == "provisioner":
             revision = await leases.create("provisioner.lock", b"me", msg_ttl=5)
             await leases.delete("provisioner.lock", last=revision)
+            board = StartsBoard(_Bus(client.nc, client.nc.jetstream(timeout=2), leases), "host-a", "p-1")  # type: ignore[arg-type]
+            await board.publish(["local-40000"], 0)
+            assert await board.elsewhere(()) == ({}, set())  # our own host's: left to the runtime
+            await board.publish([], 0)
     finally:
         await client.nc.close()
     assert client.denied == []

@@ -129,6 +129,24 @@ def test_engines_table_says_when_there_are_none():
     assert engines_table([], NOW) == "no engines registered"
 
 
+def test_engines_on_more_than_one_host_get_a_host_column_grouped_by_host_and_a_filter():
+    records = [
+        engine(container_id=f"id-{n}-{host}", container_name=f"acestream-{n}", host_id=host)
+        for n, host in ((2, "rack-b"), (1, "rack-b"), (3, "rack-a"))
+    ]
+    rows = [row.split()[:2] for row in engines_table(records, NOW).splitlines()]
+    assert rows == [["HOST", "NAME"], ["rack-a", "acestream-3"], ["rack-b", "acestream-1"], ["rack-b", "acestream-2"]]
+    one_host = engines_table(records, NOW, host="rack-b").splitlines()
+    assert one_host[0].split()[0] == "NAME" and [row.split()[0] for row in one_host[1:]] == [
+        "acestream-1",
+        "acestream-2",
+    ]
+    assert engines_table(records, NOW, host="rack-z") == "no engines on host rack-z"
+    # Records from before hosts were recorded, next to recorded ones: a host of their own, shown as '-'.
+    mixed = engines_table([*records[:1], engine(container_id="old", container_name="acestream-9")], NOW)
+    assert [row.split()[0] for row in mixed.splitlines()[1:]] == ["-", "rack-b"]
+
+
 def test_streams_table_shows_peers_and_speed_once_the_proxy_reported_them():
     figures = PlaybackStats(status="dl", peers=12, speed_down=640, speed_up=31, reported_at=NOW)
     records = [

@@ -53,6 +53,14 @@ async def test_engines_are_the_stored_records_sorted_and_filtered(stack, nc):
     assert await count("state=active") == 3
     assert await count("health_status=healthy&state=cleaning") == 0
 
+    # An engine a provisioner registered on its host: listed with it, and filtered by it.
+    managed = EngineRegistered(container_id="local-9", host="10.0.0.2", port=ports[0], runtime="local", host_id="b-2")
+    await nc.jetstream().publish(names.ENGINE_REGISTERED, encode(managed))
+    assert (await stack.engine("local-9"))["host_id"] == "b-2"
+    on_b = (await stack.http.get("/engines", params={"host": "b-2"})).json()
+    assert [e["container_id"] for e in on_b] == ["local-9"]
+    assert await count("host=a-1") == 0 and await count("") == 4
+
     missing = await stack.http.get("/engines/no-such-engine")
     assert missing.status_code == 404
     assert missing.json() == {"error": "engine no-such-engine not found", "code": 404}

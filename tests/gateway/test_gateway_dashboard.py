@@ -17,7 +17,7 @@ from playwright.async_api import async_playwright
 from support import ROOT
 
 from shared import names
-from shared.schemas import PlaybackStats, StreamStats, encode
+from shared.schemas import EngineRegistered, PlaybackStats, StreamStats, encode
 
 pytestmark = pytest.mark.browser
 
@@ -133,6 +133,16 @@ async def test_dashboard_shows_names_as_text_and_formats_times(make_stack, brows
     assert await page.text_content(f'tr.engine[data-id="{cid}"] .name') == HOSTILE_NAME
     assert await page.evaluate("window.__xss") is None
     assert await page.is_hidden("#engines-empty")
+
+    # A provisioner's engine says which host runs it, and the filter finds engines by host.
+    on_b = EngineRegistered(container_id="local-7", host="127.0.0.1", port=6998, runtime="local", host_id="rack-b")
+    await stack.nc.jetstream().publish(names.ENGINE_REGISTERED, encode(on_b))
+    host_cell = 'tr.engine[data-id="local-7"] .host-id'
+    await page.wait_for_function(f"document.querySelector('{host_cell}')?.textContent === 'on rack-b'")
+    await page.fill("#search", "rack-b")
+    await _wait_rows(page, 1)
+    await page.fill("#search", "")
+    await _wait_rows(page, 2)
 
     now = datetime.now(UTC)
     ago = {

@@ -133,3 +133,29 @@ async def test_a_failed_clean_is_reported_and_the_engine_released(pools):
 async def _without_streams(pool, container_id: str) -> bool:
     record = await pool.engine(container_id)
     return record is not None and record["streams"] == []
+
+
+async def test_each_hosts_janitor_hears_every_engine_idle_and_cleans_only_its_own(pools):
+    """Janitors of two hosts: every engine.idle reaches host-b's, however the other group takes it."""
+    pool = await pools()
+    specs = await pool.create_engines(4, host_id="host-b")
+    await pool.wait_healthy(4)
+    # A sweep interval far beyond the test: whatever gets cleaned here was cleaned on engine.idle.
+    janitors = {host: pool.service("janitor", HOST_ID=host, AUTOSCALE_INTERVAL_S=300) for host in ("host-a", "host-b")}
+    for janitor in janitors.values():
+        await started(janitor)
+    for spec in specs:
+        await pool.started(f"s-{spec.port}", spec.container_id)
+        await pool.ended(f"s-{spec.port}", spec.container_id)
+
+    async def cleaned():
+        return len({e["container_id"] for e in pool.recorder.of(names.ENGINE_CLEANED)}) == 4
+
+    await wait_until(cleaned, timeout=20, what="all 4 host-b engines cleaned on engine.idle")
+    assert janitors["host-b"].log().count("janitor: cleaned cache of") == 4
+    assert "cleaned cache of" not in janitors["host-a"].log()
+    assert {c.holder for c in pool.recorder.claims if c.purpose == "clean"} == {_holder(janitors["host-b"])}
+
+
+def _holder(janitor) -> str:
+    return next(line.split("holder ")[1].rstrip(")") for line in janitor.log().splitlines() if "holder " in line)

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from records import NOW, ago, engine
 
 from shared.policy.hosts import UNKNOWN_HOST, host_floor_deficit, keeps_host_floor, loads, place
-from shared.policy.pool import PoolPolicy, engines_to_add, next_to_reap
+from shared.policy.pool import PoolPolicy, engines_to_add, engines_to_start, next_to_reap, plan_starts
 
 
 def on(host, n, streams=0, prefix=None):
@@ -145,3 +145,62 @@ def test_the_provisioner_adds_what_the_short_hosts_lack_counting_starting_ones()
     assert engines_to_add(records, NOW, policy, starting=3, host_deficit=deficit) == 1
     # The ceiling still holds.
     assert engines_to_add(records, NOW, PoolPolicy(max_replicas=5, min_replicas_per_host=2), host_deficit=4) == 1
+
+
+# ---------------------------------------------------------------- plan_starts: sizing fleet-wide, then placement
+
+layouts = st.dictionaries(st.sampled_from("abcd"), st.integers(0, 5), max_size=4)
+starts = st.dictionaries(st.sampled_from("abcde"), st.integers(0, 3), max_size=5)
+
+
+def test_engines_starting_elsewhere_count_towards_the_fleet_and_their_hosts_room():
+    policy = PoolPolicy(min_replicas=4, min_free_replicas=0, max_replicas=10)
+    # Two engines on b are still starting: only one more is needed, and a (emptier once b's count) gets it.
+    assert plan_starts(on("a", 1), NOW, policy, {"a", "b"}, {"b": 2}) == ["a"]
+    assert plan_starts(on("a", 1), NOW, policy, {"a", "b"}, {}) == ["b", "a", "b"]
+    assert plan_starts(on("a", 1), NOW, policy, {"a", "b"}, {"b": 2}, host_max=1) == []
+
+
+@given(layout=layouts, starting=starts, unregistered=st.integers(0, 4), demand=st.booleans(), floor=st.integers(0, 4))
+def test_with_one_host_the_plan_is_todays_sizing_all_on_that_host(layout, starting, unregistered, demand, floor):
+    records = [r for host, n in layout.items() for r in on(host, n)]
+    policy = PoolPolicy(min_replicas=floor, min_free_replicas=1, max_replicas=8)
+    expected = engines_to_start(records, NOW, policy, unregistered=unregistered, demand=demand)
+    assert plan_starts(records, NOW, policy, {"h"}, {"h": unregistered}, demand=demand) == ["h"] * expected
+
+
+@given(
+    layout=layouts,
+    starting=starts,
+    live=st.sets(st.sampled_from("abcde"), min_size=1),
+    turns=st.lists(st.sampled_from("abcde"), max_size=8),
+    max_replicas=st.integers(1, 12),
+    host_max=st.integers(0, 6),
+    per_host=st.integers(0, 2),
+    demand=st.booleans(),
+)
+def test_holders_taking_turns_never_pass_the_ceiling_or_a_hosts_cap(
+    layout, starting, live, turns, max_replicas, host_max, per_host, demand
+):
+    """Each turn one live host holds the lock, plans fleet-wide and starts only its own entries."""
+    records = [r for host, n in layout.items() for r in on(host, n)]
+    policy = PoolPolicy(min_replicas=3, min_free_replicas=1, max_replicas=max_replicas, min_replicas_per_host=per_host)
+    starting = dict(starting)
+    before = len(records) + sum(starting.values())
+    per_host_before = {h: loads(records, live, starting)[h].engines for h in live}
+    for holder in (h for h in turns if h in live):
+        plan = plan_starts(records, NOW, policy, live, starting, host_max, demand)
+        assert set(plan) <= live
+        starting[holder] = starting.get(holder, 0) + plan.count(holder)
+        total = len(records) + sum(starting.values())
+        assert total <= max(before, max_replicas)
+        for host in live:
+            now_there = loads(records, live, starting)[host].engines
+            assert not host_max or now_there <= max(host_max, per_host_before[host])
+
+
+def test_a_live_host_below_its_floor_gets_engines_though_the_fleet_floors_are_met():
+    policy = PoolPolicy(min_replicas=2, min_free_replicas=1, max_replicas=10, min_replicas_per_host=1)
+    assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {}) == ["b"]
+    assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {"b": 1}) == []  # its engine is on the way
+    assert plan_starts(on("a", 3), NOW, policy, {"a"}, {}) == []  # b's provisioner is gone: nothing to place there

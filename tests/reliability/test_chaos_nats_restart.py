@@ -16,7 +16,9 @@ from chaos_load import StreamLoad, assert_nothing_lost, record_invariants, snaps
 from chaos_stack import INTERVAL_S, LiveFeed, engine_records, register, wait_healthy
 from support import wait_until
 
+from shared.config import default_host_id
 from shared.lease import epoch_of
+from shared.policy.hosts import key_token
 from shared.schemas import utcnow
 
 MAX_STREAMS = 20
@@ -24,6 +26,8 @@ OUTAGE_S = 2.0
 # Periodic jobs (per-epoch markers in ace_leases) and their intervals; the tidy-up runs every
 # max(min(RESERVATION_TTL_S, CLAIM_TTL_S) / 2, 1) = 2.5 s here.
 SWEEPS = {"provisioner": INTERVAL_S, "reaper-sweep": INTERVAL_S, "janitor-sweep": INTERVAL_S, "state-keeper-tidy": 2.5}
+PER_HOST = {"provisioner", "reaper-sweep", "janitor-sweep"}  # epoch.<job>.<host>.<n>: each host sweeps its own
+HOST = key_token(default_host_id())  # the stack's services run with the default HOST_ID
 
 
 async def test_nats_sigkill_and_restart_under_load_loses_nothing(stack, figures):
@@ -125,7 +129,7 @@ async def _swept_since(bus, job: str, interval: float, since) -> bool:
         if epoch * interval <= since.timestamp():
             continue
         try:
-            await bus.leases.get(f"epoch.{job}.{epoch}")
+            await bus.leases.get(f"epoch.{job}.{epoch}" if job not in PER_HOST else f"epoch.{job}.{HOST}.{epoch}")
         except Exception:
             continue
         return True

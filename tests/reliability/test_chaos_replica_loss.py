@@ -179,8 +179,9 @@ async def _follow_epochs(watcher, epochs) -> None:
             continue
         if entry is None or entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             continue
-        _, job, number = entry.key.split(".", 2)
-        epochs[job].append((time.monotonic(), int(number), entry.value.decode()))
+        # `epoch.<job>.<n>`, or `epoch.<job>.<host>.<n>` for the sweeps each host runs (one host here).
+        _, job, rest = entry.key.split(".", 2)
+        epochs[job].append((time.monotonic(), int(rest.rsplit(".", 1)[-1]), entry.value.decode()))
 
 
 async def _sample_engines(stack, bus, counts: list[int]) -> None:

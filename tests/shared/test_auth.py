@@ -37,7 +37,7 @@ def test_grants_follow_the_contract(role):
     granted = auth.grants(role, KEY)
     for channel in CHANNELS:
         assert auth.permits(granted, "publish", channel.subject) is (role in channel.publishers), channel.subject
-        queue = auth.QUEUE_GROUPS.get(channel.subject, "")
+        queue = auth.QUEUE_GROUPS.get(channel.subject, "").replace("*", "host-a")
         hears = auth.permits(granted, "subscribe", channel.subject, queue)
         assert hears is (role in channel.subscribers), channel.subject
     for endpoint in ENDPOINTS:
@@ -95,6 +95,8 @@ def test_each_role_writes_only_its_own_leases():
     assert writes("proxy", "members.proxy.p-1") and not writes("proxy", "epoch.janitor-sweep.7")
     assert writes("janitor", "epoch.janitor-sweep.7") and not writes("janitor", "epoch.reaper-sweep.7")
     assert writes("provisioner", "provisioner.lock") and not writes("provisioner", "removed.acestream-1")
+    assert writes("provisioner", "members.provisioner.p-1") and writes("provisioner", "starting.host-a.p-1")
+    assert not writes("reaper", "starting.host-a.p-1") and not writes("provisioner", "members.prober.p-1")
     assert not any(writes(role, "anything") for role in ("gateway", auth.OPERATOR))
 
 
@@ -193,3 +195,11 @@ def test_the_grants_table_names_every_role_and_key():
     assert all(role in table and key in table for role, key in keys.items())
     detail = auth.grants_table(keys, only="proxy")
     assert f"$KV.{names.LEASES_BUCKET}.members.proxy.>" in detail and "$KV.ace_engines" not in detail
+
+
+def test_each_hosts_janitors_hear_engine_idle_in_a_group_of_their_own():
+    granted = auth.grants("janitor", KEY)
+    for queue in ("janitor.host-a", "janitor.rack_2_eu"):
+        assert auth.permits(granted, "subscribe", names.ENGINE_IDLE, queue)
+    for queue in ("", "janitor", "janitor.a.b", "state-keeper"):
+        assert not auth.permits(granted, "subscribe", names.ENGINE_IDLE, queue), queue

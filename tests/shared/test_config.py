@@ -19,6 +19,7 @@ def test_defaults_follow_the_design():
     assert config.share_content is True and config.auto_delete is True
     assert config.unhealthy_replace_after_s == 120 and config.gateway_port == 8000
     assert config.max_clock_skew_s == 30
+    assert (config.host_max_engines, config.min_replicas_per_host) == (0, 0)  # one host, no per-host limits
 
 
 def test_the_host_id_defaults_to_the_machines_name_made_a_valid_label(monkeypatch):
@@ -63,6 +64,12 @@ def test_values_are_parsed_by_type():
         ({"MAX_CLOCK_SKEW_S": "soon"}, "MAX_CLOCK_SKEW_S must be a number, got 'soon'"),
         ({"HOST_ID": "a b"}, "HOST_ID must be 1-63 letters, digits"),
         ({"MIN_REPLICAS_PER_HOST": "-1"}, "MIN_REPLICAS_PER_HOST must be >= 0"),
+        ({"HOST_MAX_ENGINES": "-1"}, "HOST_MAX_ENGINES must be >= 0, got '-1'"),
+        ({"HOST_MAX_ENGINES": "few"}, "HOST_MAX_ENGINES must be an integer, got 'few'"),
+        (
+            {"HOST_MAX_ENGINES": "2", "MIN_REPLICAS_PER_HOST": "3"},
+            "MIN_REPLICAS_PER_HOST (3) must not exceed HOST_MAX_ENGINES (2)",
+        ),
     ],
 )
 def test_invalid_values_name_the_variable(env, message):

@@ -175,3 +175,24 @@ async def test_a_started_member_is_in_the_snapshot_of_anyone_who_starts_watching
         seen = await asyncio.gather(*(pair(round_ * 100 + i) for i in range(100)))
         missed = [i for i, ok in enumerate(seen) if not ok]
         assert missed == [], f"round {round_}: observers that started after the member did not list it: {missed}"
+
+
+async def test_members_say_which_host_they_act_for_and_older_beats_without_one_still_count(bus):
+    await write_beat(bus, "old-version", time.time())  # a beat of before host ids: a member, of no host
+    a = Membership(bus, GROUP, "a", 30.0, host_id="host-a")
+    await a.start()
+    b = Membership(bus, GROUP, "b", 30.0, host_id="host-b")
+    await b.start()
+    stop_a = asyncio.Event()
+    run_a = asyncio.create_task(a.run(stop_a))
+    try:
+        assert b.members == ("a", "b", "old-version")
+        assert b.host_ids() == {"host-a", "host-b"}
+        stop_a.set()
+        await run_a
+        await a.stop()
+        await wait_until(lambda: b.host_ids() == {"host-b"}, timeout=5, what="b drops host-a with its member")
+    finally:
+        stop_a.set()
+        await run_a
+        await b.stop()

@@ -121,7 +121,9 @@
     cells.used = td("Last used").appendChild(el("span", "ago"));
     cells.cache = td("Cache cleaned", "num");
     cells.cleaned = td("Last clean").appendChild(el("span", "ago"));
-    cells.addr = td("Address").appendChild(el("span", "addr"));
+    const addrCell = td("Address");
+    cells.addr = addrCell.appendChild(el("span", "addr"));
+    cells.hostId = addrCell.appendChild(el("span", "minor host-id"));  // the host it runs on (HOST_ID)
     return { tr, cells };
   }
 
@@ -158,12 +160,14 @@
     setText(cells.cache, formatBytes(engine.cache_size_bytes));
     setAgo(cells.cleaned, engine.last_cache_cleanup);
     setText(cells.addr, `${engine.host}:${engine.port}`);
+    setText(cells.hostId, engine.host_id ? `on ${engine.host_id}` : "");
   }
 
   function visible(engine) {
     if (state.filter !== "all" && (engine.health_status || "unknown") !== state.filter) return false;
     if (!state.query) return true;
-    const haystack = `${engine.container_name} ${engine.container_id} ${engine.host}:${engine.port}`.toLowerCase();
+    const haystack =
+      `${engine.container_name} ${engine.container_id} ${engine.host}:${engine.port} ${engine.host_id || ""}`.toLowerCase();
     return haystack.includes(state.query);
   }
 
