@@ -131,8 +131,8 @@ class Membership:
     async def start(self, timeout_s: float = 10.0) -> None:
         """Announce this member and wait for the current member list."""
         if not self.watch_only:
-            # Acknowledged, so the beat is stored before anyone who starts watching after us syncs;
-            # a core publish may still be on its way into the stream when their snapshot is taken.
+            # Acknowledged: stored before `start` returns, so whoever starts watching after us finds
+            # it among the stored entries (a core publish may still be on its way into the stream).
             await self._heartbeat(acknowledged=True)
         await self._restart_watch()
         await asyncio.wait_for(self._ready.wait(), timeout_s)
@@ -228,8 +228,12 @@ class Membership:
             if self._stopped:
                 return
             self._synced = False
+            # Entries stored before the watch began are judged by their age even when nats-py hands
+            # them over after its end-of-snapshot marker (its "nothing pending" check can run before
+            # the values already on their way are delivered); only later ones are live beats.
+            stored_until = (await self.bus.js.stream_info(self.bus.leases._stream)).state.last_seq
             self._watcher = await self.bus.leases.watch(f"members.{self.group}.>")
-            self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher))
+            self._task = asyncio.get_running_loop().create_task(self._follow(self._watcher, stored_until))
 
     async def _stop_watch(self) -> None:
         task, watcher = self._task, self._watcher
@@ -243,7 +247,7 @@ class Membership:
             except Exception as exc:  # the subscription may have gone with the old connection
                 log.debug("stopping membership watch: %s", exc)
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
+    async def _follow(self, watcher: KeyValue.KeyWatcher, stored_until: int) -> None:
         snapshot = True
         async for entry in watcher:
             if entry is None:
@@ -253,9 +257,9 @@ class Membership:
                 self._ready.set()
                 self._refresh()
                 continue
-            self._on_entry(entry, snapshot)
+            self._on_entry(entry, snapshot, stored=snapshot or (entry.revision or 0) <= stored_until)
 
-    def _on_entry(self, entry: KeyValue.Entry, snapshot: bool) -> None:
+    def _on_entry(self, entry: KeyValue.Entry, snapshot: bool, stored: bool) -> None:
         member = entry.key.rsplit(".", 1)[-1]
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self._seen.pop(member, None)
@@ -269,7 +273,7 @@ class Membership:
             if beat.leaving:
                 self._seen.pop(member, None)
             else:
-                sent = self._sent_at(entry, beat, snapshot)
+                sent = self._sent_at(entry, beat, stored)
                 if sent is None and member != self.me:
                     # Written longer than a TTL ago: a replica of an earlier run, whatever the key's presence says.
                     log.info(
@@ -287,7 +291,7 @@ class Membership:
         if not snapshot:
             self._refresh()
 
-    def _sent_at(self, entry: KeyValue.Entry, beat: Heartbeat, snapshot: bool) -> float | None:
+    def _sent_at(self, entry: KeyValue.Entry, beat: Heartbeat, stored: bool) -> float | None:
         """When a heartbeat was sent, on our monotonic clock; None if that is a TTL ago or more.
 
         Live beats count from their arrival. Stored ones (a snapshot) may be old: their age
@@ -295,7 +299,7 @@ class Membership:
         at worst hide a live member until its next beat, a third of an interval away).
         """
         now = self._clock()
-        if not snapshot:
+        if not stored:
             return now
         wall = time.time()
         created = cast("datetime | None", entry.created)  # nats-py annotates it int, but sets the message's datetime
