@@ -200,6 +200,8 @@ class StreamFollower:
                 if not failing:  # once per outage, not every poll
                     log.warning("%s: read failed (%s); retrying every %gs", self.stream, describe(exc), self.poll_s)
                 failing = True
+            except Exception:  # a bug in a delivery callback: say so loudly, keep following
+                log.exception("%s: delivering a message failed", self.stream)
             await asyncio.sleep(self.poll_s)
 
     def start(self) -> None:

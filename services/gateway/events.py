@@ -96,6 +96,9 @@ class EventLog:
         self.listeners: list[Callable[[FleetEvent], None]] = []
         self._ids: set[str] = set()
         self._health: dict[str, str] = {}  # container_id → the health status last seen in its record
+        self._names: dict[str, str] = {}  # container_id → name, of the engines listed now
+        # ... and of the last EVENTS_KEPT removed: their events are read up to a poll after the record went.
+        self._gone: dict[str, str] = {}
         self._demand_sub: object | None = None
         self._follower = StreamFollower(fleet.bus.nc, names.EVENTS_STREAM, SHOWN_SUBJECTS, self._on_event)
         metrics.observers.append(self._observe)
@@ -137,8 +140,8 @@ class EventLog:
         except msgspec.DecodeError:
             return  # the state-keeper counts and logs malformed events
         container_id = getattr(event, "container_id", None)
-        item = self.fleet.engines.get(container_id) if container_id else None
-        name = item.value.container_name if item else getattr(event, "container_name", None)
+        known = self._names.get(container_id) or self._gone.get(container_id) if container_id else None
+        name = known or getattr(event, "container_name", None)
         described = describe_event(stored.subject, event, stored.at, name, f"{stored.subject}.{stored.seq}")
         if described is not None:
             self.add(described)
@@ -154,8 +157,15 @@ class EventLog:
     def _on_engine(self, key: str, record: EngineRecord | None) -> None:
         if record is None:
             self._health.pop(key, None)
+            name = self._names.pop(key, None)
+            if name is not None:
+                self._gone[key] = name
+                if len(self._gone) > EVENTS_KEPT:
+                    del self._gone[next(iter(self._gone))]
             self.probes.pop(key, None)
             return
+        self._names[key] = record.container_name
+        self._gone.pop(key, None)
         before = self._health.get(key)
         self._health[key] = record.health_status
         if before == record.health_status or (before is None and record.health_status == "unknown"):
