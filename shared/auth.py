@@ -6,8 +6,8 @@ each subject), so asyncapi.yaml and the server's permissions cannot drift
 apart, plus the JetStream and KV subjects nats-py really sends for what the
 role does (NATS-SECURITY.md). Everything is an allow list; a deny list repeats
 what only `admin` may do (create, change or delete streams, buckets and
-durable consumers; touch ACE_EVENTS' consumers) so a broad allow added later
-cannot open it by accident.
+durable consumers; create any consumer on ACE_EVENTS or ACE_HISTORY, delete
+one on ACE_EVENTS) so a broad allow added later cannot open it by accident.
 
 Replies travel on private inboxes: a client's inbox prefix is `_INBOX_<its
 public key>`, and only that key may subscribe under it, so no client reads
@@ -17,9 +17,12 @@ Known hole (nats-server issue 8274): a KV watch needs the bare
 `$JS.API.CONSUMER.CREATE.KV_<bucket>` grant, and whoever holds it can give a
 consumer any push `deliver_subject`; measured here, values delivered to an
 event subject are captured by ACE_EVENTS, so a reader of a bucket can replay
-its values as events. Only roles that read the bucket get the grant, and no
-role but admin gets any consumer creation on ACE_EVENTS; closing the path
-needs the streams in an account of their own (README, "Known limit").
+its values as events. Only roles that read the bucket get the grant. No role
+but admin may create any consumer on ACE_EVENTS or ACE_HISTORY: the gateway,
+which replays and follows both, reads them by batched direct gets
+(`DIRECT_READS`, shared/stream_read.py), whose answers go only to its own
+inbox. Closing the KV path needs the buckets in an account of their own
+(README, "Known limit").
 """
 
 from __future__ import annotations
@@ -77,10 +80,10 @@ WRITES: dict[str, tuple[tuple[str, str], ...]] = {
         (names.LEASES_BUCKET, f"{names.STARTS_PREFIX}.>"),  # its host's engines being started (provisioner/starts.py)
     ),
 }
-# Streams a role follows with its own ordered consumer: the gateway's events page replays ACE_EVENTS and
-# its history follows ACE_HISTORY. Such a grant carries the deliver-subject hole (see the module's
-# docstring) for that stream; the gateway already publishes most event kinds through its HTTP API.
-FOLLOWS: dict[str, tuple[str, ...]] = {
+# Streams a role reads by batched direct gets (shared/stream_read.py), never by a consumer of its own:
+# the gateway's events page replays and follows ACE_EVENTS, its history ACE_HISTORY. A direct get answers
+# only on the requester's inbox, so it opens no deliver-subject hole (see the module's docstring).
+DIRECT_READS: dict[str, tuple[str, ...]] = {
     "gateway": (names.EVENTS_STREAM, names.HISTORY_STREAM),
 }
 # What only admin may do, denied to every other role whatever its allow list says.
@@ -94,6 +97,8 @@ ADMIN_ONLY = (
     f"$JS.API.CONSUMER.CREATE.{names.EVENTS_STREAM}",
     f"$JS.API.CONSUMER.CREATE.{names.EVENTS_STREAM}.>",
     f"$JS.API.CONSUMER.DELETE.{names.EVENTS_STREAM}.>",
+    f"$JS.API.CONSUMER.CREATE.{names.HISTORY_STREAM}",
+    f"$JS.API.CONSUMER.CREATE.{names.HISTORY_STREAM}.>",
 )
 
 
@@ -144,14 +149,10 @@ def _events_consumer() -> tuple[str, ...]:
     )
 
 
-def follow(stream: str) -> tuple[str, ...]:
-    """What nats-py sends to follow a stream with an ordered consumer (created bare, left to expire:
-    deleting consumers on ACE_EVENTS stays admin's, so the state-keeper's durable is safe)."""
-    return (
-        f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.INFO.{stream}.*",
-        f"$JS.FC.{stream}.>",
-    )
+def direct_read(stream: str) -> tuple[str, ...]:
+    """What shared.stream_read sends to read a stream: batched direct gets with the request in the body
+    (the answers come to the role's own inbox)."""
+    return (f"$JS.API.DIRECT.GET.{stream}",)
 
 
 def _micro(service: str) -> tuple[str, ...]:
@@ -192,8 +193,7 @@ def grants(role: str, public_key: str) -> Grants:
     publish.extend(f"$JS.API.STREAM.INFO.{stream}" for stream in LAYOUT)
     for bucket in READS.get(role, ()):
         publish.extend(kv_read(bucket))
-    followed = [subject for stream in FOLLOWS.get(role, ()) for subject in follow(stream)]
-    publish.extend(followed)
+    publish.extend(subject for stream in DIRECT_READS.get(role, ()) for subject in direct_read(stream))
     publish.extend(f"$KV.{bucket}.{keys}" for bucket, keys in WRITES.get(role, ()))
     if role == "state-keeper":
         publish.extend(_events_consumer())
@@ -206,7 +206,7 @@ def grants(role: str, public_key: str) -> Grants:
     return Grants(
         publish=tuple(dict.fromkeys(publish)),
         subscribe=(inbox, *dict.fromkeys(subscribe)),
-        deny_publish=tuple(subject for subject in ADMIN_ONLY if subject not in followed),
+        deny_publish=ADMIN_ONLY,
         allow_responses=serves,
     )
 

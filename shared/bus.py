@@ -280,6 +280,7 @@ def events_stream_config(config: Config) -> api.StreamConfig:
         max_age=EVENTS_MAX_AGE_S,
         duplicate_window=DUPLICATE_WINDOW_S,
         num_replicas=config.nats_replicas,
+        allow_direct=True,  # the gateway reads it by direct gets (shared/stream_read.py), not a consumer
     )
 
 
@@ -294,6 +295,7 @@ def history_stream_config(config: Config) -> api.StreamConfig:
         max_age=config.history_max_age_h * 3600,
         duplicate_window=min(DUPLICATE_WINDOW_S, config.history_max_age_h * 3600),
         num_replicas=config.nats_replicas,
+        allow_direct=True,  # read by direct gets, as ACE_EVENTS
     )
 
 
@@ -351,12 +353,16 @@ async def _ensure_layout_retrying(nc: Client, js: JetStreamContext, config: Conf
 
 
 async def _require_layout(nc: Client, js: JetStreamContext, config: Config, identity: Identity) -> None:
-    """A role other than admin binds to the stream and buckets: missing ones are an error saying who
-    creates them (it may not, and must not quietly run without them)."""
+    """A role other than admin binds to the stream and buckets: missing ones (or ones made before the
+    streams it reads by direct get had `allow_direct`) are an error saying who creates them (it may
+    not, and must not quietly run without them)."""
     missing = []
+    outdated = []
     for stream in auth.LAYOUT:
         try:
-            await js.stream_info(stream)
+            info = await js.stream_info(stream)
+            if stream in auth.DIRECT_READS.get(identity.role, ()) and not info.config.allow_direct:
+                outdated.append(stream)
         except NotFoundError:
             missing.append(stream)
         except nats.errors.TimeoutError:
@@ -370,6 +376,13 @@ async def _require_layout(nc: Client, js: JetStreamContext, config: Config, iden
         raise BusError(
             f"{', '.join(missing)} missing on {config.nats_url}: with a role key ({identity.role or identity.public_key}) "
             "services bind to the layout admin made and never create it; run `aceorch setup` (admin key) first"
+        )
+    if outdated:
+        await nc.close()
+        raise BusError(
+            f"{', '.join(outdated)} on {config.nats_url} answer no direct gets (allow_direct is off: made by an "
+            f"older version), and the role {identity.role} reads them that way; run `aceorch setup` (admin key) "
+            "to update the layout"
         )
 
 

@@ -2,8 +2,9 @@
 
 Three sources, each said in words by shared/policy/narrate.py:
 - ACE_EVENTS (registrations, removals, cleans, stream starts and ends), replayed
-  for the last EVENTS_REPLAY_S at start and followed live by an ordered
-  consumer — not the health observations: thousands a minute, mostly "still fine";
+  for the last EVENTS_REPLAY_S at start and followed live, both by batched direct
+  gets (shared/stream_read.py: no consumer, so the gateway needs no consumer grant
+  on ACE_EVENTS) — not the health observations: thousands a minute, mostly "still fine";
 - health flips, from the engine records' changes (the state-keeper decides a
   flip, the gateway sees the record change); at start, each record's current
   verdict is listed at its `health_since`, so a restart keeps the last flip;
@@ -25,7 +26,6 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api
 
 from services.gateway.fleet import Fleet
 from services.gateway.metrics import Metrics
@@ -41,6 +41,7 @@ from shared.schemas import (
     decoder,
     utcnow,
 )
+from shared.stream_read import Stored, StreamFollower
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +96,11 @@ class EventLog:
         self.listeners: list[Callable[[FleetEvent], None]] = []
         self._ids: set[str] = set()
         self._health: dict[str, str] = {}  # container_id → the health status last seen in its record
-        self._sub: object | None = None
+        self._names: dict[str, str] = {}  # container_id → name, of the engines listed now
+        # ... and of the last EVENTS_KEPT removed: their events are read up to a poll after the record went.
+        self._gone: dict[str, str] = {}
         self._demand_sub: object | None = None
-        self._last_seq = 0
+        self._follower = StreamFollower(fleet.bus.nc, names.EVENTS_STREAM, SHOWN_SUBJECTS, self._on_event)
         metrics.observers.append(self._observe)
         fleet.engines.listeners.append(self._on_engine)
 
@@ -116,55 +119,30 @@ class EventLog:
     async def start(self) -> None:
         for key, item in self.fleet.engines.items().items():
             self._on_engine(key, item.value)
-        await self._follow()
+        self._follower.since = utcnow() - timedelta(seconds=EVENTS_REPLAY_S)
+        self._follower.start()
         self._demand_sub = await self.fleet.bus.nc.subscribe(names.ENGINE_DEMAND, cb=self._on_demand)
-        self.fleet.bus.on_reconnect(self._follow)
 
     async def stop(self) -> None:
-        for sub in (self._sub, self._demand_sub):
-            if sub is not None:
-                try:
-                    await sub.unsubscribe()  # type: ignore[attr-defined]
-                except nats.errors.Error:
-                    pass
-
-    async def _follow(self) -> None:
-        if self._sub is not None:
+        await self._follower.stop()
+        if self._demand_sub is not None:
             try:
-                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+                await self._demand_sub.unsubscribe()  # type: ignore[attr-defined]
             except nats.errors.Error:
                 pass
-        if self._last_seq:
-            config = api.ConsumerConfig(
-                filter_subjects=SHOWN_SUBJECTS,
-                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self._last_seq + 1,
-            )
-        else:
-            since = utcnow() - timedelta(seconds=EVENTS_REPLAY_S)
-            config = api.ConsumerConfig(
-                filter_subjects=SHOWN_SUBJECTS,
-                deliver_policy=api.DeliverPolicy.BY_START_TIME,
-                opt_start_time=since,
-            )
-        self._sub = await self.fleet.bus.js.subscribe(
-            names.EVENT_SUBJECTS[0], stream=names.EVENTS_STREAM, cb=self._on_event, ordered_consumer=True, config=config
-        )
 
-    async def _on_event(self, msg: Msg) -> None:
-        meta = msg.metadata
-        self._last_seq = max(self._last_seq, meta.sequence.stream)
-        decode = EVENT_DECODERS.get(msg.subject)
+    def _on_event(self, stored: Stored) -> None:
+        decode = EVENT_DECODERS.get(stored.subject)
         if decode is None:
             return
         try:
-            event = decode(msg.data)
+            event = decode(stored.data)
         except msgspec.DecodeError:
             return  # the state-keeper counts and logs malformed events
         container_id = getattr(event, "container_id", None)
-        item = self.fleet.engines.get(container_id) if container_id else None
-        name = item.value.container_name if item else getattr(event, "container_name", None)
-        described = describe_event(msg.subject, event, meta.timestamp, name, f"{msg.subject}.{meta.sequence.stream}")
+        known = self._names.get(container_id) or self._gone.get(container_id) if container_id else None
+        name = known or getattr(event, "container_name", None)
+        described = describe_event(stored.subject, event, stored.at, name, f"{stored.subject}.{stored.seq}")
         if described is not None:
             self.add(described)
 
@@ -179,8 +157,15 @@ class EventLog:
     def _on_engine(self, key: str, record: EngineRecord | None) -> None:
         if record is None:
             self._health.pop(key, None)
+            name = self._names.pop(key, None)
+            if name is not None:
+                self._gone[key] = name
+                if len(self._gone) > EVENTS_KEPT:
+                    del self._gone[next(iter(self._gone))]
             self.probes.pop(key, None)
             return
+        self._names[key] = record.container_name
+        self._gone.pop(key, None)
         before = self._health.get(key)
         self._health[key] = record.health_status
         if before == record.health_status or (before is None and record.health_status == "unknown"):

@@ -10,10 +10,11 @@ writing, and that interval's sample is then lost (a CI run saw it); racing
 with the write itself costs the same one message per replica per interval and
 loses nothing while one replica lives.
 
-Each replica keeps the samples of the last HISTORY_MAX_AGE_H in memory, fed by
-an ordered consumer on ACE_HISTORY from its first message: a restarted gateway
-gets the history back from the stream, and every replica sees every sample
-live (for /api/live) whichever replica wrote it.
+Each replica keeps the samples of the last HISTORY_MAX_AGE_H in memory, read
+from ACE_HISTORY's first message on and then followed live by batched direct
+gets (shared/stream_read.py: no consumer, so the gateway needs no consumer grant
+on the stream): a restarted gateway gets the history back from the stream, and
+every replica sees every sample live (for /api/live) whichever replica wrote it.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from datetime import datetime
 
 import msgspec
 import nats.errors
-from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.errors import Error as JsError
 
 from services.gateway.fleet import Fleet
@@ -38,6 +37,7 @@ from shared.errors import describe
 from shared.lease import epoch_of, sleep_to_next_epoch
 from shared.policy.history import downsample, expired, per_second, sample_of
 from shared.schemas import EngineHealth, HistoryPoint, HistorySample, decode_sample, encode, utcnow
+from shared.stream_read import POLL_S, Stored, StreamFollower
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,10 @@ class History:
         self._latencies: list[float] = []
         self._previous: tuple[Counter[str], float] | None = None
         self._reading: asyncio.Task[tuple[Counter[str], float] | None] | None = None
-        self._sub: object | None = None
-        self._last_seq = 0
+        # Polled at least twice an interval, so a sample shows well before the next one is due.
+        self._follower = StreamFollower(
+            fleet.bus.nc, names.HISTORY_STREAM, [names.HISTORY_SAMPLE], self._on_sample, min(POLL_S, interval_s / 2)
+        )
         metrics.observers.append(self._observe)
 
     # ------------------------------------------------------------ reading
@@ -76,42 +78,19 @@ class History:
             del self.samples[at]
 
     async def start(self) -> None:
-        await self._follow()
-        self.fleet.bus.on_reconnect(self._follow)
+        self._follower.start()
 
     async def stop(self) -> None:
         if self._reading is not None:
             self._reading.cancel()
-        await self._unsubscribe()
+        await self._follower.stop()
 
-    async def _follow(self) -> None:
-        """(Re)start the ordered consumer after the last sample seen: after a NATS restart the old
-        consumer is gone and would stay silent."""
-        await self._unsubscribe()
-        start = self._last_seq + 1
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if self._last_seq else api.DeliverPolicy.ALL,
-            opt_start_seq=start if self._last_seq else None,
-        )
-        self._sub = await self.fleet.bus.js.subscribe(
-            names.HISTORY_SAMPLE, stream=names.HISTORY_STREAM, cb=self._on_sample, ordered_consumer=True, config=config
-        )
-
-    async def _unsubscribe(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()  # type: ignore[attr-defined]
-            except nats.errors.Error:
-                pass
-
-    async def _on_sample(self, msg: Msg) -> None:
-        self._last_seq = max(self._last_seq, msg.metadata.sequence.stream)
+    def _on_sample(self, stored: Stored) -> None:
         try:
-            sample = decode_sample(msg.data)
+            sample = decode_sample(stored.data)
         except msgspec.DecodeError as exc:
             self.undecodable += 1
-            log.warning("history: undecodable sample at sequence %d: %s", msg.metadata.sequence.stream, exc)
+            log.warning("history: undecodable sample at sequence %d: %s", stored.seq, exc)
             return
         self.remember(sample)
 

@@ -57,3 +57,24 @@ async def test_a_denied_publish_is_logged_in_words(tmp_path, processes, caplog):
     finally:
         await bus.close()
     assert "role proxy" in line and "engine.health" in line and "only prober may publish" in line
+
+
+async def test_a_layout_made_before_direct_gets_stops_the_gateway_until_setup_updates_it(tmp_path, processes):
+    """The gateway reads ACE_EVENTS and ACE_HISTORY by direct get: on streams made without `allow_direct`
+    (an older layout) it says to run setup, other roles bind as before, and `aceorch setup` fixes it."""
+    server, keys = start_auth_server(tmp_path, processes)
+    await create_layout(server.url, keys)
+    admin = await connect(role_config(server.url, keys, auth.ADMIN), "admin")
+    try:
+        for stream in (names.EVENTS_STREAM, names.HISTORY_STREAM):
+            old = (await admin.js.stream_info(stream)).config
+            old.allow_direct = False
+            await admin.js.update_stream(old)
+    finally:
+        await admin.close()
+    with pytest.raises(BusError, match="aceorch setup") as outdated:
+        await connect(role_config(server.url, keys, "gateway"), "gateway")
+    assert names.EVENTS_STREAM in str(outdated.value) and names.HISTORY_STREAM in str(outdated.value)
+    await (await connect(role_config(server.url, keys, "prober"), "prober")).close()
+    await create_layout(server.url, keys)
+    await (await connect(role_config(server.url, keys, "gateway"), "gateway")).close()

@@ -37,6 +37,7 @@ from shared.contract import CHANNELS, ENDPOINTS
 from shared.kv import KvView
 from shared.lease import claim_epoch
 from shared.membership import Membership
+from shared.stream_read import read_page
 
 NON_ADMIN = tuple(role for role in auth.ROLES if role != auth.ADMIN)
 DENIAL_WAIT_S = 2.0
@@ -228,8 +229,7 @@ def _admin_only(role: str) -> list[tuple[str, str]]:
     events, durable = names.EVENTS_STREAM, names.EVENTS_CONSUMER
     subjects = [f"$JS.API.STREAM.DELETE.{s}" for s in auth.LAYOUT]
     subjects += [f"$JS.API.STREAM.UPDATE.{events}", "$JS.API.STREAM.CREATE.EVIL", f"$JS.API.STREAM.PURGE.{events}"]
-    if events not in auth.FOLLOWS.get(role, ()):  # the gateway follows the events with an ordered consumer
-        subjects.append(f"$JS.API.CONSUMER.CREATE.{events}")
+    subjects += [f"$JS.API.CONSUMER.CREATE.{stream}" for stream in (events, names.HISTORY_STREAM)]
     subjects += [f"$JS.API.CONSUMER.CREATE.{events}.evil"]
     subjects += [f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.evil", f"$JS.API.CONSUMER.DELETE.{events}.{durable}"]
     return [("publish", subject) for subject in subjects] + [("subscribe", "_INBOX.>"), ("subscribe", ">")]
@@ -302,15 +302,16 @@ async def _streams(admin: RoleClient):
         yield info
 
 
-@pytest.mark.parametrize("role", [role for role in NON_ADMIN if names.EVENTS_STREAM not in auth.FOLLOWS.get(role, ())])
+@pytest.mark.parametrize("role", NON_ADMIN)
 async def test_no_role_but_admin_can_point_a_push_consumer_or_delete_the_layout(server, admin, role):
     """Through nats-py's own API this time: the call fails, and admin sees nothing changed."""
     client = await as_role(server, role)
     js = client.nc.jetstream(timeout=0.5)
     hostile = api.ConsumerConfig(deliver_subject=names.ENGINE_HEALTH, ack_policy=api.AckPolicy.NONE)
     try:
-        with pytest.raises(nats.errors.TimeoutError):
-            await js.add_consumer(names.EVENTS_STREAM, hostile)
+        for stream in (names.EVENTS_STREAM, names.HISTORY_STREAM):
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.add_consumer(stream, hostile)
         with pytest.raises(nats.errors.TimeoutError):
             await js.delete_stream(names.EVENTS_STREAM)
         with pytest.raises(nats.errors.TimeoutError):
@@ -319,6 +320,7 @@ async def test_no_role_but_admin_can_point_a_push_consumer_or_delete_the_layout(
         await client.nc.close()
     admin_js = admin.nc.jetstream()
     assert [c.name for c in await admin_js.consumers_info(names.EVENTS_STREAM)] == [names.EVENTS_CONSUMER]
+    assert await admin_js.consumers_info(names.HISTORY_STREAM) == []
     await admin_js.stream_info(names.EVENTS_STREAM)
     await admin_js.stream_info(f"KV_{names.ENGINES_BUCKET}")
 
@@ -339,17 +341,29 @@ async def test_only_the_state_keeper_writes_records(server, admin, role):
             await (await admin.nc.jetstream().key_value(bucket)).get(f"forged-by-{role}")
 
 
-async def test_the_gateway_follows_the_events_and_its_history_but_cannot_touch_the_durable_or_the_streams(
-    server, admin
-):
-    """The one exception, and its edges: an ordered consumer (what the events page and history replay use)
-    works; a durable, deleting the state-keeper's durable and deleting a stream are still refused."""
+async def test_the_gateway_reads_the_events_and_its_history_by_direct_get_and_creates_no_consumer(server, admin):
+    """What the events page and the history replay use (batched direct gets, answered on the gateway's own
+    inbox) works; an ordered consumer, a durable, deleting the state-keeper's durable or a stream are refused."""
+    admin_js = admin.nc.jetstream()
+    await admin_js.publish(names.ENGINE_CLEANED, b"{}")
+    await admin_js.publish(names.HISTORY_SAMPLE, b"{}")
     client = await as_role(server, "gateway")
     js = client.nc.jetstream(timeout=0.5)
     try:
-        for stream, subject in ((names.EVENTS_STREAM, names.EVENT_SUBJECTS[0]), (names.HISTORY_STREAM, "history.>")):
-            sub = await js.subscribe(subject, stream=stream, ordered_consumer=True)
-            await sub.unsubscribe()
+        followed = ((names.EVENTS_STREAM, names.ENGINE_CLEANED), (names.HISTORY_STREAM, names.HISTORY_SAMPLE))
+        for stream, subject in followed:
+            page = await read_page(client.nc, stream, 1, subject)
+            assert page.messages and {m.subject for m in page.messages} == {subject}
+        assert client.denied == []
+        for stream, subject in followed:
+            with pytest.raises(nats.errors.TimeoutError):
+                await js.subscribe(subject, stream=stream, ordered_consumer=True)
+            refused = f"publish $JS.API.CONSUMER.CREATE.{stream}".lower()
+            await wait_until(
+                lambda: refused in {d.lower() for d in client.denied},  # noqa: B023 (awaited at once)
+                timeout=DENIAL_WAIT_S,
+                what=f"the server's refusal of a consumer on {stream}",
+            )
         with pytest.raises(nats.errors.TimeoutError):
             await js.add_consumer(names.EVENTS_STREAM, api.ConsumerConfig(durable_name="evil"))
         with pytest.raises(nats.errors.TimeoutError):
@@ -358,7 +372,6 @@ async def test_the_gateway_follows_the_events_and_its_history_but_cannot_touch_t
             await js.delete_stream(names.HISTORY_STREAM)
     finally:
         await client.nc.close()
-    admin_js = admin.nc.jetstream()
-    assert names.EVENTS_CONSUMER in [c.name for c in await admin_js.consumers_info(names.EVENTS_STREAM)]
-    assert "evil" not in [c.name for c in await admin_js.consumers_info(names.EVENTS_STREAM)]
+    assert [c.name for c in await admin_js.consumers_info(names.EVENTS_STREAM)] == [names.EVENTS_CONSUMER]
+    assert await admin_js.consumers_info(names.HISTORY_STREAM) == []
     await admin_js.stream_info(names.HISTORY_STREAM)

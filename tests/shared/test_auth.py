@@ -55,7 +55,9 @@ def test_only_admin_creates_changes_or_deletes_the_layout(role):
     events, durable = names.EVENTS_STREAM, names.EVENTS_CONSUMER
     for subject in [
         *(f"$JS.API.STREAM.{verb}.{stream}" for verb in ("CREATE", "UPDATE", "DELETE") for stream in _streams()),
-        *([] if events in auth.FOLLOWS.get(role, ()) else [f"$JS.API.CONSUMER.CREATE.{events}"]),
+        f"$JS.API.CONSUMER.CREATE.{events}",
+        f"$JS.API.CONSUMER.CREATE.{names.HISTORY_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{names.HISTORY_STREAM}.x.engine.health",
         f"$JS.API.CONSUMER.CREATE.{events}.{durable}",
         f"$JS.API.CONSUMER.CREATE.{events}.x.engine.health",
         f"$JS.API.CONSUMER.DURABLE.CREATE.{events}.{durable}",
@@ -68,12 +70,13 @@ def test_only_admin_creates_changes_or_deletes_the_layout(role):
     assert auth.permits(admin, "publish", f"$JS.API.STREAM.DELETE.{events}")
 
 
-def test_only_the_gateway_follows_the_events_and_the_history_with_an_ordered_consumer():
+def test_only_the_gateway_reads_the_events_and_the_history_and_only_by_direct_get():
     for role in NON_ADMIN:
         granted = auth.grants(role, KEY)
         for stream in (names.EVENTS_STREAM, names.HISTORY_STREAM):
-            follows = auth.permits(granted, "publish", f"$JS.API.CONSUMER.CREATE.{stream}")
-            assert follows is (role == "gateway"), (role, stream)
+            reads = auth.permits(granted, "publish", f"$JS.API.DIRECT.GET.{stream}")
+            assert reads is (role == "gateway"), (role, stream)
+            assert not auth.permits(granted, "publish", f"$JS.API.CONSUMER.CREATE.{stream}"), (role, stream)
 
 
 def _streams() -> list[str]:
