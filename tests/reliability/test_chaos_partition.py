@@ -335,7 +335,7 @@ async def test_a_cut_off_host_does_no_harm_and_the_fleet_converges_after_healing
             await wait_until(lambda: _stream_leader(fleet) not in (None, via), timeout=15, what="a new leader")
             leader = await wait_until(lambda: _stream_leader(fleet), timeout=30, what="the stream leader")
         assert leader != via, f"the stream leader stays on {via}, the node the load uses"
-        cuts.append(await _cut_and_heal(fleet, watch, leader, "the stream leader's host", then_current=False))
+        cuts.append(await _cut_and_heal(fleet, watch, leader, "the stream leader's host"))
 
         (load / "stop").touch()
         await wait_until(lambda: (load / "result.json").exists(), timeout=120, what="the load's result")
