@@ -141,7 +141,8 @@ def _partition(f: dict) -> str:
         )
         return (
             f"{c['role']} ({c['host']}, {len(c['engines'])} engine(s)) cut {c['cut_s']} s: out of selection after "
-            f"{c['out_of_selection_after_s']} s, selections naming them later than the bound + one election: "
+            f"{c['out_of_selection_after_s']} s, selections naming them later than the bound after the stream takes "
+            f"events again (+1 s): "
             f"**{c['selections_naming_it_after_bound']}**, events acked again after {c['events_acked_again_after_s']} s, "
             f"{replaced}, engines its agents stopped while cut: **{len(c['removed_while_cut'])}**; after healing records "
             f"converged in {c['records_converged_after_heal_s']} s{current}"
@@ -150,8 +151,9 @@ def _partition(f: dict) -> str:
     return (
         f"{_events(f)}; duplicate records **{f['duplicate_records']}**; "
         + "; ".join(cut(c) for c in f["cuts"])
-        + f"; longest engine without a record {f['engine_without_record_s']} s, record without an engine "
-        f"{f['record_without_engine_s']} s (asserted ≤ 1 sweep + one election + 1 s); selections failed "
+        + f"; longest engine without a record **{f['engine_without_record_s']} s** (asserted ≤ 1 sweep + 1 s); observed: "
+        f"longest record without an engine {f['record_without_engine_s']} s (its engine.removed waits for the stream); "
+        f"selections failed "
         f"{f['selections_failed']} (retried), outages {f['selection_outages_s']} s"
     )
 
