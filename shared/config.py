@@ -92,6 +92,13 @@ def _url(name: str, raw: str) -> str:
     return raw
 
 
+def _address(name: str, raw: str) -> str:
+    """One IP address or host name, without a port or scheme (what a listening socket binds)."""
+    if not re.fullmatch(r"[A-Za-z0-9._-]+|[0-9A-Fa-f.]*(:[0-9A-Fa-f.]*){2,}", raw):  # IPv6: 2+ colons
+        raise ConfigError(f"{name} must be an IP address or host name without port or scheme, got {raw!r}")
+    return raw
+
+
 def default_host_id() -> str:
     """The machine's host name as a HOST_ID: what `_label_value` accepts, cut to 63 characters."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname()).lstrip("_.-")[:63]
@@ -140,6 +147,7 @@ class Config:
     engine_start_timeout_s: float = 60.0
     engine_memory_limit: str = ""
     engine_state_dir: str = "data/engines"
+    engine_host: str = "127.0.0.1"  # local runtime: the address its engines listen on and are recorded at
     provision_concurrency: int = 4
     engine_pool: str = "default"
     docker_network: str = ""
@@ -209,6 +217,7 @@ PARSERS: dict[str, Callable[[str, str], Any]] = {
     "engine_start_timeout_s": POSITIVE_FLOAT,
     "engine_memory_limit": _text,
     "engine_state_dir": _text,
+    "engine_host": _address,
     "provision_concurrency": POSITIVE_INT,
     "engine_pool": _label_value,
     "docker_network": _text,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,41 @@ SHIPPED = ROOT / "deploy" / "nats"
 INCLUDED = ("cluster-auth.conf", "cluster-route-tls.conf")
 # The shipped configs' ports, per node: client, route, monitor.
 SHIPPED_PORTS = [(4222, 6222, 8222), (4223, 6223, 8223), (4224, 6224, 8224)]
+
+
+def make_keys(keys: Path, tls_hosts: Sequence[str] = ()) -> None:
+    """`aceorch auth init KEYS --tls`: role keys, grants, certificates (for `tls_hosts`, else loopback)."""
+    hosts = [argument for host in tls_hosts for argument in ("--tls-host", host)]
+    made = subprocess.run(
+        [sys.executable, "-m", "services.cli", "auth", "init", str(keys), "--tls", *hosts],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+
+
+def copy_shipped(
+    workdir: Path,
+    names: Sequence[str],
+    moved: Mapping[str, str] | None = None,
+    data: Path | None = None,
+    as_name: str = "",
+) -> Path:
+    """Shipped configs `names` copied into WORKDIR/nats with /etc/nats-auth at WORKDIR/nats-auth (where
+    their relative include of the grants lands anyway), /data at `data` (WORKDIR/data) and the
+    addresses in `moved` changed; the last one written as `as_name` on request. The last copy's path."""
+    configs = workdir / "nats"
+    configs.mkdir(exist_ok=True)
+    moved = {"/etc/nats-auth": str(workdir / "nats-auth"), '"/data': f'"{data or workdir / "data"}', **(moved or {})}
+    for name in names:
+        text = (SHIPPED / name).read_text()
+        for old, new in moved.items():
+            text = text.replace(old, new)
+        assert "/etc/nats-auth" not in text and '"/data/' not in text, f"{name}: an address left unmoved"
+        path = configs / (as_name if as_name and name == names[-1] else name)
+        path.write_text(text)
+    return path
 
 
 class Cluster:
@@ -46,26 +82,14 @@ class Cluster:
         processes.keys, processes.tls = self.keys, self.keys / "tls"
 
     def _make_keys(self) -> None:
-        made = subprocess.run(
-            [sys.executable, "-m", "services.cli", "auth", "init", str(self.keys), "--tls"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert made.returncode == 0, made.stderr
+        make_keys(self.keys)
 
     def _write_configs(self) -> None:
-        configs = self.workdir / "nats"
-        configs.mkdir()
-        moved = {"/etc/nats-auth": str(self.keys), '"/data/': f'"{self.workdir / "data"}/'}
+        moved = {}
         for shipped, ours in zip(SHIPPED_PORTS, self.ports, strict=True):
             moved |= {f"127.0.0.1:{a}": f"127.0.0.1:{b}" for a, b in zip(shipped, ours, strict=True)}
-        for name in (*INCLUDED, *(f"cluster-{number}.conf" for number in range(1, len(self.names) + 1))):
-            text = (SHIPPED / name).read_text()
-            for old, new in moved.items():
-                text = text.replace(old, new)
-            assert "/etc/nats-auth" not in text and '"/data/' not in text, f"{name}: an address left unmoved"
-            (configs / name).write_text(text)
+        names = (*INCLUDED, *(f"cluster-{number}.conf" for number in range(1, len(self.names) + 1)))
+        copy_shipped(self.workdir, names, moved)
 
     @property
     def url(self) -> str:

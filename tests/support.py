@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -168,14 +168,16 @@ class Processes:
         self.started.append(proc)
         return proc
 
-    def service(self, module: str, env: Mapping[str, str]) -> Process:
+    def service(self, module: str, env: Mapping[str, str], prefix: Sequence[str] = ()) -> Process:
+        """`services.<module>` with its role's key (and certificate); run under `prefix` (e.g. `ip netns
+        exec NS`) when given."""
         role = module.replace("_", "-")
         if self.keys is not None and "NATS_NKEY" not in env:
             env = {**env, "NATS_NKEY": str(self.keys / f"{role}.nk")}
         if self.tls is not None and "NATS_TLS_CA" not in env:
             tls = {"NATS_TLS_CA": "ca.pem", "NATS_TLS_CERT": f"{role}.pem", "NATS_TLS_KEY": f"{role}.key"}
             env = {**env, **{name: str(self.tls / file) for name, file in tls.items()}}
-        return self.start(module, [sys.executable, "-m", f"services.{module}"], env)
+        return self.start(module, [*prefix, sys.executable, "-m", f"services.{module}"], env)
 
     def stop_all(self) -> None:
         for proc in reversed(self.started):

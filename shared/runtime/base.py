@@ -112,12 +112,12 @@ def placeholder(container_id: str, runtime: ManagedRuntime, name: str | None = N
     )
 
 
-def port_is_free(port: int) -> bool:
-    """Nothing listens on the loopback port (an engine that is not ours, or another program)."""
-    with socket.socket() as sock:
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Nothing listens on the port at `host` (an engine that is not ours, or another program)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True

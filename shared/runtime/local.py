@@ -1,10 +1,12 @@
 """The `local` runtime: each engine is a child process on this host.
 
-The command comes from `ENGINE_COMMAND`, a template with `{port}`,
+The command comes from `ENGINE_COMMAND`, a template with `{host}`, `{port}`,
 `{cache_dir}` and `{name}` (default: the engine simulator,
-`<python> -m deploy.acesim --port {port} --cache-dir {cache_dir}`). Under
+`<python> -m deploy.acesim --host {host} --port {port} --cache-dir {cache_dir}`).
+`{host}` is `ENGINE_HOST`, the address the engine listens on and is recorded
+at: on many hosts, the one the other hosts reach this host by. Under
 `ENGINE_STATE_DIR` every engine has
-- `<name>.json`: pid, port, name, cache_dir, command, started_at — how a
+- `<name>.json`: pid, port, host, name, cache_dir, command, started_at — how a
   restarted provisioner finds it again;
 - `<name>/cache/`: its own cache directory;
 - `<name>.log`: its output.
@@ -42,7 +44,8 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.config import Config
+from shared.config import Config, default_host_id
+from shared.policy.hosts import key_token
 from shared.policy.naming import free_ports, lowest_free_name, render_command
 from shared.runtime.base import (
     LABEL_SCOPE,
@@ -57,7 +60,9 @@ from shared.runtime.base import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_COMMAND = f"{shlex.quote(sys.executable)} -m deploy.acesim --port {{port}} --cache-dir {{cache_dir}}"
+DEFAULT_COMMAND = (
+    f"{shlex.quote(sys.executable)} -m deploy.acesim --host {{host}} --port {{port}} --cache-dir {{cache_dir}}"
+)
 STOP_TIMEOUT_S = 5.0
 POLL_S = 0.5
 EXEC_WAIT_S = 2.0
@@ -74,10 +79,21 @@ class EngineFile:
     command: str
     started_at: float
     start_time: int | None = None  # /proc/<pid>/stat field 22 at launch: with the pid, the process's identity
+    # Files written before engines had an address of their own: they listen on loopback.
+    host: str = "127.0.0.1"
+    # The id's host part: HOST_ID (as a key token) when it was set at launch. Empty in files written
+    # before, and with the default HOST_ID, so the engines a deployment already runs keep their ids.
+    id_host: str = ""
 
     @property
     def container_id(self) -> str:
-        return f"local-{self.port}"
+        return engine_id(self.port, self.id_host)
+
+
+def engine_id(port: int, id_host: str = "") -> str:
+    """`local-<port>`, or `local-<host>-<port>` where engines of several hosts share one fleet: ports
+    repeat across hosts, ids must not."""
+    return f"local-{id_host}-{port}" if id_host else f"local-{port}"
 
 
 class LocalRuntime:
@@ -89,6 +105,7 @@ class LocalRuntime:
         self._scope = f"local:{socket.gethostname()}:{self._dir}"
         self._children: set[int] = set()  # pids we spawned: we must reap them when they exit
         self._removing: set[int] = set()  # pids being removed through us: not deaths
+        self._id_host = "" if config.host_id == default_host_id() else key_token(config.host_id)
 
     # ------------------------------------------------------------ interface
 
@@ -159,26 +176,33 @@ class LocalRuntime:
         with self._locked():
             live = self._live_files()
             name = lowest_free_name(f.name for f in live)
-            port = self._choose_port({f.port for f in live})
+            host = self._config.engine_host
+            port = self._choose_port({f.port for f in live}, host)
             engine_dir = self._dir / name
             cache_dir = engine_dir / "cache"
             shutil.rmtree(engine_dir, ignore_errors=True)  # a new engine starts with an empty cache
             cache_dir.mkdir(parents=True)
             try:
                 command = render_command(
-                    self._config.engine_command or DEFAULT_COMMAND, port=port, cache_dir=str(cache_dir), name=name
+                    self._config.engine_command or DEFAULT_COMMAND,
+                    host=host,
+                    port=port,
+                    cache_dir=str(cache_dir),
+                    name=name,
                 )
             except ValueError as exc:
                 raise RuntimeFailure(f"local: {exc}") from None
             pid = self._spawn(command, name, port, cache_dir)
             _wait_for_exec(pid)
-            entry = EngineFile(pid, port, name, str(cache_dir), command, time.time(), _start_time(pid))
+            entry = EngineFile(
+                pid, port, name, str(cache_dir), command, time.time(), _start_time(pid), host, self._id_host
+            )
             self._write(entry)
             return entry
 
-    def _choose_port(self, taken: set[int]) -> int:
+    def _choose_port(self, taken: set[int], host: str) -> int:
         for port in free_ports(self._config.engine_port_range, taken):
-            if port_is_free(port):
+            if port_is_free(port, host):
                 return port
         first, last = self._config.engine_port_range
         raise RuntimeFailure(f"local: no free port in ENGINE_PORT_RANGE {first}-{last} ({len(taken)} held by engines)")
@@ -330,7 +354,7 @@ class LocalRuntime:
         return EngineSpec(
             container_id=entry.container_id,
             container_name=entry.name,
-            host="127.0.0.1",
+            host=entry.host,
             port=entry.port,
             runtime=self.kind,
             labels=managed_labels(entry.name, entry.port, self._scope, self._config.engine_pool),

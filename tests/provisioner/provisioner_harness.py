@@ -22,6 +22,7 @@ from pathlib import Path
 from support import Process, base_env, request_json, wait_until
 
 from shared import names
+from shared.runtime.local import engine_id
 from shared.schemas import StreamStarted, encode
 
 PORTS = 20  # each test's ENGINE_PORT_RANGE
@@ -127,12 +128,12 @@ def local_pids(state_dir: Path) -> dict[str, int]:
         except (OSError, ValueError, KeyError):
             continue
         if re.search(rb"(?<![0-9])%d(?![0-9])" % entry["port"], cmdline):
-            found[f"local-{entry['port']}"] = entry["pid"]
+            found[engine_id(entry["port"], entry.get("id_host", ""))] = entry["pid"]
     return found
 
 
 def local_engines(state_dir: Path) -> dict[str, int]:
-    return {cid: int(cid.removeprefix("local-")) for cid in local_pids(state_dir)}
+    return {cid: int(cid.rsplit("-", 1)[1]) for cid in local_pids(state_dir)}
 
 
 # ---------------------------------------------------------------- the system around the provisioner

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -69,7 +70,30 @@ async def test_a_reused_pid_is_never_taken_for_an_engine_nor_killed(tmp_path):
 
 async def test_the_default_command_is_the_simulator_on_this_interpreter():
     assert DEFAULT_COMMAND.startswith(sys.executable)
-    assert "-m deploy.acesim --port {port} --cache-dir {cache_dir}" in DEFAULT_COMMAND
+    assert "-m deploy.acesim --host {host} --port {port} --cache-dir {cache_dir}" in DEFAULT_COMMAND
+
+
+@pytest.mark.parametrize("runtime_tier", ["local"], indirect=True)
+async def test_engines_listen_on_engine_host_and_carry_the_host_id_while_older_ones_keep_their_ids(runtime_tier):
+    # An engine started before ENGINE_HOST and HOST_ID existed: its state file has neither.
+    old = await runtime_tier.make().create()
+    path = Path(old.cache_dir).parent.with_suffix(".json")
+    written_before = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("host", "id_host")}
+    path.write_text(json.dumps(written_before))
+
+    # The same host, now one of many: its own address (another loopback one here) and its HOST_ID.
+    runtime = runtime_tier.make(ENGINE_HOST="127.0.0.2", HOST_ID="rack-2.eu")
+    new = await runtime.create()
+
+    assert (new.host, new.container_id) == ("127.0.0.2", f"local-rack-2_eu-{new.port}")
+    await asyncio.to_thread(wait_for_port, new.port, 10, "127.0.0.2")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", new.port), timeout=1).close()  # not on loopback's usual address
+    listed = {spec.container_id: spec.host for spec in await runtime.list_managed()}
+    assert listed == {old.container_id: "127.0.0.1", new.container_id: "127.0.0.2"}
+    assert old.container_id == f"local-{old.port}"  # what the fleet's records already call it
+    await runtime.remove(placeholder(old.container_id, "local"))
+    assert [spec.container_id for spec in await runtime.list_managed()] == [new.container_id]
 
 
 async def test_a_command_that_cannot_start_names_itself(tmp_path):

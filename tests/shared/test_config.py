@@ -20,6 +20,8 @@ def test_defaults_follow_the_design():
     assert config.unhealthy_replace_after_s == 120 and config.gateway_port == 8000
     assert config.max_clock_skew_s == 30
     assert (config.host_max_engines, config.min_replicas_per_host) == (0, 0)  # one host, no per-host limits
+    assert config.engine_host == "127.0.0.1"
+    assert load_config({"ENGINE_HOST": "10.251.0.2"}).engine_host == "10.251.0.2"
 
 
 def test_the_host_id_defaults_to_the_machines_name_made_a_valid_label(monkeypatch):
@@ -63,6 +65,8 @@ def test_values_are_parsed_by_type():
         ({"MAX_CLOCK_SKEW_S": "-5"}, "MAX_CLOCK_SKEW_S must be >= 0, got '-5'"),
         ({"MAX_CLOCK_SKEW_S": "soon"}, "MAX_CLOCK_SKEW_S must be a number, got 'soon'"),
         ({"HOST_ID": "a b"}, "HOST_ID must be 1-63 letters, digits"),
+        ({"ENGINE_HOST": "10.0.0.1:40000"}, "ENGINE_HOST must be an IP address or host name without port"),
+        ({"ENGINE_HOST": "http://h"}, "ENGINE_HOST must be an IP address or host name without port"),
         ({"MIN_REPLICAS_PER_HOST": "-1"}, "MIN_REPLICAS_PER_HOST must be >= 0"),
         ({"HOST_MAX_ENGINES": "-1"}, "HOST_MAX_ENGINES must be >= 0, got '-1'"),
         ({"HOST_MAX_ENGINES": "few"}, "HOST_MAX_ENGINES must be an integer, got 'few'"),
