@@ -152,3 +152,31 @@ async def test_a_provision_request_taken_by_a_full_host_gets_an_engine_on_the_ho
 
 async def gone(pool, container_id: str) -> bool:
     return await pool.engine(container_id) is None
+
+
+async def test_a_host_below_its_own_floor_gets_an_engine_and_keeps_it_at_the_fleets_floor(pools, tmp_path):  # noqa: F811
+    pool = await pools(
+        MIN_REPLICAS=2,
+        MIN_FREE_REPLICAS=0,
+        MIN_REPLICAS_PER_HOST=1,
+        AUTOSCALE_INTERVAL_S=2,
+        ENGINE_GRACE_PERIOD_S=1,
+    )
+    hosts = {host: host_env(tmp_path, host, FAST) for host in ("host-a", "host-b")}
+    agents = []
+    try:
+        agents.append(pool.service("provisioner", **hosts["host-a"]))
+        await pool.wait_healthy(2)  # alone, host-a holds the fleet's floor
+        agents.append(pool.service("provisioner", **hosts["host-b"]))
+        records = await pool.wait_healthy(3)  # host-b's own floor, though the fleet's is met
+        assert sorted(r["host_id"] for r in records) == ["host-a", "host-a", "host-b"]
+        # The fleet has one engine above its floor, but host-b's reaper may not take host-b's only one.
+        agents.append(pool.service("reaper", **hosts["host-b"]))
+        await pool.sweeps_done("reaper-sweep", 2)
+        assert pool.recorder.of(names.ENGINE_REMOVED) == []
+        assert sorted(r["container_id"] for r in await pool.engines()) == sorted(r["container_id"] for r in records)
+    finally:
+        for agent in reversed(agents):
+            await asyncio.to_thread(agent.stop)
+        for env in hosts.values():
+            await remove_all({**pool.settings, **env})
