@@ -80,6 +80,12 @@ WRITES: dict[str, tuple[tuple[str, str], ...]] = {
         (names.LEASES_BUCKET, f"{names.STARTS_PREFIX}.>"),  # its host's engines being started (provisioner/starts.py)
     ),
 }
+# Request/reply between replicas of one role, outside the contract: a provisioner passes an
+# `engine.provision` on to the host the fleet-wide placement picks, whose provisioners serve it (in micro's
+# queue group) on `engine.provision.host.<host>` (services/provisioner/endpoint.py).
+PEER_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "provisioner": (f"{names.ENGINE_PROVISION_HOST}.*",),
+}
 # Streams a role reads by batched direct gets (shared/stream_read.py), never by a consumer of its own:
 # the gateway's events page replays and follows ACE_EVENTS, its history ACE_HISTORY. A direct get answers
 # only on the requester's inbox, so it opens no deliver-subject hole (see the module's docstring).
@@ -195,6 +201,9 @@ def grants(role: str, public_key: str) -> Grants:
         publish.extend(kv_read(bucket))
     publish.extend(subject for stream in DIRECT_READS.get(role, ()) for subject in direct_read(stream))
     publish.extend(f"$KV.{bucket}.{keys}" for bucket, keys in WRITES.get(role, ()))
+    for subject in PEER_ENDPOINTS.get(role, ()):
+        publish.append(subject)
+        subscribe.append(f"{subject} {MICRO_QUEUE}")
     if role == "state-keeper":
         publish.extend(_events_consumer())
         # Its housekeeping scans delete markers (acked push consumer) and purges them.

@@ -41,6 +41,10 @@ SERVICE_NAME: Final = "state-keeper"
 # The `provisioner` micro service: one engine now, for proxies that ask (the reference's
 # POST /provision/acestream); answered once the engine is registered and healthy.
 ENGINE_PROVISION: Final = "engine.provision"
+# One host's provisioners, `engine.provision.host.<host>` (issue 15): the provisioner that takes an
+# `engine.provision` passes it on here when the fleet-wide placement picks another host. Between
+# provisioners only, so not in the contract.
+ENGINE_PROVISION_HOST: Final = "engine.provision.host"
 PROVISIONER_SERVICE: Final = "provisioner"
 EVENTS_STREAM: Final = "ACE_EVENTS"
 EVENTS_CONSUMER: Final = "state-keeper"

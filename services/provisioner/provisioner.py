@@ -54,7 +54,7 @@ import nats.errors
 from nats.aio.msg import Msg
 
 from services.provisioner import metrics
-from services.provisioner.endpoint import ProvisionEndpoint, Refused
+from services.provisioner.endpoint import BUSY_RETRY_S, Elsewhere, ProvisionEndpoint, Refused
 from services.provisioner.lock import KvLock
 from services.provisioner.starts import RENEW_S, StartsBoard
 from shared import names
@@ -66,7 +66,7 @@ from shared.kv import KvView, wait_for_value
 from shared.lease import claim_epoch, sleep_to_next_epoch
 from shared.membership import Membership, new_member_id
 from shared.policy.engines import effective_state
-from shared.policy.hosts import host_of, key_token
+from shared.policy.hosts import key_token, place
 from shared.policy.pool import PoolPolicy, managed, plan_starts, start_backoff_s
 from shared.policy.provisioning import HEALTHY_WAIT_S, max_replicas_eta_s
 from shared.runtime import EngineSpec, Runtime, RuntimeFailure, make_runtime, placeholder
@@ -91,7 +91,6 @@ READY_POLL_S = 0.25
 PUBLISH_ATTEMPTS = 3
 ADOPT_RETRY_S = 5.0
 EVENTS_RETRY_S = 1.0
-BUSY_RETRY_S = 1.0  # a provision request that found the lock held too long: the holder is nearly done
 RECENT_S = 30.0  # longer than a registration or a removal takes to show in the records
 
 decode_demand = decoder(EngineDemand)
@@ -284,46 +283,55 @@ class Provisioner:
         for spec, started in created:
             self.spawn(self.await_ready(spec, started))
 
-    async def provision_one(self) -> tuple[EngineSpec, bool]:
+    async def provision_one(self, here_only: bool = False) -> tuple[EngineSpec, bool]:
         """One engine now, on a proxy's request (`engine.provision`): (its spec, healthy yet).
 
         Started under the scaling lock like any other, so the ceiling holds across
         replicas; refused (`Refused`) at MAX_REPLICAS, during a start backoff, or when
         it does not start. Returns once the engine answered get_status, is registered
         and (within HEALTHY_WAIT_S) healthy in the records.
+
+        Where it goes is decided fleet-wide, as for the sweep's starts (`hosts.place`): when
+        that is another host, `Elsewhere` names it and the caller passes the request on
+        there. `here_only`: the request was passed on to this host; start it here or refuse.
         """
         backoff = self.not_before - time.monotonic()
-        if backoff > 0:
-            raise Refused(
-                "backoff",
-                f"{self.failures} engine start(s) failed in a row; the next may start in {backoff:.0f}s",
-                backoff,
-            )
+        if backoff > 0 and (here_only or self.live_hosts() == {self.host_id}):
+            raise self.backing_off(backoff)
         async with self.lock.hold(min(LOCK_WAIT_S, self.config.engine_start_timeout_s)) as held:
             if not held:
                 raise Refused("busy", f"{LOCK_KEY} stayed held by another scaling round; ask again", BUSY_RETRY_S)
             records = self.engines.values()
             pool, unregistered = self.census(records, await self.runtime.list_managed())
-            elsewhere = sum((await self.starts.elsewhere({r.container_id for r in records}))[0].values())
-            existing = len(managed(pool)) + unregistered + elsewhere
-            here = sum(1 for r in managed(pool) if host_of(r) == self.host_id) + unregistered
-            if 0 < self.config.host_max_engines <= here:
-                raise Refused(
-                    "max_replicas_reached",
-                    f"this host ({self.host_id}) runs {here} engines ({unregistered} starting), "
-                    f"HOST_MAX_ENGINES is {self.config.host_max_engines}",
-                    max(self.config.autoscale_interval_s, 1.0),
-                )
+            elsewhere, failing = await self.starts.elsewhere({r.container_id for r in records})
+            starting = {**elsewhere, self.host_id: unregistered}
+            existing = len(managed(pool)) + sum(starting.values())
             if existing >= self.policy.max_replicas:
                 eta = max_replicas_eta_s(
                     pool, utcnow(), self.policy, self.config.max_streams_per_engine, self.config.autoscale_interval_s
                 )
                 raise Refused(
                     "max_replicas_reached",
-                    f"the pool holds {existing} engines ({unregistered + elsewhere} starting), "
+                    f"the pool holds {existing} engines ({sum(starting.values())} starting), "
                     f"MAX_REPLICAS is {self.policy.max_replicas}",
                     eta,
                 )
+            hosts = {self.host_id} if here_only else self.live_hosts() - failing
+            backoff = self.not_before - time.monotonic()
+            if backoff > 0:  # our own starts are failing: another host may still take it
+                hosts -= {self.host_id}
+            target = place(managed(pool), hosts, 1, self.config.host_max_engines, starting)
+            if not target:
+                if backoff > 0:
+                    raise self.backing_off(backoff)
+                full = f"this host ({self.host_id})" if here_only else f"every live host ({', '.join(sorted(hosts))})"
+                raise Refused(
+                    "max_replicas_reached",
+                    f"{full} runs HOST_MAX_ENGINES ({self.config.host_max_engines}) engines, starts included",
+                    max(self.config.autoscale_interval_s, 1.0),
+                )
+            if target[0] != self.host_id:
+                raise Elsewhere(target[0])  # (leaving the lock: that host's provisioner takes it next)
             log.info(
                 "starting 1 engine on request (%d managed, %d starting, max %d)",
                 len(managed(pool)),
@@ -349,6 +357,13 @@ class Provisioner:
             )
         healthy = await wait_for_value(self.engines, spec.container_id, _is_healthy, HEALTHY_WAIT_S)
         return spec, healthy is not None
+
+    def backing_off(self, backoff: float) -> Refused:
+        return Refused(
+            "backoff",
+            f"{self.failures} engine start(s) failed in a row; the next may start in {backoff:.0f}s",
+            backoff,
+        )
 
     def census(self, records: Iterable[EngineRecord], live: list[EngineSpec]) -> tuple[list[EngineRecord], int]:
         """(records that stand for an engine, engines that exist without a record yet)."""

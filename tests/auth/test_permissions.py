@@ -31,6 +31,7 @@ from support import (
     wait_until,
 )
 
+from services.provisioner.endpoint import host_subject
 from services.provisioner.starts import StartsBoard
 from shared import auth, names
 from shared.contract import CHANNELS, ENDPOINTS
@@ -203,6 +204,26 @@ async def test_sweeping_roles_take_their_epochs(server, role, job):
     assert client.denied == []
 
 
+async def test_a_provisioner_serves_its_host_and_passes_requests_on_to_another(server):
+    """`engine.provision.host.<host>` (services/provisioner/endpoint.py): one provisioner serves it in
+    micro's queue group, another one asks it."""
+    serving, asking = await as_role(server, "provisioner"), await as_role(server, "provisioner")
+    service = await add_service(serving.nc, ServiceConfig(name=names.PROVISIONER_SERVICE, version="0.0.1"))
+    try:
+
+        async def answer(request) -> None:
+            await request.respond(b"{}")
+
+        subject = host_subject("host-b")
+        await service.add_endpoint(name="provision-here", subject=subject, handler=answer)
+        assert json.loads((await asking.nc.request(subject, b"{}", timeout=2)).data) == {}
+    finally:
+        await service.stop()
+        await serving.nc.close()
+        await asking.nc.close()
+    assert serving.denied == [] and asking.denied == []
+
+
 async def test_the_state_keeper_consumes_events_and_writes_the_records(server, admin):
     client = await as_role(server, "state-keeper")
     js = client.nc.jetstream(timeout=2)
@@ -247,6 +268,9 @@ FORBIDDEN: dict[str, list[tuple[str, str]]] = {
         ("subscribe", names.ENGINE_SELECT),
         ("subscribe", f"{names.ENGINE_SELECT} {auth.MICRO_QUEUE}"),
         ("subscribe", names.STREAM_STARTED),
+        # Passing a provision request on to a host is between provisioners.
+        ("publish", f"{names.ENGINE_PROVISION_HOST}.host-a"),
+        ("subscribe", f"{names.ENGINE_PROVISION_HOST}.host-a {auth.MICRO_QUEUE}"),
     ],
     "prober": [
         ("publish", names.STREAM_STARTED),

@@ -1,11 +1,20 @@
 """Engines across hosts: placement of new engines, per-host floors for reaping and adding."""
 
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
-from records import NOW, ago, engine
+from msgspec.structs import replace
+from records import NOW, ago, claim, engine
 
 from shared.policy.hosts import UNKNOWN_HOST, host_floor_deficit, keeps_host_floor, loads, place
-from shared.policy.pool import PoolPolicy, engines_to_add, engines_to_start, next_to_reap, plan_starts
+from shared.policy.pool import (
+    PoolPolicy,
+    above_floors_without,
+    engines_to_add,
+    engines_to_start,
+    is_free,
+    next_to_reap,
+    plan_starts,
+)
 
 
 def on(host, n, streams=0, prefix=None):
@@ -204,3 +213,65 @@ def test_a_live_host_below_its_floor_gets_engines_though_the_fleet_floors_are_me
     assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {}) == ["b"]
     assert plan_starts(on("a", 3), NOW, policy, {"a", "b"}, {"b": 1}) == []  # its engine is on the way
     assert plan_starts(on("a", 3), NOW, policy, {"a"}, {}) == []  # b's provisioner is gone: nothing to place there
+
+
+# ---------------------------------------------------------------- reaping: each host's reaper, all at once
+
+
+RACE = [("a", "claim"), ("b", "claim"), ("a", "recheck"), ("b", "recheck")]  # both picked before either's claim
+
+
+@settings(max_examples=300)
+@given(
+    layout=st.dictionaries(st.sampled_from("abc"), st.tuples(st.integers(0, 4), st.integers(0, 1)), min_size=1),
+    min_replicas=st.integers(0, 6),
+    min_free=st.integers(0, 4),
+    per_host=st.integers(0, 2),
+    steps=st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from(["claim", "recheck", "look", "remove"]))),
+)
+@example(layout={"a": (2, 0), "b": (2, 0)}, min_replicas=3, min_free=0, per_host=0, steps=RACE)
+@example(layout={"a": (2, 0), "b": (2, 0)}, min_replicas=0, min_free=3, per_host=0, steps=RACE)
+@example(
+    layout={"a": (3, 0), "b": (1, 0)}, min_replicas=1, min_free=0, per_host=1, steps=[("b", "claim"), ("b", "recheck")]
+)
+def test_hosts_reapers_claiming_from_stale_views_never_break_a_fleet_or_host_floor(
+    layout, min_replicas, min_free, per_host, steps
+):
+    """Each host's reaper picks its own host's victim from what it last saw (`look` refreshes that), claims it
+    (the state-keeper refuses an engine already claimed), later re-checks the floors on the records as they
+    are then, and releases it or removes it. Steps of the hosts' reapers interleave in any order."""
+    original = {r.container_id: r for host, (n, busy) in layout.items() for r in on(host, n, streams=busy)}
+    records = dict(original)
+    policy = PoolPolicy(min_replicas, min_free, max_replicas=30, grace_period_s=0, min_replicas_per_host=per_host)
+    seen = {host: list(records.values()) for host in layout}
+    claimed: dict[str, list[str]] = {host: [] for host in layout}  # not re-checked yet
+    doomed: dict[str, list[str]] = {host: [] for host in layout}  # re-checked: will be removed
+    for host, step in ((h, step) for h, step in steps if h in layout):
+        if step == "look":
+            seen[host] = list(records.values())
+        elif step == "claim":
+            skip = {r.container_id for r in seen[host] if r.host_id != host}
+            victim = next_to_reap(seen[host], NOW, policy, skip=skip)
+            if victim is None or victim.container_id not in records or records[victim.container_id].claim:
+                continue  # 404 or 409
+            records[victim.container_id] = replace(records[victim.container_id], claim=claim("reap"), state="draining")
+            claimed[host].append(victim.container_id)
+        elif step == "recheck" and claimed[host]:
+            victim = claimed[host].pop(0)
+            if above_floors_without(list(records.values()), records[victim], NOW, policy):
+                doomed[host].append(victim)
+            else:
+                records[victim] = original[victim]  # released
+        elif step == "remove":
+            for victim in doomed[host]:
+                del records[victim]
+            doomed[host].clear()
+        # What stays once every removal under way is done: the floors, or what there was if less.
+        going = {victim for victims in doomed.values() for victim in victims}
+        staying = [original[cid] for cid in records if cid not in going]
+        assert len(staying) >= min(min_replicas, len(original))
+        assert sum(is_free(r, NOW) for r in staying) >= min(min_free, sum(is_free(r, NOW) for r in original.values()))
+        for h in layout:
+            here = sum(r.host_id == h for r in original.values())
+            assert sum(r.host_id == h for r in staying) >= min(per_host, here)
+        assert all(original[victim].host_id == h for h, victims in doomed.items() for victim in victims)
