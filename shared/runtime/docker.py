@@ -24,13 +24,17 @@ and ports are chosen against every managed container of the daemon.
 Networking (`DOCKER_NETWORK`):
 - `host`: the container shares the host's network; the engine must listen on
   its own port, so the command carries it (`ENGINE_COMMAND`, default the
-  acesim arguments `--port {port} --host 127.0.0.1 --cache-dir {cache_dir}`).
-  Reached at 127.0.0.1:<port>.
+  acesim arguments `--port {port} --host {host} --cache-dir {cache_dir}`).
+  Reached at ENGINE_HOST:<port>.
 - empty (the default bridge): the engine listens on 6878 inside; host port
-  <port> on 127.0.0.1 is published to it. Reached at 127.0.0.1:<port>.
+  <port> on ENGINE_HOST is published to it. Reached at ENGINE_HOST:<port>.
 - any other name: the container joins that network (where the services run
   too) and is reached at <container name>:6878; <port> is also published on
-  127.0.0.1 for operators.
+  ENGINE_HOST for operators.
+ENGINE_HOST (default 127.0.0.1) is, on many hosts, the address the other hosts
+reach this one by. Each container keeps the address it was made with in a label
+(`aceorch.address`), so changing the setting never misplaces running engines;
+containers made before the label existed are on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -73,9 +77,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ENGINE_INTERNAL_PORT = 6878
-HOST_NETWORK_COMMAND = "--port {port} --host 127.0.0.1 --cache-dir {cache_dir}"
+HOST_NETWORK_COMMAND = "--port {port} --host {host} --cache-dir {cache_dir}"
+LABEL_ADDRESS = "aceorch.address"  # ENGINE_HOST when the container was made
 MANAGED_FILTER = f"{LABEL_MANAGED}=true"
-OUR_LABELS = (LABEL_MANAGED, LABEL_NAME, LABEL_PORT, LABEL_POOL, LABEL_SCOPE)
+OUR_LABELS = (LABEL_MANAGED, LABEL_NAME, LABEL_PORT, LABEL_POOL, LABEL_SCOPE, LABEL_ADDRESS)
 STOP_TIMEOUT_S = 5
 API_TIMEOUT_S = 15.0  # any one call to the daemon (a stop gets STOP_TIMEOUT_S on top, from the SDK)
 EXEC_GRACE_S = 5.0  # after an exec's own timeout, how long it may take to be reported gone
@@ -320,7 +325,14 @@ class DockerRuntime:
             names = {_name(c) for c in containers} | {c.labels.get(LABEL_NAME, "") for c in containers}
             name = lowest_free_name(names | self._reserved_names)
             taken = {_label_port(c) for c in containers} | self._reserved_ports
-            port = next((p for p in free_ports(self._config.engine_port_range, taken) if port_is_free(p)), None)
+            port = next(
+                (
+                    p
+                    for p in free_ports(self._config.engine_port_range, taken)
+                    if port_is_free(p, self._config.engine_host)
+                ),
+                None,
+            )
             if port is None:
                 raise RuntimeFailure(
                     f"docker: no free port in ENGINE_PORT_RANGE {self._config.engine_port_range[0]}-"
@@ -362,7 +374,8 @@ class DockerRuntime:
         arguments: dict[str, Any] = {
             "image": config.engine_image,
             "name": name,
-            "labels": managed_labels(name, port, self._scope or "", config.engine_pool),
+            "labels": managed_labels(name, port, self._scope or "", config.engine_pool)
+            | {LABEL_ADDRESS: config.engine_host},
             "environment": {
                 "ACEORCH_ENGINE_NAME": name,
                 "ACEORCH_ENGINE_PORT": str(listen_port),
@@ -371,14 +384,16 @@ class DockerRuntime:
         }
         if template:
             try:
-                rendered = render_command(template, port=listen_port, cache_dir=config.engine_cache_dir, name=name)
+                rendered = render_command(
+                    template, host=config.engine_host, port=listen_port, cache_dir=config.engine_cache_dir, name=name
+                )
             except ValueError as exc:
                 raise RuntimeFailure(f"docker: {exc}") from None
             arguments["command"] = shlex.split(rendered)
         if host_network:
             arguments["network_mode"] = "host"
         else:
-            arguments["ports"] = {f"{ENGINE_INTERNAL_PORT}/tcp": ("127.0.0.1", port)}
+            arguments["ports"] = {f"{ENGINE_INTERNAL_PORT}/tcp": (config.engine_host, port)}
             if config.docker_network:
                 arguments["network"] = config.docker_network
         if config.engine_memory_limit:
@@ -432,7 +447,7 @@ class DockerRuntime:
         port = _label_port(container)
         network_mode = container.attrs.get("HostConfig", {}).get("NetworkMode", "")
         if network_mode in ("host", "default", "bridge", ""):
-            host, api_port = "127.0.0.1", port
+            host, api_port = labels.get(LABEL_ADDRESS) or "127.0.0.1", port
         else:  # a user-defined network: reached by name, inside the network
             host, api_port = _name(container), ENGINE_INTERNAL_PORT
         return EngineSpec(

@@ -76,3 +76,11 @@ def test_removals_are_remembered_for_their_die_events_and_then_forgotten():
     assert set(runtime._removing) == {"old", "recent"}  # a die event for either is still ours
     runtime._note_removing("new", now=1000.0 + REMOVING_MEMORY_S + 1)
     assert set(runtime._removing) == {"recent", "new"}
+
+
+def test_engine_host_is_where_the_engine_listens_or_is_published_and_is_kept_in_a_label():
+    host_network = arguments(DOCKER_NETWORK="host", ENGINE_HOST="10.0.0.7", ENGINE_CACHE_DIR="/cache")
+    assert host_network["command"] == ["--port", "40003", "--host", "10.0.0.7", "--cache-dir", "/cache"]
+    assert host_network["labels"]["aceorch.address"] == "10.0.0.7"
+    bridge = arguments(ENGINE_HOST="10.0.0.7")
+    assert bridge["ports"] == {"6878/tcp": ("10.0.0.7", 40003)}

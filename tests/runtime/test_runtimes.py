@@ -177,3 +177,16 @@ def kill_behind_its_back(tier, spec) -> None:
 
         entry = json.loads((Path(tier.env["ENGINE_STATE_DIR"]) / f"{spec.container_name}.json").read_text())
         os.kill(entry["pid"], signal.SIGKILL)
+
+
+async def test_engines_listen_and_are_listed_at_engine_host_even_after_the_setting_changes(runtime_tier):
+    """On many hosts an engine must be reachable at the host's own address (ENGINE_HOST), not loopback;
+    an engine keeps the address it was made with, so a restart with another setting never misplaces it."""
+    spec = await runtime_tier.make(ENGINE_HOST="127.0.0.2").create()
+
+    assert spec.host == "127.0.0.2"
+    assert await answers(spec)
+    with socket.socket() as sock:  # nothing of it on 127.0.0.1
+        assert sock.connect_ex(("127.0.0.1", spec.port)) != 0
+    [listed] = await runtime_tier.make(ENGINE_HOST="127.0.0.1").list_managed()
+    assert (listed.container_id, listed.host, listed.port) == (spec.container_id, "127.0.0.2", spec.port)
