@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -427,3 +428,14 @@ async def connect_as(url: str, keys: Path, role: str) -> RoleClient:
         **auth.client_options(str(keys / f"{role}.nk")),
     )
     return RoleClient(role, nc, denied)
+
+
+def compose_command() -> list[str]:
+    """`docker compose` (v2 plugin) when present, else Debian's `docker-compose` (v1)."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed (deploy/ci_setup.sh installs docker-compose)"
+    )

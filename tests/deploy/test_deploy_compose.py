@@ -20,7 +20,7 @@ import docker
 import httpx
 import nats
 import pytest
-from support import ROOT, free_port, free_port_range, refusal, wait_for_service, wait_until
+from support import ROOT, compose_command, free_port, free_port_range, refusal, wait_for_service, wait_until
 
 from shared import names
 
@@ -36,17 +36,6 @@ def docker_problem() -> str | None:
     if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
         return "Docker Engine not answering (run deploy/ci_setup.sh)"
     return None
-
-
-def compose_command() -> list[str]:
-    """`docker compose` (v2 plugin) when present, else Debian's `docker-compose` (v1)."""
-    if subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    pytest.fail(
-        "neither `docker compose` nor `docker-compose` is installed (deploy/ci_setup.sh installs docker-compose)"
-    )
 
 
 @pytest.fixture(scope="module")
