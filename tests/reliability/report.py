@@ -129,6 +129,10 @@ def _restart(f: dict) -> str:
     )
 
 
+def _seconds(value: float | None) -> str:
+    return "none" if value is None else f"{value} s"
+
+
 def _partition(f: dict) -> str:
     def cut(c: dict) -> str:
         replaced = (
@@ -140,7 +144,8 @@ def _partition(f: dict) -> str:
             f", every NATS node current {c['nats_current_after_heal_s']} s" if c["nats_current_after_heal_s"] else ""
         )
         return (
-            f"{c['role']} ({c['host']}, {len(c['engines'])} engine(s)) cut {c['cut_s']} s: out of selection after "
+            f"{c['role']} ({c['host']}, {len(c['engines'])} engine(s)) cut {c['cut_s']} s: last selection naming "
+            f"them {_seconds(c.get('last_selection_naming_it_s'))} after the cut, their records not `healthy` after "
             f"{c['out_of_selection_after_s']} s, selections naming them later than the bound after the stream takes "
             f"events again (+1 s): "
             f"**{c['selections_naming_it_after_bound']}**, events acked again after {c['events_acked_again_after_s']} s, "
