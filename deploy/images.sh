@@ -286,8 +286,10 @@ build_nats() {
     for conf in "$ctx"/*.conf; do
         sed "s#/etc/nats-auth#$grants#g" "$conf" >"$check/$(basename "$conf")"
     done
+    # host.conf takes a node's name, address and routes from the environment: example values.
     for conf in "$check"/*.conf; do
-        "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || { rm -rf "$grants" "$check"; die "nats: invalid config $(basename "$conf")"; }
+        NATS_NODE_NAME=check NATS_ADDRESS=127.0.0.1 NATS_ROUTES='[nats-route://127.0.0.1:6222]' \
+            "$ctx/nats-server" -c "$conf" -t >/dev/null 2>&1 || { rm -rf "$grants" "$check"; die "nats: invalid config $(basename "$conf")"; }
     done
     rm -rf "$grants" "$check"
     local inputs
