@@ -23,7 +23,7 @@ from typing import TypeVar
 import msgspec
 import nats.errors
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from services.state_keeper.events import EngineNotKnownYet, EventApplier, Rejected
@@ -44,6 +44,7 @@ OUTAGE_WAIT_S = (0.25, 5.0)  # first and longest pause between attempts while th
 MAX_EVENT_BYTES = 64 * 1024
 IN_FLIGHT = 128
 FETCH_AT_LEAST = IN_FLIGHT // 4
+READY_WAIT_S = 0.01  # how long a pull for more waits: never holds a fetched event longer
 
 
 def consumer_config(max_deliver: int = MAX_DELIVER, ack_wait_s: float = ACK_WAIT_S) -> api.ConsumerConfig:
@@ -66,6 +67,26 @@ async def require_consumer(bus: Bus) -> None:
             f"the durable consumer {names.EVENTS_CONSUMER} on {names.EVENTS_STREAM} does not exist: "
             "with a role key the state-keeper binds to it and never creates it; run `aceorch setup` (admin key) first"
         ) from None
+
+
+async def fetch_ready(sub: JetStreamContext.PullSubscription, most: int) -> list[Msg]:
+    """Wait for the next event, then take what else is ready, up to `most`.
+
+    nats-py's `fetch(batch=n)` keeps what a waiting pull receives until n messages have come
+    or its timeout ends. With two replicas on the durable that held events for the whole
+    second while the other replica applied later ones, and a health report overtaken that
+    way is dropped (`observe`), breaking an engine's fall streak: a hung engine stayed
+    selectable a probe longer (tests/reliability/test_chaos_engine_faults.py: 36 reports lost
+    in 20 s). Fetching one returns the moment it comes; the rest are taken only as far as they
+    are already there (a pull of at most READY_WAIT_S).
+    """
+    messages = await sub.fetch(batch=1, timeout=1)
+    if most > 1:
+        try:
+            messages += await sub.fetch(batch=most - 1, timeout=READY_WAIT_S)
+        except (TimeoutError, nats.errors.Error, APIError, OSError):
+            pass  # nothing more ready; an outage shows on the next fetch
+    return messages
 
 
 def store_unavailable(exc: BaseException) -> bool:
@@ -135,8 +156,8 @@ class EventConsumer:
                 await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                messages = await sub.fetch(batch=free, timeout=1)
-            except nats.errors.TimeoutError:
+                messages = await fetch_ready(sub, free)
+            except TimeoutError:  # nats' too: nothing came within the second
                 continue
             except (nats.errors.Error, APIError, OSError) as exc:
                 log.warning("fetch failed (%s); retrying", describe(exc))

@@ -182,6 +182,7 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
         turned = next((t for t, r in history[cid] if t > at and r is not None and r.health_status == "unhealthy"), None)
         left_after[cid] = None if turned is None else round(turned - at, 2)
     transitions, unjustified = _transitions(history, observations)
+    overtaken = _overtaken(history, observations)
     flap_ids = {ids[p] for p in flapping}
     healthy_ids = set(ids.values()) - set(truth.hung_at) - flap_ids
     false_alarms = sorted(cid for cid in healthy_ids if transitions[cid]["changes"])
@@ -206,6 +207,8 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
         flapping_changes_allowed_by_hysteresis={cid: expected[cid] for cid in sorted(flap_ids)},
         flapping_observations={cid: len(observations[cid]) for cid in sorted(flap_ids)},
         unjustified_transitions=unjustified[:10],
+        reports_overtaken=len(overtaken),
+        reports_overtaken_detail=overtaken[:10],
         false_alarms_on_healthy_engines=false_alarms,
         failed_probes_of_healthy_engines=sum(len(errors[c]) for c in healthy_ids),
         failed_probe_errors_of_healthy_engines=dict(Counter(e[1] for c in healthy_ids for e in errors[c])),
@@ -220,6 +223,7 @@ async def test_two_hundred_engines_with_hung_and_flapping_ones(stack, figures):
     assert not truth.violations, truth.violations[:10]
     assert all(v is not None and v <= HEALTH_BOUND_S + PIPELINE_SLACK_S for v in left_after.values()), left_after
     assert not unjustified, unjustified[:10]
+    assert not overtaken, overtaken[:10]
     for cid in flap_ids:
         assert transitions[cid]["changes"] <= expected[cid], (cid, transitions[cid], expected[cid])
     assert claim_figures["granted"] > 0
@@ -251,6 +255,27 @@ def _transitions(history, observations) -> tuple[dict, list[str]]:
                     unjustified.append(f"{cid}: {previous}→{status} after observations {recent}")
             previous = status
     return counts, unjustified
+
+
+def _overtaken(history, observations) -> list[str]:
+    """Reports the keeper never applied although it applied a later report of the same engine.
+
+    Every report changes `health_seq`, so each applied one is a revision the watch saw. One
+    missing while a later one is there was overtaken (applied out of order and dropped): a lost
+    step of a fall or rise streak.
+    """
+    lost = []
+    for cid, entries in history.items():
+        applied = {record.health_seq for _, record in entries if record is not None and record.health_seq}
+        if not applied:
+            continue
+        first, last = min(applied), max(applied)
+        lost += [
+            f"{cid}: report {seq} (ok={ok})"
+            for seq, _, ok in observations[cid]
+            if first < seq < last and seq not in applied
+        ]
+    return lost
 
 
 def _model_changes(observations: list[tuple[int, object, bool]]) -> int:
