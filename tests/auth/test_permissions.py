@@ -101,6 +101,7 @@ async def keeper_and_provisioner(server) -> AsyncIterator[None]:
                     await request.respond(b"{}")
 
                 await service.add_endpoint(name=endpoint.key, subject=endpoint.subject, handler=answer)
+        await client.nc.flush()  # the server has the subscriptions before another connection asks
         clients.append(client)
         services.append(service)
     yield
@@ -216,6 +217,9 @@ async def test_a_provisioner_serves_its_host_and_passes_requests_on_to_another(s
 
         subject = host_subject("host-b")
         await service.add_endpoint(name="provision-here", subject=subject, handler=answer)
+        # Another connection asks: without the round trip its request can reach the server before
+        # this subscription does (no responders; CI ci13).
+        await serving.nc.flush()
         assert json.loads((await asking.nc.request(subject, b"{}", timeout=2)).data) == {}
     finally:
         await service.stop()
