@@ -57,16 +57,15 @@ def counted(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) 
     """The managed engines that will stay: not being reaped (draining), not due for replacement.
 
     Both floors and additions count these, so two reapers working at once never
-    take the pool below the floors, and an engine due for replacement makes
-    room for its successor instead of blocking it.
+    take the pool below the floors, and engines due for replacement make room
+    for their successors instead of blocking them. All of them, not only the
+    next one the reapers remove: only an engine's own host removes it, so with
+    two sick engines on a host cut off the second kept counting and the fleet
+    stayed below its floors for as long as the cut lasted.
     """
     records = list(records)
-    due = next_to_replace(records, now, policy)
-    return [
-        r
-        for r in managed(records)
-        if effective_state(r, now) != "draining" and (due is None or r.container_id != due.container_id)
-    ]
+    due = {r.container_id for r in due_for_replacement(records, now, policy)}
+    return [r for r in managed(records) if effective_state(r, now) != "draining" and r.container_id not in due]
 
 
 def engines_to_add(
@@ -155,15 +154,18 @@ def is_outage(records: Iterable[EngineRecord]) -> bool:
     return bool(pool) and 2 * sum(r.health_status == "unhealthy" for r in pool) > len(pool)
 
 
-def next_to_replace(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) -> EngineRecord | None:
-    """The engine unhealthy the longest beyond the limit, unless the fleet looks like an outage."""
+def due_for_replacement(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) -> list[EngineRecord]:
+    """Engines unhealthy beyond the limit and without streams; none while the fleet looks like an outage."""
     records = list(records)
     if is_outage(records):
-        return None
-    overdue = [
-        r for r in managed(records) if unhealthy_for_s(r, now) > policy.unhealthy_replace_after_s and not r.streams
-    ]
-    return max(overdue, key=lambda r: (unhealthy_for_s(r, now), r.container_id), default=None)
+        return []
+    return [r for r in managed(records) if unhealthy_for_s(r, now) > policy.unhealthy_replace_after_s and not r.streams]
+
+
+def next_to_replace(records: Iterable[EngineRecord], now: datetime, policy: PoolPolicy) -> EngineRecord | None:
+    """The engine due for replacement that has been unhealthy the longest: reapers remove one at a time."""
+    due = due_for_replacement(records, now, policy)
+    return max(due, key=lambda r: (unhealthy_for_s(r, now), r.container_id), default=None)
 
 
 # ---------------------------------------------------------------- provisioner (added for services/provisioner)

@@ -1,5 +1,7 @@
 """Pool sizing shared by the provisioner and the reaper: additions, reaping, floors, replacement."""
 
+from dataclasses import replace
+
 import msgspec
 import pytest
 from records import NOW, ago, claim, engine, later
@@ -81,6 +83,15 @@ def test_counted_leaves_out_external_draining_and_the_engine_due_for_replacement
         sick("recent", 10),
     ]
     assert ids(counted(records, NOW, POLICY)) == ["a", "clean", "recent"]
+
+
+def test_every_engine_due_for_replacement_makes_room_for_a_successor():
+    """A host cut off with two sick engines: its reaper can remove neither, so the fleet must start
+    successors for both, not wait for the first removal (tests/reliability/test_chaos_partition.py)."""
+    records = [engine("a"), engine("b"), sick("cut-1", 600), sick("cut-2", 500)]
+    assert ids(counted(records, NOW, POLICY)) == ["a", "b"]
+    assert engines_to_add(records, NOW, replace(POLICY, min_replicas=3)) == 1
+    assert next_to_replace(records, NOW, POLICY).container_id == "cut-1"  # removal stays one at a time
 
 
 def test_counted_keeps_unhealthy_engines_during_an_outage():

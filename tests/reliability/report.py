@@ -82,7 +82,8 @@ def _faults(f: dict) -> str:
         f"**{f['max_selectable_after_hang_s']} s** after hanging, unhealthy in KV within {f['max_hung_to_unhealthy_s']} s "
         f"(bound {f['bound_s']} s + {f['pipeline_slack_s']} s slack); flapping engines: {changes} status changes "
         f"(asserted ≤ {allowed}, what hysteresis allows) from {sum(f['flapping_observations'].values())} observations, "
-        f"**{len(f['unjustified_transitions'])} unjustified**; observed, not asserted: healthy engines turned unhealthy "
+        f"**{len(f['unjustified_transitions'])} unjustified**; health reports the keeper dropped as overtaken "
+        f"**{f.get('reports_overtaken', 'not counted')}**; observed, not asserted: healthy engines turned unhealthy "
         f"{len(f['false_alarms_on_healthy_engines'])} (a stalled 2-core box can time out two probes in a row: each such "
         f"change is checked for justification above); claims granted {f['claims']['granted']} (asserted > 0)"
     )
