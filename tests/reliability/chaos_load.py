@@ -11,13 +11,15 @@ exactly once in effect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -42,6 +44,7 @@ from shared.schemas import (
 
 decode_select = decoder(SelectReply)
 NATS_ERRORS = (nats.errors.Error, APIError, OSError, asyncio.TimeoutError)
+T = TypeVar("T")
 
 
 @dataclass
@@ -256,7 +259,7 @@ class StreamLoad:
                 lost.append(f"engine {key}: streams {sorted(engine.streams)} != model {sorted(want)}")
         strays = [s for s in streams if s not in self.started]
         # Retries reuse the Nats-Msg-Id: JetStream must have stored each stream event once.
-        info = await bus.js.stream_info(names.EVENTS_STREAM, subjects_filter="stream.>")
+        info = await settled(lambda: bus.js.stream_info(names.EVENTS_STREAM, subjects_filter="stream.>"))
         stored = sum((info.state.subjects or {}).values())
         # Applied, counted from KV alone: a start shows as a record with its `started_at` on its
         # engine, an end as an ended record — not derived from the acked count.
@@ -337,18 +340,37 @@ async def wait_drained(bus: Bus, timeout: float = 90.0) -> None:
     raise AssertionError(f"consumer not drained after {timeout}s (pending, ack pending, redelivered: {last})")
 
 
+async def settled(call: Callable[[], Awaitable[T]], retry_s: float = 45.0) -> T:
+    """`call()`, tried again on NATS errors for `retry_s`: a JetStream API call times out while a
+    cluster settles (a node just back, a leader being elected). The partition tier verifies right
+    after a heal, and its load died on one such timeout making a watch."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return await call()
+        except NATS_ERRORS:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
 async def snapshot(bus: Bus) -> tuple[dict[str, EngineRecord], dict[str, StreamRecord]]:
     """Every engine and stream record, read through a fresh watch (strict decode: a bad record raises)."""
+    return await settled(lambda: _snapshot(bus))
+
+
+async def _snapshot(bus: Bus) -> tuple[dict[str, EngineRecord], dict[str, StreamRecord]]:
     engines: KvView[EngineRecord] = KvView(bus.engines, decode_engine)
     streams: KvView[StreamRecord] = KvView(bus.streams, decode_stream)
-    await engines.start(timeout=30)
-    await streams.start(timeout=30)
     try:
+        await engines.start(timeout=30)
+        await streams.start(timeout=30)
         assert engines.undecodable == 0 and streams.undecodable == 0, "a KV record does not decode"
         return ({k: v.value for k, v in engines.items().items()}, {k: v.value for k, v in streams.items().items()})
     finally:
-        await engines.stop()
-        await streams.stop()
+        for view in (engines, streams):
+            with contextlib.suppress(*NATS_ERRORS):
+                await view.stop()
 
 
 async def raw_records(bus: Bus, bucket: str) -> dict[str, bytes]:
